@@ -1,0 +1,1 @@
+"""Pure tensor functions: boxes and panoptic id maps."""

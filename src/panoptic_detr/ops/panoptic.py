@@ -1,0 +1,51 @@
+"""The COCO panoptic encoding and per-segment statistics of id maps (pure, no files)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def rgb2id(rgb: Tensor | np.ndarray) -> Tensor:
+    """[H, W, 3] uint8 -> [H, W] int64 with id = R + 256 G + 256^2 B."""
+    t = torch.as_tensor(np.asarray(rgb)) if not isinstance(rgb, Tensor) else rgb
+    t = t.to(torch.int64)
+    return t[..., 0] + 256 * t[..., 1] + 65536 * t[..., 2]
+
+
+def id2rgb(id_map: Tensor | np.ndarray) -> Tensor:
+    """[H, W] integer ids (< 2^24) -> [H, W, 3] uint8."""
+    t = torch.as_tensor(np.asarray(id_map)) if not isinstance(id_map, Tensor) else id_map
+    t = t.to(torch.int64)
+    return torch.stack([t % 256, (t // 256) % 256, (t // 65536) % 256], dim=-1).to(torch.uint8)
+
+
+def segment_stats(id_map: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Area and COCO bbox of every id in `ids` ([S] int64) within `id_map` ([H, W]).
+
+    Returns (area [S] int64, bbox [S, 4] int64 as [x, y, w, h]; zeros for absent ids).
+    Vectorised over segments: one pass over the pixels for areas, one per axis for boxes.
+    """
+    s = int(ids.numel())
+    if s == 0:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros((0, 4), dtype=torch.int64)
+    flat = id_map.reshape(-1)
+    sorted_ids, order = torch.sort(ids)
+    pos = torch.searchsorted(sorted_ids, flat).clamp_(max=s - 1)
+    hit = sorted_ids[pos] == flat
+    idx = torch.where(hit, order[pos], s)  # s = no listed segment
+    area = torch.bincount(idx, minlength=s + 1)[:s]
+    h, w = id_map.shape
+    idx2 = idx.view(h, w)
+    ys = torch.arange(h).view(h, 1).expand(h, w).reshape(-1)
+    xs = torch.arange(w).view(1, w).expand(h, w).reshape(-1)
+    big = max(h, w) + 1
+    y0 = torch.full((s + 1,), big, dtype=torch.int64).scatter_reduce(0, idx, ys, "amin")[:s]
+    x0 = torch.full((s + 1,), big, dtype=torch.int64).scatter_reduce(0, idx, xs, "amin")[:s]
+    y1 = torch.full((s + 1,), -1, dtype=torch.int64).scatter_reduce(0, idx, ys, "amax")[:s]
+    x1 = torch.full((s + 1,), -1, dtype=torch.int64).scatter_reduce(0, idx, xs, "amax")[:s]
+    bbox = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)
+    bbox[area == 0] = 0
+    del idx2
+    return area, bbox

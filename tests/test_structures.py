@@ -1,0 +1,45 @@
+import torch
+
+from panoptic_detr.ops.panoptic import id2rgb, rgb2id, segment_stats
+from panoptic_detr.structures import Categories, PaddedBatch, PanopticResult
+
+
+def test_padded_batch_sizes_and_mask():
+    a, b = torch.randn(3, 5, 7), torch.randn(3, 8, 4)
+    batch = PaddedBatch.from_images([a, b])
+    assert batch.images.shape == (2, 3, 8, 7)
+    assert batch.sizes == [(5, 7), (8, 4)]
+    assert torch.equal(batch.images[0, :, :5, :7], a)
+    assert batch.images[0, :, 5:].abs().sum() == 0 and batch.mask[0, 5:].all()
+    assert batch.mask[1, :, 4:].all() and not batch.mask[1, :, :4].any()
+
+
+def test_rgb_id_round_trip():
+    ids = torch.randint(0, 2**24, (17, 9))
+    assert torch.equal(rgb2id(id2rgb(ids)), ids)
+    res = PanopticResult(ids, [])
+    assert torch.equal(PanopticResult.from_rgb(res.to_rgb(), []).id_map, ids)
+
+
+def test_segment_stats_matches_loop():
+    g = torch.Generator().manual_seed(1)
+    id_map = torch.randint(0, 6, (23, 31), generator=g)
+    ids = torch.tensor([5, 1, 3, 9])
+    area, bbox = segment_stats(id_map, ids)
+    for k, i in enumerate(ids.tolist()):
+        m = id_map == i
+        assert area[k] == m.sum()
+        if m.any():
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            exp = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert bbox[k].tolist() == [int(v) for v in exp]
+        else:
+            assert bbox[k].tolist() == [0, 0, 0, 0]
+
+
+def test_coco_categories():
+    cats = Categories.coco_panoptic()
+    assert len(cats.items) == 133 and cats.num_classes == 250
+    assert cats.isthing(1) and not cats.isthing(184) and cats.name(1) == "person"
+    things = [c["id"] for c in cats.items if c["isthing"]]
+    assert min(things) == 1 and max(things) == 90 and len(things) == 80
