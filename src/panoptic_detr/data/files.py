@@ -1,0 +1,71 @@
+"""Atomic file writes and the COCO panoptic PNG/JSON files.
+
+Every output of the project goes through here: written to a temporary file in the same
+folder, flushed, then renamed over the target, so an interrupted run never leaves a
+half-written file behind and a reader never sees one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+from ..ops.panoptic import id2rgb, rgb2id
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], overwrite: bool = True) -> Path:
+    """Call `write(f)` on a temporary file beside `path`, then rename it to `path`.
+
+    With `overwrite=False` an existing `path` raises FileExistsError before anything is written.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any, overwrite: bool = True, indent: int | None = None) -> Path:
+    data = json.dumps(obj, indent=indent).encode()
+    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+
+
+def write_png(path: str | Path, array: np.ndarray, overwrite: bool = True, compress_level: int = 1) -> Path:
+    """Write an [H, W] or [H, W, 3|4] uint8 array as PNG (fast compression by default)."""
+    img = Image.fromarray(np.ascontiguousarray(array))
+    return atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=compress_level),
+                        overwrite=overwrite)
+
+
+def write_panoptic_png(path: str | Path, id_map: Any, overwrite: bool = True) -> Path:
+    """Write an [H, W] segment id map in the COCO panoptic RGB encoding."""
+    return write_png(path, id2rgb(id_map).numpy(), overwrite=overwrite)
+
+
+def read_panoptic_png(path: str | Path) -> np.ndarray:
+    """Read a COCO panoptic PNG as an [H, W] int64 id map (id = R + 256 G + 256^2 B)."""
+    with Image.open(path) as im:
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        arr = np.asarray(im)
+    return rgb2id(arr).numpy()
