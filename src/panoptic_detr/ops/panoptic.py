@@ -9,8 +9,10 @@ from torch import Tensor
 
 def rgb2id(rgb: Tensor | np.ndarray) -> Tensor:
     """[H, W, 3] uint8 -> [H, W] int64 with id = R + 256 G + 256^2 B."""
-    t = torch.as_tensor(np.asarray(rgb)) if not isinstance(rgb, Tensor) else rgb
-    t = t.to(torch.int64)
+    if not isinstance(rgb, Tensor):
+        a = np.asarray(rgb).astype(np.int64)
+        return torch.from_numpy(a[..., 0] + 256 * a[..., 1] + 65536 * a[..., 2])
+    t = rgb.to(torch.int64)
     return t[..., 0] + 256 * t[..., 1] + 65536 * t[..., 2]
 
 
