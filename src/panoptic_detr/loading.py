@@ -139,14 +139,14 @@ def _read(path: Path) -> Any:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     )
 
 
-def _interpret(
-    ckpt: Any, path: Path, preset: str | None
-) -> tuple[DETRConfig, Categories, dict[str, Tensor]]:
+def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, Categories, dict[str, Tensor]]:
     """-> (architecture, categories, state dict in this model's names)."""
     if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
         try:
@@ -167,7 +167,11 @@ def _interpret(
     elif _is_state_dict(ckpt):
         sd = ckpt
     else:
-        kind = f"a dict with keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        kind = (
+            f"a dict with keys {sorted(map(str, ckpt))[:8]}"
+            if isinstance(ckpt, dict)
+            else type(ckpt).__name__
+        )
         raise WeightsError(
             f"{path}: not a checkpoint of this model (found {kind}); expected a panoptic-detr "
             "checkpoint, an original DETR checkpoint ({'model': state_dict}) or a state dict"

@@ -86,8 +86,7 @@ class DETRPanoptic(nn.Module):
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
             "aux_outputs": [
-                {"pred_logits": lg, "pred_boxes": bx}
-                for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
+                {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
             ],
             "layer4": c5,
             "pos": pos,
@@ -137,4 +136,3 @@ def build_model(config: DETRConfig) -> DETRPanoptic:
 def count_parameters(model: nn.Module) -> int:
     """All parameters (trainable or frozen); frozen batch-norm buffers are not parameters."""
     return sum(p.numel() for p in model.parameters())
-

@@ -58,9 +58,7 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(
-        self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, padding: Tensor
-    ) -> Tensor:
+    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, padding: Tensor) -> Tensor:
         """tgt, query_pos: [N, B, d]; memory, pos: [HW, B, d]; padding: [B, HW] -> [N, B, d]."""
         q = k = tgt + query_pos
         attn = self.self_attn(q, k, value=tgt, need_weights=False)[0]
@@ -90,9 +88,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d)  # shared by every layer's output
 
-    def forward(
-        self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, padding: Tensor
-    ) -> Tensor:
+    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, padding: Tensor) -> Tensor:
         """-> [L, N, B, d], every layer's output after the shared final norm."""
         out = []
         for layer in self.layers:
@@ -115,9 +111,7 @@ class Transformer(nn.Module):
     ):
         super().__init__()
         self.encoder = Encoder(EncoderLayer(d, nheads, dim_feedforward, dropout), num_encoder_layers)
-        self.decoder = Decoder(
-            DecoderLayer(d, nheads, dim_feedforward, dropout), num_decoder_layers, d
-        )
+        self.decoder = Decoder(DecoderLayer(d, nheads, dim_feedforward, dropout), num_decoder_layers, d)
         self.d = d
         for p in self.parameters():  # as the original: Xavier on every matrix
             if p.dim() > 1:

@@ -60,7 +60,9 @@ WEIGHTS: dict[str, PretrainedWeights] = {
         PretrainedWeights(
             "detr_r50_dc5_panoptic", _BASE + "detr-r50-dc5-panoptic-da08f1b1.pth", "da08f1b1", pq=44.6
         ),
-        PretrainedWeights("detr_r101_panoptic", _BASE + "detr-r101-panoptic-40021d53.pth", "40021d53", pq=45.1),
+        PretrainedWeights(
+            "detr_r101_panoptic", _BASE + "detr-r101-panoptic-40021d53.pth", "40021d53", pq=45.1
+        ),
     )
 }
 
@@ -188,7 +190,12 @@ def infer_config(sd: dict[str, Tensor], dilation: bool = False) -> DETRConfig:
     try:
         bottleneck = "backbone.body.layer1.0.conv3.weight" in sd
         blocks = _count(sd, "backbone.body.layer3.")
-        names = {(True, 6): "resnet50", (True, 23): "resnet101", (False, 2): "resnet18", (False, 6): "resnet34"}
+        names = {
+            (True, 6): "resnet50",
+            (True, 23): "resnet101",
+            (False, 2): "resnet18",
+            (False, 6): "resnet34",
+        }
         if (bottleneck, blocks) not in names:
             raise WeightsError(
                 f"cannot tell the backbone: {blocks} blocks in layer3 "
@@ -247,6 +254,7 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, Tensor], what: str = 
         if k in sd and tuple(sd[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or shapes:
+
         def listing(label: str, items: list[str]) -> str:
             head = ", ".join(items[:5]) + (f", ... ({len(items) - 5} more)" if len(items) > 5 else "")
             return f"{len(items)} {label}: {head}" if items else ""
