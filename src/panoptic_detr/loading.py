@@ -33,7 +33,7 @@ from .structures import Categories
 
 CHECKPOINT_FORMAT = "panoptic-detr/1"
 
-__all__ = ["CHECKPOINT_FORMAT", "Pretrained", "WeightsError", "cached_path", "load_pretrained"]
+__all__ = ["CHECKPOINT_FORMAT", "Pretrained", "WeightsError", "cached_path", "demo_path", "load_pretrained"]
 
 
 @dataclass
@@ -63,7 +63,7 @@ def load_pretrained(
     name = os.fspath(weights)
     record = None
     if name == "demo":
-        path = Path(str(resources.files("panoptic_detr.assets").joinpath("demo.pt")))
+        path = demo_path()
         if not path.is_file():
             raise WeightsError(
                 f"the demo weights are not bundled in this installation (expected {path}); "
@@ -90,6 +90,11 @@ def load_pretrained(
     model.to(device).eval()
     source = f"{name} ({path})" if name != os.fspath(path) else str(path)
     return Pretrained(model, config, categories, source)
+
+
+def demo_path() -> Path:
+    """Where the bundled demo checkpoint lives (a project checkpoint of a small preset)."""
+    return Path(str(resources.files("panoptic_detr.assets").joinpath("demo.pt")))
 
 
 def cached_path(record: PretrainedWeights) -> Path:

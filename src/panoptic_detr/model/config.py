@@ -30,7 +30,7 @@ class DETRConfig:
     """torchvision ResNet: "resnet18", "resnet34", "resnet50" or "resnet101"."""
     dilation: bool = False
     """DC5: dilate the last stage instead of striding, so C5 is at stride 16 (the mask head
-    still works at stride 4: its upsampling follows the C4/C3/C2 sizes)."""
+    still works at stride 4: its upsampling follows the C4/C3/C2 sizes). ResNet-50/101 only."""
     pretrained_backbone: bool = False
     """Start the backbone from torchvision's ImageNet weights (downloads them once; only for
     training from scratch, never needed when a DETR checkpoint is loaded)."""
@@ -60,6 +60,8 @@ class DETRConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.dilation and self.backbone in ("resnet18", "resnet34"):
+            raise ValueError("dilation (DC5) needs a bottleneck ResNet (resnet50/101)")
         if self.hidden_dim % 2 or self.hidden_dim % self.nheads:
             raise ValueError(f"hidden_dim={self.hidden_dim} must be even and divisible by nheads")
         if self.hidden_dim % self.mask_heads:
