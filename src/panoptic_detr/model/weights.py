@@ -153,11 +153,12 @@ def from_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     qkv: dict[str, dict[str, Tensor]] = {}
     for k, v in sd.items():
+        k = _rename(k, to_hf=False)
         m = re.match(r"^(.*)\.([qkv])_proj\.(weight|bias)$", k)
         if m:
-            qkv.setdefault(f"{_rename(m[1], to_hf=False)}.in_proj_{m[3]}", {})[m[2]] = v
+            qkv.setdefault(f"{m[1]}.in_proj_{m[3]}", {})[m[2]] = v
         else:
-            out[_rename(k, to_hf=False)] = v
+            out[k] = v
     for k, parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise WeightsError(f"{k}: found only {sorted(parts)} of the q/k/v projections")
