@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..ops.boxes import masks_to_boxes_xyxy, xyxy_to_cxcywh
+from ..ops.boxes import xyxy_to_cxcywh
+from ..ops.panoptic import segment_stats
 from ..structures import Categories, Target
 from .files import read_panoptic_png
 from .images import load_image
@@ -126,17 +127,20 @@ class CocoPanoptic(Dataset):
         id_map, segments = self.load_panoptic(index)
         h, w = id_map.shape
         ids = torch.tensor([int(s["id"]) for s in segments], dtype=torch.int64)
-        masks = torch.from_numpy(id_map)[None] == ids[:, None, None]  # S x H x W
-        keep = masks.flatten(1).any(1)
-        masks, ids = masks[keep], ids[keep]
+        id_t = torch.from_numpy(id_map)
+        area, bbox = segment_stats(id_t, ids)  # one pass over the pixels, not one per mask
+        keep = area > 0
         segments = [s for s, k in zip(segments, keep.tolist(), strict=True) if k]
-        boxes = masks_to_boxes_xyxy(masks) / torch.tensor([w, h, w, h], dtype=torch.float32)
+        ids, area, bbox = ids[keep], area[keep], bbox[keep].float()
+        masks = id_t[None] == ids[:, None, None]  # S x H x W
+        xyxy = torch.cat([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], dim=1)
+        boxes = xyxy / torch.tensor([w, h, w, h], dtype=torch.float32)
         return Target(
             masks=masks,
             labels=torch.tensor([int(s["category_id"]) for s in segments], dtype=torch.int64),
             boxes=xyxy_to_cxcywh(boxes),
             iscrowd=torch.tensor([bool(s.get("iscrowd", 0)) for s in segments], dtype=torch.bool),
-            area=masks.flatten(1).sum(1).float(),
+            area=area.float(),
             image_id=self.image_infos[index]["id"],
             orig_size=(h, w),
             size=(h, w),
