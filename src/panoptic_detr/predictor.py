@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.files import write_json, write_png
+from .data.files import atomic_write, write_json, write_png
 from .data.images import ImageError, load_image, preprocess
 from .loading import Pretrained, WeightsError, load_pretrained
 from .model import DETRPanoptic
@@ -55,7 +55,14 @@ class Predictor:
         batch_size: int = 1,
         stuff_merge: StuffMerge = "original",
     ):
-        pretrained = load_pretrained(weights, preset=preset, device=device)
+        try:
+            pretrained = load_pretrained(weights, preset=preset, device=device)
+        except WeightsError:
+            raise
+        except Exception as e:  # e.g. torch.load's unpickler on arbitrary bytes (IndexError)
+            raise WeightsError(
+                f"{os.fspath(weights)}: not a usable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+                "expected a panoptic-detr or original DETR checkpoint") from None
         self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge)
 
     @classmethod
@@ -124,7 +131,7 @@ def _as_array(image: ImageInput) -> np.ndarray:
 # -- many files in, files out --------------------------------------------------------------
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-OVERLAY_MAX_SIDE = 4096
+OVERLAY_MAX_SIDE = 2048
 """Overlays of larger images are drawn on a copy scaled down to this longest side."""
 
 
@@ -184,11 +191,14 @@ def _output_stems(files: list[Path]) -> list[str]:
     return stems
 
 
-def _panoptic_rgb(id_map: torch.Tensor) -> np.ndarray:
-    """[H, W] ids (< 2^24) -> [H, W, 3] uint8 COCO panoptic encoding, without int64 temporaries:
-    id = R + 256 G + 256^2 B are the low three little-endian bytes of the int32 id."""
-    ids = id_map.to(torch.int32).numpy().astype("<i4", copy=False)
-    return np.ascontiguousarray(ids.view(np.uint8).reshape(*ids.shape, 4)[..., :3])
+def _write_panoptic_png(path: Path, id_map: torch.Tensor, overwrite: bool) -> None:
+    """[H, W] ids (< 2^24) as a COCO panoptic PNG (id = R + 256 G + 256^2 B). The three are the
+    low bytes of the little-endian int32 id, so Pillow reads the int32 buffer as RGBX directly:
+    no int64 temporaries, which matter at 10^8 pixels."""
+    h, w = id_map.shape
+    ids = np.ascontiguousarray(id_map.to(torch.int32).numpy(), dtype="<i4")
+    img = Image.frombytes("RGB", (w, h), memoryview(ids).cast("B"), "raw", "RGBX")
+    atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=1), overwrite=overwrite)
 
 
 def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Categories) -> np.ndarray:
@@ -218,7 +228,7 @@ def _record(result: PanopticResult, categories: Categories, file: Path, stem: st
 def _save(result: PanopticResult, image: np.ndarray, file: Path, stem: str, out: Path,
           categories: Categories, overwrite: bool) -> None:
     """Both PNGs, then the per-image record that marks the image as finished."""
-    write_png(out / f"{stem}.png", _panoptic_rgb(result.id_map), overwrite=overwrite)
+    _write_panoptic_png(out / f"{stem}.png", result.id_map, overwrite)
     write_png(out / f"{stem}_overlay.png", _overlay_image(image, result, categories), overwrite=overwrite)
     write_json(out / "records" / f"{stem}.json", _record(result, categories, file, stem), overwrite=overwrite)
 
