@@ -225,9 +225,10 @@ def _record(result: PanopticResult, categories: Categories, file: Path, stem: st
             "annotation": {"file_name": f"{stem}.png", "segments_info": segments}}
 
 
-def _save(result: PanopticResult, image: np.ndarray, file: Path, stem: str, out: Path,
-          categories: Categories, overwrite: bool) -> None:
-    """Both PNGs, then the per-image record that marks the image as finished."""
+def save_result(result: PanopticResult, image: np.ndarray, file: Path, stem: str, out: Path,
+                categories: Categories, overwrite: bool) -> None:
+    """out/<stem>.png and out/<stem>_overlay.png, then out/records/<stem>.json, the image's
+    COCO entry, whose presence marks the image as finished."""
     _write_panoptic_png(out / f"{stem}.png", result.id_map, overwrite)
     write_png(out / f"{stem}_overlay.png", _overlay_image(image, result, categories), overwrite=overwrite)
     write_json(out / "records" / f"{stem}.json", _record(result, categories, file, stem), overwrite=overwrite)
@@ -282,7 +283,7 @@ def predict_files(
                 bar.update(1)
         for (f, stem, image), result in _predict_isolating_failures(predictor, loaded, summary):
             try:
-                _save(result, image, f, stem, out, predictor.categories, overwrite)
+                save_result(result, image, f, stem, out, predictor.categories, overwrite)
                 summary.done.append(str(f))
             except (OSError, FileExistsError) as e:
                 summary.failed.append(f"{f}: could not write its results ({e})")
@@ -324,4 +325,4 @@ def _write_predictions(out: Path, stems: list[str], categories: Categories) -> N
     write_json(out / "predictions.json", doc, indent=None)
 
 
-__all__ = ["Predictor", "RunSummary", "WeightsError", "expand_inputs", "predict_files"]
+__all__ = ["Predictor", "RunSummary", "WeightsError", "expand_inputs", "predict_files", "save_result"]
