@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.boxes import cxcywh_to_xyxy
-from ..ops.panoptic import segment_stats
 from ..structures import PanopticResult
 
 StuffMerge = Literal["original", "union"]
@@ -80,11 +79,11 @@ def _sampling_grid(h: int, w: int, H: int, W: int, device: torch.device):
     return src, (int(ys.numel()), int(xs.numel())), inv_y, inv_x
 
 
-def _first_argmax_of_softmax(vals: Tensor, alive: Tensor) -> Tensor:
+def _first_argmax_of_softmax(vals: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
     """Per-pixel argmax over queries as the original computes it, on softmax probabilities.
 
     vals: [Q, P] mask logits, rows of removed queries set to -inf; alive: [Q] bool.
-    Returns [P] int64 query indices.
+    Returns (idx [P] int64 winning query, tied [P] bool: another query came near the maximum).
 
     torch's argmax over dim 0 is a slow strided loop, amax a vectorised one: one amax, one
     comparison with the maximum less a tolerance, and byte-sized reductions give the winner
@@ -95,16 +94,49 @@ def _first_argmax_of_softmax(vals: Tensor, alive: Tensor) -> Tensor:
     q = vals.shape[0]
     top = vals.amax(0)  # P
     near = (vals >= (top - 128 * torch.finfo(vals.dtype).eps)).view(torch.uint8)  # Q x P
-    # weight q - k, so the largest weight marks the first query that comes near the maximum
-    rank = torch.arange(q, 0, -1, device=vals.device).to(torch.uint8 if q < 256 else torch.int32)
-    idx = q - (near * rank[:, None]).amax(0).to(torch.int64)
-    tied = near.sum(0, dtype=torch.int32) > 1
+    # weight q - k: the largest marks the first query near the maximum; byte-sized integer
+    # types keep these passes cheap
+    small = torch.uint8 if q < 256 else torch.int32
+    down = torch.arange(q, 0, -1, device=vals.device).to(small)[:, None]
+    idx = q - (near * down).amax(0).long()
+    tied = near.sum(0, dtype=small) > 1
     if bool(tied.any()):
         pix = torch.nonzero(tied).flatten()
         rows = torch.nonzero(alive).flatten()
         sub = vals.index_select(1, pix).index_select(0, rows).t().contiguous()  # n x Q_alive
         idx[pix] = rows[sub.softmax(-1).argmax(-1)]
-    return idx
+    return idx, tied
+
+
+def _boxes(grid_ids: Tensor, s: int, inv_y: Tensor | None, inv_x: Tensor | None) -> Tensor:
+    """[s, 4] int64 COCO boxes [x, y, w, h] of ids 1..s of `grid_ids` ([gy, gx]) in the target
+    frame (grid row/column of every target row/column: inv_y [H], inv_x [W]; None = same).
+
+    Two scatters over the pixels mark which rows and which columns hold each id; the extents
+    follow from those small tables. Nearest enlarging is monotone, so a grid row maps to a
+    contiguous band of target rows: first and last target row of the extreme grid rows.
+    """
+    gy, gx = grid_ids.shape
+    rows = torch.zeros((gy, s + 1), dtype=torch.bool, device=grid_ids.device)
+    rows.scatter_(1, grid_ids, True)  # rows[y, id]: id occurs in row y
+    cols = torch.zeros((s + 1, gx), dtype=torch.bool, device=grid_ids.device)
+    cols.scatter_(0, grid_ids, True)  # cols[id, x]: id occurs in column x
+    rows, cols = rows[:, 1:].t(), cols[1:]  # s x gy, s x gx
+
+    def extent(present: Tensor, inv: Tensor | None) -> tuple[Tensor, Tensor]:
+        n = present.shape[1]
+        ar = torch.arange(n, device=present.device)
+        lo = torch.where(present, ar, n).amin(1)
+        hi = torch.where(present, ar, -1).amax(1)
+        if inv is None:
+            return lo, hi - lo + 1
+        lo_t = torch.searchsorted(inv, lo.contiguous())
+        hi_t = torch.searchsorted(inv, hi.contiguous(), right=True)
+        return lo_t, hi_t - lo_t
+
+    y0, h = extent(rows, inv_y)
+    x0, w = extent(cols, inv_x)
+    return torch.stack([x0, y0, w, h], dim=1)
 
 
 def _stuff_representatives(labels: Tensor, alive: Tensor, is_thing: Tensor) -> Tensor:
@@ -190,14 +222,14 @@ def panoptic_postprocess(
 
     alive = torch.ones(q, dtype=torch.bool, device=device)
     ar = torch.arange(q, device=device)
+    idx, tied = _first_argmax_of_softmax(vals, alive)  # P
     while True:
-        idx = _first_argmax_of_softmax(vals, alive)  # P
         # Merge duplicated stuff into its first query. The original merges on its first pass
         # only, but there the duplicates end with area 0 and are dropped, so merging on every
         # pass is the same; "union" instead filters whole groups and so keeps them merged.
         rep = _stuff_representatives(labels, alive, is_thing)
-        seg = rep[idx]
-        area = torch.bincount(seg, weights=weight, minlength=q)
+        per_query = torch.bincount(idx, weights=weight, minlength=q)  # target pixels
+        area = torch.zeros_like(per_query).index_add_(0, rep, per_query)  # on representatives
         area = area.round().to(torch.int64) if weight is not None else area
         small = alive & ((area[rep] if stuff_merge == "union" else area) <= min_area)
         if not bool(small.any()):
@@ -205,22 +237,21 @@ def panoptic_postprocess(
         alive &= ~small
         if not bool(alive.any()):
             return void
-        vals[small] = float("-inf")  # vals is ours: a fresh upsample or gather
+        # vals is ours (a fresh upsample or gather): dropped queries never win again
+        vals.index_fill_(0, torch.nonzero(small).flatten(), float("-inf"))
+        # only pixels won by a dropped query, or tied, can change: elsewhere the maximum stays
+        # and the set of queries near it only shrinks
+        pix = torch.nonzero(small[idx] | tied).flatten()
+        idx[pix], tied[pix] = _first_argmax_of_softmax(vals.index_select(1, pix), alive)
 
     # segments: the alive representatives, numbered 1..S in query order
     heads = torch.nonzero(alive & (rep == ar)).flatten()
+    s = int(heads.numel())
     lut = torch.zeros(q, dtype=torch.int64, device=device)
-    lut[heads] = torch.arange(1, int(heads.numel()) + 1, device=device)
-    grid_ids = lut[seg].view(gy, gx)
+    lut[heads] = torch.arange(1, s + 1, device=device)
+    grid_ids = lut[rep][idx].view(gy, gx)
     id_map = grid_ids if identity_out else grid_ids[inv_y[:, None], inv_x[None, :]]  # H x W
-    # boxes on the grid, mapped to the first/last target row and column reading each
-    _, box = segment_stats(grid_ids, lut[heads])
-    if not identity_out:
-        gx0, gy0, gw, gh = box.t().contiguous()
-        x0, y0 = torch.searchsorted(inv_x, gx0), torch.searchsorted(inv_y, gy0)
-        x1 = torch.searchsorted(inv_x, gx0 + gw - 1, right=True)
-        y1 = torch.searchsorted(inv_y, gy0 + gh - 1, right=True)
-        box = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)
+    box = _boxes(grid_ids, s, inv_y if not identity_out else None, inv_x if not identity_out else None)
     seg_scores = torch.zeros(q, dtype=scores.dtype, device=device)
     seg_scores.scatter_reduce_(0, rep[alive], scores[alive], "amax", include_self=False)
 
