@@ -12,7 +12,8 @@ made no-object); their masks are the network's. Every (batch size, K) runs in a 
 (peak RSS = that process's ru_maxrss: model, activations, outputs); one warm-up batch, then
 `iters` timed batches. Stages per image: decode (JPEG), preprocess (resize + normalise +
 padding), network (`detect`: backbone, transformer, heads), masks (mask head for the kept
-queries), postprocess, write (panoptic PNG, overlay PNG, JSON record).
+queries, `--mask-chunk` at a time), postprocess, write (panoptic PNG, overlay PNG, JSON
+record).
 """
 
 from __future__ import annotations
@@ -73,11 +74,12 @@ def run_one(args: argparse.Namespace) -> dict:
     from panoptic_detr.data.images import load_image, preprocess
     from panoptic_detr.loading import load_pretrained
     from panoptic_detr.model.postprocess import panoptic_postprocess, select_queries
-    from panoptic_detr.predictor import save_result
+    from panoptic_detr.predictor import Predictor, save_result
     from panoptic_detr.structures import PaddedBatch
 
     pre = load_pretrained(args.ckpt, preset="detr_r50_panoptic")
     model, cats = pre.model, pre.categories
+    predictor = Predictor.from_pretrained(pre, mask_chunk=args.mask_chunk or None)
     is_thing = cats.thing_mask()
     out = Path(args.work) / f"out_b{args.batch}_k{args.k}"
     paths = [Path(args.photo)] * args.batch
@@ -99,7 +101,7 @@ def run_one(args: argparse.Namespace) -> dict:
             logits, keep = forced_keep(det["pred_logits"], args.k)
             assert all(torch.equal(a, b) for a, b in zip(select_queries(logits), keep, strict=True))
             s = time.perf_counter()
-            masks = model.predict_masks(det, keep)
+            masks = predictor.kept_masks(det, keep)
             t["masks"] = time.perf_counter() - s
             s = time.perf_counter()
             padded = tuple(batch.images.shape[-2:])
@@ -135,6 +137,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2, help="timed batches per configuration")
     parser.add_argument("--reference", type=Path, default=Path(
         os.environ.get("PANOPTIC_DETR_REFERENCE", ROOT.parent / "shared" / "reference")))
+    parser.add_argument("--mask-chunk", type=int, default=10, help="queries per mask-head call (0: all)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -162,7 +165,8 @@ def main() -> None:
             for k in args.ks:
                 cmd = [sys.executable, __file__, "--one", "--batch", str(batch), "--k", str(k),
                        "--ckpt", str(ckpt), "--photo", str(photo), "--work", work,
-                       "--threads", str(args.threads), "--iters", str(args.iters)]
+                       "--threads", str(args.threads), "--iters", str(args.iters),
+                       "--mask-chunk", str(args.mask_chunk)]
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"batch {batch} K {k} failed:\n{done.stderr[-2000:]}", file=sys.stderr)

@@ -53,6 +53,13 @@ def test_kept_query_masks_equal_full_forward_masks():
     assert any(len(k) for k in keep)
     for i, k in enumerate(keep):
         torch.testing.assert_close(kept[i], full[i, k], rtol=0, atol=1e-9)
+    # the predictor's chunked mask head gives the same masks, also for empty selections
+    chunked = Predictor.from_pretrained(pre, mask_chunk=2, **SMALL)
+    every = [torch.arange(6), torch.tensor([], dtype=torch.long)]
+    with torch.inference_mode():
+        parts = chunked.kept_masks(det, every)
+    torch.testing.assert_close(parts[0], full[0], rtol=0, atol=1e-9)
+    assert parts[1].shape == (0, *full.shape[-2:])
 
 
 def test_predict_from_a_project_checkpoint(tmp_path):

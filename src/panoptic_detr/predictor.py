@@ -42,6 +42,7 @@ class Predictor:
     weights: "demo", a preset name of the original COCO checkpoints or a checkpoint path
     (see `loading.load_pretrained`); preset: the architecture for files that do not say.
     size / max_size: DETR's resize (shortest side, longest side cap).
+    stuff_merge: see `panoptic_postprocess`; mask_chunk: queries per mask-head call (memory).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class Predictor:
         max_size: int = 1333,
         batch_size: int = 1,
         stuff_merge: StuffMerge = "original",
+        mask_chunk: int | None = 10,
     ):
         try:
             pretrained = load_pretrained(weights, preset=preset, device=device)
@@ -63,7 +65,7 @@ class Predictor:
             raise WeightsError(
                 f"{os.fspath(weights)}: not a usable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
                 "expected a panoptic-detr or original DETR checkpoint") from None
-        self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge)
+        self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk)
 
     @classmethod
     def from_pretrained(cls, pretrained: Pretrained, **kwargs: Any) -> Predictor:
@@ -73,14 +75,15 @@ class Predictor:
         return self
 
     def _setup(self, pretrained: Pretrained, threshold: float = 0.85, size: int = 800,
-               max_size: int = 1333, batch_size: int = 1, stuff_merge: StuffMerge = "original") -> None:
+               max_size: int = 1333, batch_size: int = 1, stuff_merge: StuffMerge = "original",
+               mask_chunk: int | None = 10) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.pretrained = pretrained
         self.model: DETRPanoptic = pretrained.model.eval()
         self.categories: Categories = pretrained.categories
         self.threshold, self.size, self.max_size = threshold, size, max_size
-        self.batch_size, self.stuff_merge = batch_size, stuff_merge
+        self.batch_size, self.stuff_merge, self.mask_chunk = batch_size, stuff_merge, mask_chunk
         param = next(self.model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.is_thing = self.categories.thing_mask(self.device)
@@ -107,7 +110,7 @@ class Predictor:
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
         det = self.model.detect(batch)
         keep = select_queries(det["pred_logits"], self.threshold)
-        masks = self.model.predict_masks(det, keep)  # mask head for the kept queries only
+        masks = self.kept_masks(det, keep)  # mask head for the kept queries only
         padded = tuple(batch.images.shape[-2:])
         results = []
         for i, (a, x) in enumerate(zip(arrays, inputs, strict=True)):
@@ -118,6 +121,31 @@ class Predictor:
             )
             results.append(PanopticResult(result.id_map.cpu(), result.segments_info))
         return results
+
+
+    def kept_masks(self, det: dict[str, Any], keep: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`model.predict_masks(det, keep)`, `mask_chunk` queries at a time.
+
+        The same masks (the head is per query; GroupNorm normalises each query on its own),
+        but the head's stride-4 activations (chunk x d/8 x H/4 x W/4 floats, 137 MB for 20
+        queries at 800x1066) are bounded. Mirrors `DETRPanoptic.predict_masks`, which computes
+        the per-image features once; a chunk size in that API would make this unnecessary.
+        """
+        chunk = self.mask_chunk
+        if not chunk or all(len(k) <= chunk for k in keep):
+            return self.model.predict_masks(det, keep)
+        model = self.model
+        shared = model.mask_head.image_features(det["src_proj"], det["fpns"])
+        last = det["hs"][-1]  # B x N x d
+        out = []
+        for i, idx in enumerate(keep):
+            parts = []
+            for part in idx.to(last.device).split(chunk) or (idx,):
+                att = model.bbox_attention(last[i : i + 1, part], det["memory"][i : i + 1],
+                                           det["padding"][i : i + 1])[0]  # q x M x h x w
+                parts.append(model.mask_head.query_masks(shared.image(i), att))
+            out.append(torch.cat(parts))
+        return out
 
 
 def _as_array(image: ImageInput) -> np.ndarray:
