@@ -132,6 +132,9 @@ class Predictor:
         the per-image features once; a chunk size in that API would make this unnecessary.
         """
         chunk = self.mask_chunk
+        if not any(len(k) for k in keep):  # nothing kept: skip the head's per-image features too
+            c2 = det["fpns"][-1]
+            return [c2.new_zeros((0, *c2.shape[-2:])) for _ in keep]
         if not chunk or all(len(k) <= chunk for k in keep):
             return self.model.predict_masks(det, keep)
         model = self.model
