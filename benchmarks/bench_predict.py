@@ -155,8 +155,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         ckpt, photo = prepare(args.reference, Path(work))
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-                   PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # threads via torch.set_num_threads in the child; setting OMP_NUM_THREADS as well made
+        # the network 4x slower on the shared, oversubscribed 2-core machine (OpenMP waiting)
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
         print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} CPUs, {args.threads} threads, {args.iters} timed batches per row")
         print("| batch | K | segments | " + " | ".join(STAGES) + " | total s/img | peak RSS MB |")
