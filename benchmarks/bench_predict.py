@@ -67,6 +67,22 @@ def forced_keep(logits, k: int):
     return forced, [torch.as_tensor(k_).long() for k_ in keep]
 
 
+class Clock:
+    """Wall and process CPU seconds per stage (CPU time counts every thread: on a machine
+    shared with other work it is the steadier figure; wall >= CPU / threads)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._w, self._c = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str | None) -> None:
+        w, c = time.perf_counter(), time.process_time()
+        if name is not None:
+            self.wall[name], self.cpu[name] = w - self._w, c - self._c
+        self._w, self._c = w, c
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
 
@@ -84,26 +100,23 @@ def run_one(args: argparse.Namespace) -> dict:
     out = Path(args.work) / f"out_b{args.batch}_k{args.k}"
     paths = [Path(args.photo)] * args.batch
     totals = dict.fromkeys(STAGES, 0.0)
+    cpu = dict.fromkeys(STAGES, 0.0)
     segments = 0
     for it in range(args.iters + 1):  # the first batch warms up
-        t = {}
+        clock = Clock()
         with torch.inference_mode():
-            s = time.perf_counter()
             arrays = [load_image(p) for p in paths]
-            t["decode"] = time.perf_counter() - s
-            s = time.perf_counter()
+            clock.lap("decode")
             inputs = [preprocess(a) for a in arrays]
             batch = PaddedBatch.from_images(inputs)
-            t["preprocess"] = time.perf_counter() - s
-            s = time.perf_counter()
+            clock.lap("preprocess")
             det = model.detect(batch)
-            t["network"] = time.perf_counter() - s
+            clock.lap("network")
             logits, keep = forced_keep(det["pred_logits"], args.k)
             assert all(torch.equal(a, b) for a, b in zip(select_queries(logits), keep, strict=True))
-            s = time.perf_counter()
+            clock.lap(None)
             masks = predictor.kept_masks(det, keep)
-            t["masks"] = time.perf_counter() - s
-            s = time.perf_counter()
+            clock.lap("masks")
             padded = tuple(batch.images.shape[-2:])
             results = [
                 panoptic_postprocess(logits[i], masks[i], tuple(inputs[i].shape[-2:]), padded,
@@ -111,20 +124,22 @@ def run_one(args: argparse.Namespace) -> dict:
                                      pred_boxes=det["pred_boxes"][i])
                 for i in range(len(arrays))
             ]
-            t["postprocess"] = time.perf_counter() - s
-        s = time.perf_counter()
+            clock.lap("postprocess")
         for i, (r, a) in enumerate(zip(results, arrays, strict=True)):
             save_result(r, a, paths[i], f"img{i}", out, cats, overwrite=True)
-        t["write"] = time.perf_counter() - s
+        clock.lap("write")
         if it > 0:
             for name in STAGES:
-                totals[name] += t[name]
+                totals[name] += clock.wall[name]
+                cpu[name] += clock.cpu[name]
             segments += sum(len(r.segments_info) for r in results)
     n = args.iters * args.batch
     per_image = {name: totals[name] / n for name in STAGES}
+    cpu_per_image = {name: cpu[name] / n for name in STAGES}
     return {
         "batch": args.batch, "k": args.k, "input": list(inputs[0].shape[-2:]),
         "per_image_s": per_image, "total_s": sum(per_image.values()),
+        "cpu_per_image_s": cpu_per_image, "cpu_total_s": sum(cpu_per_image.values()),
         "segments": segments / n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -160,6 +175,7 @@ def main() -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
         print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} CPUs, {args.threads} threads, {args.iters} timed batches per row")
+        print("wall s/image per stage (CPU s/image of all threads in brackets)")
         print("| batch | K | segments | " + " | ".join(STAGES) + " | total s/img | peak RSS MB |")
         print("|" + "---|" * (len(STAGES) + 5))
         for batch in args.batches:
@@ -174,8 +190,10 @@ def main() -> None:
                     continue
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(row)
-                stages = " | ".join(f"{row['per_image_s'][s]:.3f}" for s in STAGES)
-                print(f"| {batch} | {k} | {row['segments']:.0f} | {stages} | {row['total_s']:.2f} | "
+                stages = " | ".join(f"{row['per_image_s'][s]:.3f} ({row['cpu_per_image_s'][s]:.3f})"
+                                    for s in STAGES)
+                print(f"| {batch} | {k} | {row['segments']:.0f} | {stages} | {row['total_s']:.2f} "
+                      f"({row['cpu_total_s']:.2f}) | "
                       f"{row['peak_rss_mb']:.0f} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
