@@ -187,8 +187,9 @@ def make_scene(
 
     Returns (image [H, W, 3] uint8, id_map [H, W] int64 with 0 = void, segments_info: COCO
     dicts id/category_id/iscrowd/area/bbox). Ids are random 24-bit numbers (they exercise all
-    three channels of the PNG encoding). The crowd draw uses its own random stream, so
-    `crowd_prob` only adds a crowd region to a scene and changes nothing else.
+    three channels of the PNG encoding). The crowd region and the ids draw from their own
+    random streams, so `crowd_prob` only adds a crowd region to a scene: the pixels outside
+    it stay the same (the segment ids do not).
     """
     h, w = size
     s = min(h, w) / 256.0  # texture scale, so scenes look alike at any size
@@ -230,7 +231,7 @@ def make_scene(
     keep = area >= min_area
     keep[0] = False
     ids = np.zeros(len(cats), np.int64)
-    ids[keep] = _unique_ids(rng, int(keep.sum()))
+    ids[keep] = _unique_ids(np.random.default_rng([seed, index, 2]), int(keep.sum()))
     id_map = ids[labels]
 
     noise = rng.standard_normal((h, w, 1), dtype=np.float32) * (0.01 * 255)  # shared sensor noise
