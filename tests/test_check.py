@@ -94,6 +94,7 @@ def test_broken_copy_every_problem_found(clean, tmp_path, capsys):
         assert reported(name, segment, fragment), f"not reported: {name} {segment}: {fragment}"
     for name, segment, fragment in unexpected:
         assert not reported(name, segment, fragment)
+    assert check_dataset(root, progress=False, workers=2)[0] == problems  # same list, same order
     # nothing reported for the images left intact
     assert not [p for p in problems if any(f"0000{i:02d}" in p.file for i in range(14, 20))]
     assert main(["check", str(root)]) == 1

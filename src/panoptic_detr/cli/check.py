@@ -18,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-dir", help="folder of images (overrides the layout)")
     p.add_argument("--no-decode", action="store_true",
                    help="read image headers only (faster; misses corrupt image data)")
+    p.add_argument("--workers", type=int, default=1, help="processes for the per-image checks (default 1)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: give a DATASET or --json")
         return 2
     problems, stats = check_dataset(args.dataset, json_path=args.json_path, png_dir=args.png_dir,
-                                    image_dir=args.image_dir, decode_images=not args.no_decode)
+                                    image_dir=args.image_dir, decode_images=not args.no_decode,
+                                    workers=args.workers)
     for p in problems:
         print(p)
     files = len({p.file for p in problems})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,9 +176,10 @@ def check_dataset(
     image_dir: str | Path | None = None,
     decode_images: bool = True,
     progress: bool = True,
+    workers: int = 1,
 ) -> tuple[list[Problem], dict[str, int]]:
-    """Check a whole dataset (layout as `CocoPanoptic`). Returns (problems, counts of the
-    images and segments looked at)."""
+    """Check a whole dataset (layout as `CocoPanoptic`), images in `workers` processes.
+    Returns (problems in dataset order, counts of the images and segments looked at)."""
     stats = {"images": 0, "segments": 0}
     found: tuple[Path | None, ...] = (None, None, None)
     if root is not None:
@@ -202,10 +204,9 @@ def check_dataset(
         problems.append(Problem(str(root or json_path), None, "no image folder found (images/ or the split)"))
     categories = {c["id"]: c for c in data["categories"] if isinstance(c, dict) and "id" in c}
     anns = {a["image_id"]: a for a in data["annotations"] if isinstance(a, dict) and "image_id" in a}
-    from tqdm import tqdm
-
+    jobs = []
     seen: set[Any] = set()
-    for info in tqdm(data["images"], desc="check", unit="img", disable=not progress):
+    for info in data["images"]:
         if not isinstance(info, dict) or info.get("id") not in anns or info["id"] in seen:
             continue  # reported by check_json
         seen.add(info["id"])
@@ -218,7 +219,33 @@ def check_dataset(
             msg = f"annotation of image {info['id']} has no file_name"
             problems.append(Problem(str(json_path), None, msg))
             continue
-        problems += check_sample(image_path, png_dir / ann["file_name"], info, ann, categories, decode_images)
+        jobs.append((image_path, png_dir / ann["file_name"], info, ann, categories, decode_images))
         stats["images"] += 1
         stats["segments"] += len(ann.get("segments_info") or [])
+    for found in _run(jobs, workers, progress):
+        problems += found
     return problems, stats
+
+
+def _check_job(job: tuple) -> list[Problem]:
+    return check_sample(*job)
+
+
+def _run(jobs: list[tuple], workers: int, progress: bool) -> Iterator[list[Problem]]:
+    """`check_sample` over the jobs, in order, in this process or a pool of `workers`."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="check", unit="img", disable=not progress)
+    if workers <= 1 or len(jobs) < 2:
+        results: Iterable[list[Problem]] = map(_check_job, jobs)
+        for r in results:
+            bar.update()
+            yield r
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            for r in pool.map(_check_job, jobs, chunksize=8):
+                bar.update()
+                yield r
+    bar.close()
