@@ -127,5 +127,8 @@ def test_unreadable_json_and_missing_dataset(tmp_path):
     (tmp_path / "panoptic").mkdir()
     problems, _ = check_dataset(tmp_path, progress=False)
     assert len(problems) == 1 and "unreadable JSON" in problems[0].message
+    (tmp_path / "panoptic.json").write_text("[1, 2]")
+    problems, _ = check_dataset(tmp_path, progress=False)
+    assert [p.message for p in problems] == ["not a COCO-panoptic JSON object"]
     problems, _ = check_dataset(tmp_path / "nope", progress=False)
     assert len(problems) == 1 and "no such dataset" in problems[0].message

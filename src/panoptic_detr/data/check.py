@@ -198,7 +198,8 @@ def check_dataset(
     except (OSError, ValueError) as e:
         return [Problem(str(json_path), None, f"unreadable JSON: {' '.join(str(e).split())}")], stats
     problems = check_json(data, str(json_path))
-    if not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         return problems, stats
     if image_dir is None:
         problems.append(Problem(str(root or json_path), None, "no image folder found (images/ or the split)"))
