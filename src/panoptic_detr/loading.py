@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -138,7 +136,7 @@ def _read(path: Path) -> Any:
     )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # torch.load fails in many ways on foreign bytes (even KeyError)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: not a readable checkpoint ({reason[:200]}); {expected}") from None
 
@@ -185,7 +183,10 @@ def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, C
     if preset is not None:
         config = PRESETS[preset]
     else:
-        config = infer_config(sd, dilation="dc5" in path.name.lower())
+        try:
+            config = infer_config(sd, dilation="dc5" in path.name.lower())
+        except WeightsError as e:
+            raise WeightsError(f"{path}: {e}; expected a DETR panoptic checkpoint") from None
     if config.num_classes == 250:
         categories = Categories.coco_panoptic()
     else:
