@@ -76,8 +76,21 @@ def test_original_checkpoint_gets_coco_categories(tmp_path):
 def test_wrong_preset_for_the_file(tmp_path, tiny_sd):
     path = tmp_path / "detr.pth"
     torch.save({"model": to_original(tiny_sd)}, path)
-    with pytest.raises(WeightsError, match=r"detr\.pth do not fit the model for detr_r18_small.*--preset"):
+    with pytest.raises(
+        WeightsError, match=r"detr\.pth holds a tiny model, not detr_r18_small; drop --preset"
+    ):
         load_pretrained(path, preset="detr_r18_small")
+
+
+def test_keys_that_do_not_fit(tmp_path, tiny_sd):
+    path = tmp_path / "detr.pth"
+    sd = dict(tiny_sd)
+    del sd["mask_head.lay1.bias"]
+    torch.save({"model": sd}, path)
+    with pytest.raises(
+        WeightsError, match=r"weights in .*detr\.pth do not fit .* 1 missing: mask_head.lay1.bias"
+    ):
+        load_pretrained(path, preset="tiny")
 
 
 def test_wrong_preset_for_a_project_checkpoint(project_ckpt):

@@ -137,7 +137,8 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails in many ways on foreign bytes (even KeyError)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
         raise WeightsError(f"{path}: not a readable checkpoint ({reason[:200]}); {expected}") from None
 
 
@@ -182,6 +183,18 @@ def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, C
     sd, _layout = to_model_layout(sd)
     if preset is not None:
         config = PRESETS[preset]
+        try:
+            found = infer_config(sd, dilation=config.dilation)
+        except WeightsError:
+            found = None  # the strict load below says what does not fit
+        # compare only what the tensors tell (not nheads, groups or dropout)
+        untold = ("nheads", "mask_head_groups", "dropout", "pretrained_backbone")
+        told = [f for f in config.to_dict() if f not in untold]
+        if found is not None and any(getattr(found, f) != getattr(config, f) for f in told):
+            raise WeightsError(
+                f"{path} holds a {preset_name(found) or 'custom'} model, not {preset}; "
+                "drop --preset to use the architecture the file tells"
+            )
     else:
         try:
             config = infer_config(sd, dilation="dc5" in path.name.lower())
