@@ -166,3 +166,18 @@ def test_gradients_reach_heads_and_trainable_backbone_only():
     assert body.layer1[0].conv1.weight.grad is None and not body.conv1.weight.requires_grad
     for p in (body.layer2[0].conv1.weight, model.mask_head.lay1.weight, model.bbox_attention.q_linear.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_tiny_images_give_finite_outputs():
+    """A 1x1 image, and a small image padded beside a big one (one valid C5 cell)."""
+    model = tiny_model()
+    with torch.no_grad():
+        one = model(PaddedBatch.from_images(images((1, 1))))
+        mixed = model(PaddedBatch.from_images(images((8, 8), (96, 96))), return_attention=True)
+    assert one["pred_masks"].shape == (1, 6, 1, 1)
+    assert mixed["padding"][0].sum() == 8  # 3x3 C5 grid, one valid cell
+    for out in (one, mixed):
+        for key in ("pred_logits", "pred_boxes", "pred_masks"):
+            assert torch.isfinite(out[key]).all()
+    on_cell = mixed["attention_maps"][0, :, :, 0, 0].sum(-1)  # N: all weight on that cell
+    torch.testing.assert_close(on_cell, torch.ones_like(on_cell))
