@@ -181,3 +181,16 @@ def test_tiny_images_give_finite_outputs():
             assert torch.isfinite(out[key]).all()
     on_cell = mixed["attention_maps"][0, :, :, 0, 0].sum(-1)  # N: all weight on that cell
     torch.testing.assert_close(on_cell, torch.ones_like(on_cell))
+
+
+@pytest.mark.parametrize("size", [(6, 8), (5, 7)])
+def test_upsample_add_equals_nearest_interpolation(size):
+    from panoptic_detr.model.mask_head import upsample_add
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, *size, generator=g, dtype=torch.float64)
+    big = (12, 16) if size == (6, 8) else (10, 13)  # exact 2x, and odd sizes (fallback)
+    for batch in (1, 3):  # one image's skip broadcast over the queries, or one per query
+        skip = torch.randn(batch, 4, *big, generator=g, dtype=torch.float64)
+        want = skip + torch.nn.functional.interpolate(x, size=big, mode="nearest")
+        torch.testing.assert_close(upsample_add(x, skip), want, rtol=0, atol=0)

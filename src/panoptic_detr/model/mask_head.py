@@ -141,6 +141,21 @@ class MaskHead(nn.Module):
         for adapted, lay, gn in zip(
             adapters, (self.lay3, self.lay4, self.lay5), (self.gn3, self.gn4, self.gn5), strict=True
         ):
-            x = adapted + F.interpolate(x, size=adapted.shape[-2:], mode="nearest")
+            x = upsample_add(x, adapted)
             x = F.relu(gn(lay(x)))
         return self.out_lay(x)
+
+
+def upsample_add(x: Tensor, skip: Tensor) -> Tensor:
+    """skip + nearest upsampling of x to skip's size. x: [Q, C, h, w]; skip: [1 or Q, C, H, W].
+
+    When H, W = 2h, 2w (the usual case) this is one broadcast add over 2x2 blocks, without
+    materialising the upsampled tensor; it equals `F.interpolate(x, size=(H, W))`, whose
+    nearest source index floor(i * h / H) is i // 2 then.
+    """
+    q, c, h, w = x.shape
+    big_h, big_w = skip.shape[-2:]
+    if (big_h, big_w) != (2 * h, 2 * w) or not skip.is_contiguous():
+        return skip + F.interpolate(x, size=(big_h, big_w), mode="nearest")
+    blocks = skip.view(skip.shape[0], c, h, 2, w, 2) + x[:, :, :, None, :, None]
+    return blocks.view(max(q, skip.shape[0]), c, big_h, big_w)
