@@ -194,3 +194,23 @@ def test_upsample_add_equals_nearest_interpolation(size):
         skip = torch.randn(batch, 4, *big, generator=g, dtype=torch.float64)
         want = skip + torch.nn.functional.interpolate(x, size=big, mode="nearest")
         torch.testing.assert_close(upsample_add(x, skip), want, rtol=0, atol=0)
+        cl = torch.channels_last
+        got = upsample_add(x.contiguous(memory_format=cl), skip.contiguous(memory_format=cl))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_channels_last_gives_the_same_outputs():
+    """A predictor may switch the model to channels-last (faster convolutions on CPU)."""
+    model = tiny_model()
+    batch = PaddedBatch.from_images(images((64, 96), (40, 64)))
+    with torch.no_grad():
+        want = model(batch)
+        want_fast = model.predict_masks(model.detect(batch), [torch.tensor([2, 0]), torch.tensor([5])])
+        model.to(memory_format=torch.channels_last)
+        cl = PaddedBatch(batch.images.contiguous(memory_format=torch.channels_last), batch.mask)
+        got = model(cl)
+        got_fast = model.predict_masks(model.detect(cl), [torch.tensor([2, 0]), torch.tensor([5])])
+    for key in ("pred_logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-10)
+    for g, w in zip(got_fast, want_fast, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)

@@ -44,7 +44,7 @@ class MHAttentionMap(nn.Module):
         q = self.q_linear(q).view(b, n, m, d // m)
         # the key projection as a 1x1 convolution keeps the memory in its B x d x H x W layout
         k = F.conv2d(k, self.k_linear.weight[..., None, None], self.k_linear.bias)
-        k = k.view(b, m, d // m, *k.shape[-2:])
+        k = k.reshape(b, m, d // m, *k.shape[-2:])
         logits = torch.einsum("bqmc,bmchw->bqmhw", q * self.scale, k)  # B x N x M x H x W
         logits = logits.masked_fill(padding[:, None, None], float("-inf"))
         return logits.flatten(2).softmax(-1).view(logits.shape)
@@ -109,7 +109,7 @@ class MaskHead(nn.Module):
         x = F.relu(self.gn1(self.lay1(x)))
         adapters = [per_query(a(f)) for a, f in zip(self._adapters(), fpns, strict=True)]
         out = self._decode(x, adapters)
-        return out.view(b, n, *out.shape[-2:])
+        return out.reshape(b, n, *out.shape[-2:])
 
     # -- the fast path: shared per-image part + per-query part ---------------------------
     def image_features(self, features: Tensor, fpns: list[Tensor]) -> ImageFeatures:
@@ -155,7 +155,8 @@ def upsample_add(x: Tensor, skip: Tensor) -> Tensor:
     """
     q, c, h, w = x.shape
     big_h, big_w = skip.shape[-2:]
-    if (big_h, big_w) != (2 * h, 2 * w) or not skip.is_contiguous():
+    if (big_h, big_w) != (2 * h, 2 * w):
         return skip + F.interpolate(x, size=(big_h, big_w), mode="nearest")
-    blocks = skip.view(skip.shape[0], c, h, 2, w, 2) + x[:, :, :, None, :, None]
-    return blocks.view(max(q, skip.shape[0]), c, big_h, big_w)
+    # splitting a dimension is a view in any memory layout (contiguous or channels-last)
+    blocks = skip.unflatten(2, (h, 2)).unflatten(4, (w, 2)) + x[:, :, :, None, :, None]
+    return blocks.reshape(max(q, skip.shape[0]), c, big_h, big_w)
