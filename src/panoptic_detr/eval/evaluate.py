@@ -3,8 +3,8 @@
 `evaluate_files` pairs the GT and prediction annotations by image id and streams the PNG
 pairs through a pool of worker processes (chunks of images each); a worker decodes the two
 PNGs, scores them with `pq_image` and returns the summed `PQStat` of its chunk, so memory
-stays flat whatever the dataset size. Workers start fresh (spawn) and import only numpy,
-PIL and eval/pq.py: no torch, which alone costs ~700 MB per process.
+stays flat whatever the dataset size. Workers need only numpy, PIL and eval/pq.py, not
+torch, whose import alone costs ~700 MB per process.
 
 Every problem with the prediction (no annotation for an image, a missing or unreadable PNG,
 a size mismatch, ids in a PNG absent from the JSON or the reverse, unknown categories) is
