@@ -8,6 +8,7 @@ import torch
 from panoptic_detr.ops.boxes import masks_to_boxes_xyxy, xyxy_to_cxcywh
 from panoptic_detr.structures import PaddedBatch, Target
 from panoptic_detr.train.criterion import ModelWithLoss, SetCriterion
+from panoptic_detr.train.matcher import hungarian_match
 from tiny_detr import TinyDETR
 
 
@@ -84,6 +85,31 @@ def test_perfect_predictions_have_near_zero_box_and_class_loss():
     shifted = SetCriterion(num_classes=3, masks=False)(None, {**det, "pred_boxes": boxes + 0.01}, [t])
     # 4 coordinates off by 0.01 for each of the 2 boxes, / 2 boxes
     assert abs(float(shifted["loss_bbox"]) - 0.04) < 1e-5
+
+
+def test_class_loss_is_weighted_cross_entropy_and_micro_batches_add_up():
+    model = TinyDETR(num_classes=4).double()
+    g = torch.Generator().manual_seed(5)
+    images = [torch.randn(3, 16, 16, dtype=torch.float64, generator=g) for _ in range(3)]
+    targets = [random_target(g, 16, 16, n, 4) for n in (3, 1, 2)]
+    crit = SetCriterion(num_classes=4, masks=False)
+    whole = crit(model, model.detect(PaddedBatch.from_images(images)), targets)
+    # the class term is F.cross_entropy's weighted mean (no-object weighs eos_coef)
+    det = model.detect(PaddedBatch.from_images(images))
+    indices = hungarian_match(det["pred_logits"], det["pred_boxes"], [t.labels for t in targets],
+                              [t.boxes for t in targets])
+    classes = torch.full((3, 6), 4)
+    for i, (q, s) in enumerate(indices):
+        classes[i, q] = targets[i].labels[s]
+    weight = torch.tensor([1.0, 1, 1, 1, 0.1], dtype=torch.float64)
+    expected = torch.nn.functional.cross_entropy(det["pred_logits"].transpose(1, 2), classes, weight)
+    torch.testing.assert_close(whole["loss_ce"], expected)
+    # two micro-batches normalised by the step's counts sum to the whole batch's losses
+    counts = [3, 1, 2]
+    part1 = crit(model, model.detect(PaddedBatch.from_images(images[:1])), targets[:1], counts)
+    part2 = crit(model, model.detect(PaddedBatch.from_images(images[1:])), targets[1:], counts)
+    for k in whole:
+        torch.testing.assert_close(part1[k] + part2[k], whole[k])
 
 
 def test_images_without_segments():

@@ -6,12 +6,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from panoptic_detr.structures import PaddedBatch
+from panoptic_detr.structures import PaddedBatch, Target
 
 
 class TinyDETR(nn.Module):
-    def __init__(self, num_classes: int = 4, num_queries: int = 6, dim: int = 8, layers: int = 2):
+    def __init__(self, num_classes: int = 4, num_queries: int = 6, dim: int = 8, layers: int = 2,
+                 dropout: float = 0.0):
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.backbone = nn.Conv2d(3, dim, kernel_size=4, stride=4)
         self.query_embed = nn.Embedding(num_queries, dim)
         self.decoder = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
@@ -26,7 +28,7 @@ class TinyDETR(nn.Module):
         hs = self.query_embed.weight[None] + g
         outs = []
         for layer in self.decoder:
-            hs = torch.tanh(layer(hs) + g)
+            hs = self.dropout(torch.tanh(layer(hs) + g))
             outs.append({"pred_logits": self.class_embed(hs), "pred_boxes": self.bbox_embed(hs).sigmoid()})
         det = dict(outs[-1])
         det["aux_outputs"] = outs[:-1]
@@ -47,3 +49,36 @@ class TinyDETR(nn.Module):
         n = det["pred_logits"].shape[1]
         masks = self.predict_masks(det, [torch.arange(n)] * len(batch))
         return {**det, "pred_masks": torch.stack(masks)}
+
+
+class ToyScenes(torch.utils.data.Dataset):
+    """n images [3, h, w] in 0..1 with 1-3 rectangles each (colour = class), as (image, Target)."""
+
+    def __init__(self, n: int, h: int = 32, w: int = 32, num_classes: int = 4, seed: int = 0,
+                 crowd: bool = False):
+        self.items = []
+        g = torch.Generator().manual_seed(seed)
+        for i in range(n):
+            k = int(torch.randint(1, 4, (), generator=g))
+            masks = torch.zeros(k, h, w, dtype=torch.bool)
+            labels = torch.randint(0, num_classes, (k,), generator=g)
+            image = torch.rand(3, h, w, generator=g) * 0.2
+            for s in range(k):
+                y0 = int(torch.randint(0, h // 2, (), generator=g))
+                x0 = int(torch.randint(0, w // 2, (), generator=g))
+                masks[s, y0 : y0 + h // 3 + 2 * s, x0 : x0 + w // 3] = True
+                masks[:s] &= ~masks[s]  # later rectangles occlude earlier ones
+                image[:, masks[s]] = (labels[s].float() + 1) / (num_classes + 1)
+            iscrowd = torch.zeros(k, dtype=torch.bool)
+            if crowd:
+                iscrowd[0] = True
+            target = Target(masks=masks, labels=labels, boxes=torch.zeros(k, 4), iscrowd=iscrowd,
+                            area=masks.sum((1, 2)).float(), image_id=i, orig_size=(h, w), size=(h, w),
+                            segment_ids=torch.arange(1, k + 1))
+            self.items.append((image, target))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]

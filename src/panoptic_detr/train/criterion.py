@@ -73,13 +73,30 @@ def drop_crowd(targets: list[Target]) -> list[Target]:
     return out
 
 
-def count_boxes(targets: list[Target], device: torch.device) -> float:
-    """Mean number of segments per process (all_reduce across processes when distributed), >= 1."""
-    n = torch.tensor([float(sum(len(t) for t in targets))], device=device)
+def mean_over_processes(x: Tensor) -> Tensor:
+    """The mean of `x` over all processes (itself when not distributed); no gradient."""
+    x = x.detach().clone()
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(n)
-        n = n / dist.get_world_size()
-    return float(n.clamp(min=1).item())
+        dist.all_reduce(x)
+        x = x / dist.get_world_size()
+    return x
+
+
+def normalizers(
+    counts: list[int], num_queries: int, eos_coef: float, device: torch.device
+) -> tuple[float, Tensor]:
+    """(num_boxes, CE weight sum) of an optimiser step, averaged over processes.
+
+    counts: non-crowd segments of every image of the step on this process (all micro-batches
+    when accumulating gradients). num_boxes (>= 1) divides the box and mask losses; the CE weight
+    sum (matched queries weigh 1, the others eos_coef) divides the cross-entropy. Both depend on
+    the counts only and are the same on every process and micro-batch, so summed micro-batch
+    losses equal one big batch's, and DDP's gradient average equals one process's."""
+    matched = sum(min(c, num_queries) for c in counts)
+    stats = torch.tensor([float(sum(counts)), float(matched), float(len(counts))], device=device)
+    boxes, matched_t, images = mean_over_processes(stats).unbind()
+    ce_weight = eos_coef * (images * num_queries - matched_t) + matched_t
+    return float(boxes.clamp(min=1).item()), ce_weight
 
 
 class SetCriterion(nn.Module):
@@ -107,22 +124,28 @@ class SetCriterion(nn.Module):
         empty_weight[-1] = weights.eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
 
-    def forward(self, model: nn.Module, det: dict, targets: list[Target]) -> dict[str, Tensor]:
+    def forward(
+        self, model: nn.Module, det: dict, targets: list[Target], step_counts: list[int] | None = None
+    ) -> dict[str, Tensor]:
         """model: the DETRPanoptic whose `detect` produced `det` (used for `predict_masks`).
         det: pred_logits [B, N, K+1], pred_boxes [B, N, 4], aux_outputs, mask-head inputs.
-        targets: one `Target` per image, on the model's device."""
+        targets: one `Target` per image, on the model's device.
+        step_counts: non-crowd segments per image of the whole optimiser step when it is split
+        into micro-batches (see `normalizers`); default: this batch's."""
         targets = drop_crowd(targets)
-        num_boxes = count_boxes(targets, det["pred_logits"].device)
+        counts = [len(t) for t in targets] if step_counts is None else step_counts
+        logits = det["pred_logits"]
+        num_boxes, ce_weight = normalizers(counts, logits.shape[1], self.weights.eos_coef, logits.device)
         labels = [t.labels for t in targets]
         boxes = [t.boxes for t in targets]
 
         indices = hungarian_match(det["pred_logits"], det["pred_boxes"], labels, boxes, self.costs)
-        losses = self.class_box_losses(det, targets, indices, num_boxes)
+        losses = self.class_box_losses(det, targets, indices, num_boxes, ce_weight)
         if self.masks:
             losses.update(self.mask_losses(model, det, targets, indices, num_boxes))
         for i, aux in enumerate(det.get("aux_outputs", [])):
             aux_indices = hungarian_match(aux["pred_logits"], aux["pred_boxes"], labels, boxes, self.costs)
-            aux_losses = self.class_box_losses(aux, targets, aux_indices, num_boxes)
+            aux_losses = self.class_box_losses(aux, targets, aux_indices, num_boxes, ce_weight)
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         losses["loss"] = self.weighted_total(losses)
         return losses
@@ -134,7 +157,12 @@ class SetCriterion(nn.Module):
         return sum(w[k.rstrip("0123456789").rstrip("_")] * v for k, v in losses.items())
 
     def class_box_losses(
-        self, out: dict, targets: list[Target], indices: list[tuple[Tensor, Tensor]], num_boxes: float
+        self,
+        out: dict,
+        targets: list[Target],
+        indices: list[tuple[Tensor, Tensor]],
+        num_boxes: float,
+        ce_weight: Tensor,
     ) -> dict[str, Tensor]:
         logits, pred_boxes = out["pred_logits"], out["pred_boxes"]  # B x N x K+1, B x N x 4
         device = logits.device
@@ -145,9 +173,10 @@ class SetCriterion(nn.Module):
         target_classes[batch_idx, query_idx] = torch.cat(
             [t.labels[s.to(t.labels.device)] for t, (_, s) in zip(targets, indices, strict=True)]
         ).to(device)
-        loss_ce = F.cross_entropy(
-            logits.transpose(1, 2).float(), target_classes, self.empty_weight.to(device)
-        )
+        weight = self.empty_weight.to(device=device, dtype=logits.dtype)
+        ce = F.cross_entropy(logits.transpose(1, 2), target_classes, weight, reduction="none")
+        # F.cross_entropy's weighted mean, with the step's weight sum (see `normalizers`)
+        loss_ce = ce.sum() / ce_weight
 
         src = pred_boxes[batch_idx, query_idx]  # T x 4
         tgt = torch.cat([t.boxes[s.to(t.boxes.device)] for t, (_, s) in zip(targets, indices, strict=True)])
@@ -200,6 +229,8 @@ class ModelWithLoss(nn.Module):
         self.model = model
         self.criterion = criterion
 
-    def forward(self, batch, targets: list[Target]) -> dict[str, Tensor]:
+    def forward(
+        self, batch, targets: list[Target], step_counts: list[int] | None = None
+    ) -> dict[str, Tensor]:
         det = self.model.detect(batch)
-        return self.criterion(self.model, det, targets)
+        return self.criterion(self.model, det, targets, step_counts)
