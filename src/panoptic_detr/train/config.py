@@ -45,6 +45,8 @@ class SynthSection:
     """Training-set seed; the validation set uses seed + 1 (held out)."""
     size: int = 128
     """Side of the square scenes in pixels."""
+    crowd_prob: float = 0.0
+    """Probability of a crowd region in a scene (crowd segments are left out of the losses)."""
 
 
 @dataclass

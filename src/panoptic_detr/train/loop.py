@@ -29,9 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..data.collate import collate_padded
 from ..data.files import atomic_write
 from ..data.transforms import PanopticTransform, eval_transforms, train_transforms
-from ..structures import Categories, PaddedBatch, Target
+from ..structures import Categories, Target
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .criterion import LossWeights, ModelWithLoss, SetCriterion
@@ -87,11 +88,6 @@ class Augmented(Dataset):
         return self.transform(image, target, generator=g)
 
 
-def collate(items: list[tuple[torch.Tensor, Target]]) -> tuple[PaddedBatch, list[Target]]:
-    images, targets = zip(*items, strict=True)
-    return PaddedBatch.from_images(list(images)), list(targets)
-
-
 def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
     """Datasets (generating synthetic scenes first if asked) and the model of the config."""
     from ..data.coco_panoptic import CocoPanoptic
@@ -106,7 +102,8 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
         todo = ((cfg.data.train, synth.n_train, synth.seed), (cfg.data.val, synth.n_val, synth.seed + 1))
         for root, n, seed in todo:
             if root and n > 0 and not (Path(root) / "panoptic.json").exists():
-                make_dataset(root, n, seed=seed, size=synth.size)
+                make_dataset(root, n, seed=seed, size=(synth.size, synth.size), crowd_prob=synth.crowd_prob,
+                             progress=False)
     barrier(info)
     train_set = CocoPanoptic(cfg.data.train)
     val_set = CocoPanoptic(cfg.data.val) if cfg.data.val else None
@@ -138,17 +135,19 @@ def lr_factor(step: int, warmup: int, drop: int, gamma: float) -> float:
     return f * (gamma if drop > 0 and step >= drop else 1.0)
 
 
-def configure_stage(model: nn.Module, cfg: TrainConfig, step: int) -> str:
+def configure_stage(model: nn.Module, cfg: TrainConfig, step: int, trainable: set[str]) -> str:
     """Set which parameters train at `step`; returns the stage name.
 
-    joint / finetune: all (a backbone with lr_backbone 0 stays frozen). two_stage: the detector
-    without the mask head until `stage1_steps`, then the mask head alone on the frozen detector."""
+    trainable: the parameters the model itself leaves trainable (DETR freezes the backbone's
+    stem and layer1); nothing outside it is ever unfrozen. joint / finetune: all of those (a
+    backbone with lr_backbone 0 stays frozen). two_stage: the detector without the mask head
+    until `stage1_steps`, then the mask head alone on the frozen detector."""
     stage = "joint"
     if cfg.schedule == "two_stage":
         stage = "detector" if step < cfg.stage1_steps else "masks"
     for name, p in model.named_parameters():
         is_mask = name.startswith(MASK_HEAD_PREFIXES)
-        train_it = {"joint": True, "detector": not is_mask, "masks": is_mask}[stage]
+        train_it = name in trainable and {"joint": True, "detector": not is_mask, "masks": is_mask}[stage]
         if name.startswith("backbone") and cfg.optim.lr_backbone <= 0:
             train_it = False
         p.requires_grad_(train_it)
@@ -211,7 +210,9 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     parts = parts or build_parts(cfg, info)
     if evaluate_fn is None and parts.val_set is not None:
-        from .evaluation import evaluate_pq as evaluate_fn  # noqa: N813
+        from .evaluation import make_evaluator
+
+        evaluate_fn = make_evaluator(parts.categories, cfg.eval_threshold)
     model = parts.model.to(device)
     criterion = SetCriterion(
         num_classes=parts.categories.num_classes,
@@ -248,10 +249,14 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(out / "metrics.jsonl", state["step"])
         if parts.init_report is not None:
+            from .finetune import summary
+
+            tqdm.write(f"init from {cfg.init}: {summary(parts.init_report)}")
             atomic_write(out / "init_report.json",
                                  lambda f: f.write(json.dumps(parts.init_report, indent=1).encode()))
 
-    stage = configure_stage(model, cfg, state["step"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    stage = configure_stage(model, cfg, state["step"], trainable)
     step_module = _wrap(ModelWithLoss(model, criterion), info, device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
@@ -262,7 +267,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             sampler = ResumableSampler(train_set, info, cfg.seed, state["epoch"],
                                        skip=state["position"] * cfg.batch_size)
             loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                collate_fn=collate, num_workers=cfg.data.num_workers,
+                                collate_fn=collate_padded, num_workers=cfg.data.num_workers,
                                 generator=torch.Generator())  # keeps the global RNG out of it
             for batch in loader:
                 state["position"] += 1
@@ -301,8 +306,8 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         step = state["step"]
         bar.update(1)
 
-        if cfg.schedule == "two_stage" and configure_stage(model, cfg, step) != stage:
-            stage = configure_stage(model, cfg, step)
+        if cfg.schedule == "two_stage" and configure_stage(model, cfg, step, trainable) != stage:
+            stage = configure_stage(model, cfg, step, trainable)
             step_module = _wrap(ModelWithLoss(model, criterion), info, device)  # DDP: new trainable set
 
         done = step == steps
