@@ -155,6 +155,12 @@ def test_random_overlaps_every_pixel_owned_by_a_covering_instance():
         assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
 
 
+def test_no_instances_give_an_all_void_map():
+    id_map, segs, report = instances_to_panoptic(np.zeros((0, 4, 5), bool), [], [], min_area=3)
+    assert id_map.shape == (4, 5) and not id_map.any() and segs == [] and report["overlap_pixels"] == 0
+    assert panoptic_to_instances(id_map, segs, image_id=1) == []
+
+
 def test_panoptic_to_semantic():
     id_map = np.array([[0, 5, 5], [9, 9, 77]])
     segs = [{"id": 5, "category_id": 3}, {"id": 9, "category_id": 200}]

@@ -138,7 +138,7 @@ def instances_to_panoptic(
         raise ValueError(f"masks must be [N, H, W] with N={n}, got {masks.shape}")
     crowd = np.zeros(n, dtype=bool) if iscrowd is None else np.asarray(iscrowd, dtype=bool)
     h, w = masks.shape[1:]
-    full = masks.reshape(n, -1).sum(axis=1)
+    full = masks.reshape(n, h * w).sum(axis=1)
     bottom_up = paint_order(full, crowd, order)
     coverage = masks.sum(axis=0, dtype=np.int32) if n else np.zeros((h, w), np.int32)
     report: dict[str, Any] = {"overlap_pixels": int((coverage > 1).sum()), "occluded": 0, "dropped": []}
