@@ -339,3 +339,36 @@ def test_preview_shows_annotations_solid_and_source_translucent(tmp_path):
     blend = 0.55 * image[ys, xs] + 0.45 * colors[101]  # JPEG blurs the noise photo: compare means
     assert np.abs(prev[ys, xs].mean(0) - blend.mean(0)).max() < 6  # translucent over the photo
     assert np.abs(prev[ys, xs].mean(0) - colors[101]).max() > 30
+
+
+def test_cli_build_gt_and_convert(tmp_path, capsys):
+    from panoptic_detr.cli import main
+
+    pan, instances, semantic = _export(tmp_path, n=2)
+    images = tmp_path / "orig" / "images"
+    out = tmp_path / "built"
+    rc = main(["build-gt", "--instances", str(instances), "--images", str(images), "--out", str(out),
+               "--stuff-from", f"semantic:{semantic}", "--min-area", "4", "--no-previews"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "images: 2 built" in captured.out and "pixel share per class:" in captured.out
+    assert not (out / "previews").exists()
+    rc = main(["build-gt", "--instances", str(instances), "--images", str(images), "--out", str(out)])
+    assert rc == 1 and f"{out}: exists (pass --overwrite" in capsys.readouterr().err
+
+    # convert: instances -> panoptic (no source) keeps the things; -> semantic gives class ids
+    rc = main(["convert", "instances-to-panoptic", "--instances", str(instances), "--images", str(images),
+               "--out", str(tmp_path / "things")])
+    assert rc == 0
+    things = _segments(tmp_path / "things")
+    for name, (_, segs) in _segments(tmp_path / "orig").items():
+        assert things[name][1].keys() == {k for k in segs if k[0] in ("box", "ball")}
+    rc = main(["convert", "panoptic-to-semantic", "--panoptic", str(pan), "--out", str(tmp_path / "sem")])
+    assert rc == 0
+    _, id_map, segs = _scene(1)
+    sem = np.asarray(Image.open(tmp_path / "sem" / "s1.png"))
+    lut = {0: 255, **{s["id"]: s["category_id"] for s in segs}}
+    np.testing.assert_array_equal(sem, np.vectorize(lut.get)(id_map))
+    rc = main(["convert", "panoptic-to-instances", "--panoptic", str(pan), "--out", str(tmp_path / "i.json"),
+               "--with-stuff"])
+    assert rc == 0
+    assert len(json.loads((tmp_path / "i.json").read_text())["annotations"]) == 12
