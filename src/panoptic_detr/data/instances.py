@@ -140,7 +140,11 @@ def instances_to_panoptic(
     h, w = masks.shape[1:]
     full = masks.reshape(n, h * w).sum(axis=1)
     bottom_up = paint_order(full, crowd, order)
-    coverage = masks.sum(axis=0, dtype=np.int32) if n else np.zeros((h, w), np.int32)
+    boxes = [_slices(m) for m in masks]  # work inside each instance's box: most are small
+    coverage = np.zeros((h, w), np.uint16)
+    for m, box in zip(masks, boxes, strict=True):
+        if box is not None:
+            coverage[box] += m[box]
     report: dict[str, Any] = {"overlap_pixels": int((coverage > 1).sum()), "occluded": 0, "dropped": []}
 
     alive = full > 0
@@ -148,7 +152,7 @@ def instances_to_panoptic(
         id_map = np.zeros((h, w), dtype=np.int32)
         for i in bottom_up:
             if alive[i]:
-                id_map[masks[i]] = i + 1
+                id_map[boxes[i]][masks[i][boxes[i]]] = i + 1
         visible = np.bincount(id_map.reshape(-1), minlength=n + 1)[1:]
         fragment = alive & (visible < full) & (visible < min_area)
         if not fragment.any():
@@ -162,12 +166,25 @@ def instances_to_panoptic(
     segments = []
     for i in range(n):
         if alive[i] and visible[i] > 0:
+            b = boxes[i]
+            box = _bbox(id_map[b] == i + 1)
+            box[0] += b[1].start
+            box[1] += b[0].start
             segments.append({"id": i + 1, "category_id": int(categories[i]), "iscrowd": int(crowd[i]),
-                             "isthing": 1, "area": int(visible[i]), "bbox": _bbox(id_map == i + 1)})
+                             "isthing": 1, "area": int(visible[i]), "bbox": box})
         elif alive[i]:  # fully covered by instances above, nothing to drop
             report["dropped"].append({"index": int(i), "category_id": int(categories[i]),
                                       "area": 0, "full_area": int(full[i])})
     return id_map, segments, report
+
+
+def _slices(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """(rows, cols) slices of the bounding box of a [H, W] bool mask, None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def _bbox(mask: np.ndarray) -> list[int]:

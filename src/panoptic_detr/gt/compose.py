@@ -113,6 +113,11 @@ def _relabel(id_map: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndar
     """[H, W] with `values[k]` where id_map == ids[k], 0 elsewhere (ids unsorted, any range)."""
     if ids.size == 0:
         return np.zeros(id_map.shape, dtype=np.int64)
+    top = max(int(ids.max()), int(id_map.max(initial=0)))
+    if ids.min() >= 0 and top < 4 * id_map.size:  # small ids (the usual case): a lookup table
+        lut = np.zeros(top + 1, dtype=np.int64)
+        lut[ids] = values
+        return lut[id_map]
     order = np.argsort(ids)
     sorted_ids = ids[order]
     flat = id_map.astype(np.int64, copy=False)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 SOURCE_ALPHA = 0.45
 VOID_DIM = 0.5
@@ -25,18 +26,22 @@ def draw_preview(
 ) -> np.ndarray:
     """image [H, W, 3] uint8, id_map [H, W] (0 = void), annotated [H, W] bool,
     colors: category id -> (r, g, b). Returns [H, W, 3] uint8."""
-    lut = np.zeros((int(id_map.max(initial=0)) + 1, 3), dtype=np.float32)
+    lut = np.zeros((int(id_map.max(initial=0)) + 1, 3), dtype=np.uint8)
     for s in segments_info:
         lut[int(s["id"])] = colors.get(int(s["category_id"]), (255, 0, 255))
-    color = lut[id_map]  # H x W x 3
-    img = image.astype(np.float32)
-    labelled = id_map > 0
-    src = labelled & ~annotated
-    out = np.where(src[..., None], (1 - SOURCE_ALPHA) * img + SOURCE_ALPHA * color, img)
-    out = np.where(annotated[..., None], color, out)
-    out = np.where(labelled[..., None], out, VOID_DIM * img)
-    out[_outline(np.where(annotated, id_map, 0)) & annotated] = 255
-    return out.clip(0, 255).astype(np.uint8)
+    photo = Image.fromarray(np.ascontiguousarray(image))
+    color = Image.fromarray(lut[id_map])
+    # PIL's C loops: translucent everywhere, then solid where annotated, dimmed where void
+    out = Image.blend(photo, color, SOURCE_ALPHA)
+    out.paste(color, mask=_mask(annotated))
+    out.paste(photo.point(lambda v: int(v * VOID_DIM)), mask=_mask(id_map == 0))
+    arr = np.asarray(out).copy()
+    arr[_outline(np.where(annotated, id_map, 0)) & annotated] = 255
+    return arr
+
+
+def _mask(m: np.ndarray) -> Image.Image:
+    return Image.fromarray(m.astype(np.uint8) * 255)
 
 
 def _outline(ids: np.ndarray) -> np.ndarray:

@@ -70,20 +70,24 @@ def semantic_to_panoptic(
     Stuff classes: one segment each; thing classes: one segment per 8-connected component.
     Values not in `isthing` become void.
     """
-    id_map = np.zeros(sem.shape, dtype=np.int64)
-    segments = []
-    values = np.unique(sem)
-    for v in values.tolist():
+    counts = np.bincount(sem.reshape(-1))
+    lut = np.zeros(counts.size, dtype=np.int64)  # class value -> stuff segment id
+    segments: list[dict[str, Any]] = []
+    things = []
+    for v in np.flatnonzero(counts).tolist():
         if v == 255 or v not in isthing:
             continue
-        mask = sem == v
         if isthing[v]:
-            comps, n = ndimage.label(mask, structure=np.ones((3, 3)))
-            id_map[mask] = comps[mask] + len(segments)
-            segments += [{"id": len(segments) + c, "category_id": v, "iscrowd": 0} for c in range(1, n + 1)]
+            things.append(v)
         else:
             segments.append({"id": len(segments) + 1, "category_id": v, "iscrowd": 0})
-            id_map[mask] = len(segments)
+            lut[v] = len(segments)
+    id_map = lut[sem]
+    for v in things:
+        mask = sem == v
+        comps, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        id_map[mask] = comps[mask] + len(segments)
+        segments += [{"id": len(segments) + c, "category_id": v, "iscrowd": 0} for c in range(1, n + 1)]
     return id_map, segments
 
 
