@@ -138,7 +138,7 @@ def instances_to_panoptic(
         raise ValueError(f"masks must be [N, H, W] with N={n}, got {masks.shape}")
     crowd = np.zeros(n, dtype=bool) if iscrowd is None else np.asarray(iscrowd, dtype=bool)
     h, w = masks.shape[1:]
-    full = masks.reshape(n, h * w).sum(axis=1)
+    full = np.count_nonzero(masks, axis=(1, 2))  # masks may be Fortran-ordered (pycocotools)
     bottom_up = paint_order(full, crowd, order)
     boxes = [_slices(m) for m in masks]  # work inside each instance's box: most are small
     coverage = np.zeros((h, w), np.uint16)
