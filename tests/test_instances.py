@@ -80,8 +80,8 @@ def test_bad_polygons_and_rle_are_reported():
             {"id": 4, "category_id": 2, "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]]}]
     masks, cats, _, ids, problems = decode_annotations(anns, h, w)
     assert ids == [4] and cats == [2] and masks.shape == (1, h, w)
-    assert problems[0].startswith("annotation 3: polygon 0: degenerate")
-    assert problems[-1] == "annotation 3: nothing left, skipped"
+    assert problems == ["annotation 3: polygon 0: degenerate (2 points), skipped; no pixel left, "
+                        "annotation skipped"]
 
 
 def _two_overlapping(h=20, w=20):

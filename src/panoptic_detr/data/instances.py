@@ -87,13 +87,10 @@ def decode_annotations(
     for k, ann in enumerate(anns):
         name = f"annotation {ann.get('id', f'#{k}')}"
         mask, issues = decode_segmentation(ann.get("segmentation"), height, width)
-        problems += [f"{name}: {p}" for p in issues]
-        if mask is None or not mask.any():
-            if mask is not None or not issues:
-                problems.append(f"{name}: empty mask, skipped")
-            else:
-                problems.append(f"{name}: nothing left, skipped")
+        if mask is None or not mask.any():  # one line for the whole annotation
+            problems.append(f"{name}: " + "; ".join(issues + ["no pixel left, annotation skipped"]))
             continue
+        problems += [f"{name}: {p}" for p in issues]
         masks.append(mask)
         cats.append(int(ann["category_id"]))
         crowd.append(bool(ann.get("iscrowd", 0)))
