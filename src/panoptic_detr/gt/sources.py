@@ -161,11 +161,12 @@ class ModelSource:
                 from ..predictor import Predictor
             except ImportError as e:
                 raise SourceError(f"{self.spec}: the predictor is not available ({e})") from None
-            kwargs: dict[str, Any] = {}
+            import torch
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            kwargs: dict[str, Any] = {"device": device}
             if self.threshold is not None:
                 kwargs["threshold"] = self.threshold
-            if self.device is not None:
-                kwargs["device"] = self.device
             try:
                 self._predictor = Predictor(self.weights, **kwargs)
             except Exception as e:  # any loading failure is one line, the build stops
@@ -176,7 +177,12 @@ class ModelSource:
         return {**self.__dict__, "_predictor": None}
 
     def labels(self, image_path: Path, height: int, width: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        result = self._load().predict(image_path)
+        try:
+            result = self._load().predict(image_path)
+        except SourceError:
+            raise
+        except Exception as e:  # an image the model cannot read: this image fails, the rest goes on
+            raise SourceError(f"{image_path}: {self.spec}: {_one_line(e)}") from None
         id_map = np.asarray(result.id_map.cpu() if hasattr(result.id_map, "cpu") else result.id_map)
         if id_map.shape != (height, width):
             raise SourceError(f"{self.spec}: prediction {id_map.shape[1]}x{id_map.shape[0]} differs from "
