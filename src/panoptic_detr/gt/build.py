@@ -37,7 +37,7 @@ from ..data.instances import ORDERS, decode_annotations, instances_to_panoptic
 from ..data.taxonomy import Rule, Taxonomy, TaxonomyError
 from .compose import compose
 from .preview import draw_preview
-from .sources import SourceError, open_source
+from .sources import ModelSource, SourceError, open_source
 
 DEFAULT_MIN_AREA = 16
 REUSE_VERSION = 1  # bump when per-image outputs change meaning
@@ -100,6 +100,9 @@ def build_gt(
         source = open_source(stuff_from) if stuff_from else None
     except SourceError as e:
         raise BuildError(str(e)) from None
+    if isinstance(source, ModelSource) and workers > 1:
+        log(f"{stuff_from}: a model source runs in one process (it batches on its device); --workers ignored")
+        workers = 1
     problems: list[str] = []
 
     def warn(line: str) -> None:
