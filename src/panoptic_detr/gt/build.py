@@ -101,7 +101,7 @@ def build_gt(
     except SourceError as e:
         raise BuildError(str(e)) from None
     if isinstance(source, ModelSource) and workers > 1:
-        log(f"{stuff_from}: a model source runs in one process (it batches on its device); --workers ignored")
+        log(f"{stuff_from}: one model in memory on its device: --workers ignored")
         workers = 1
     problems: list[str] = []
 
