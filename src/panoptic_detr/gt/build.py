@@ -37,7 +37,7 @@ from ..data.instances import ORDERS, decode_annotations, instances_to_panoptic
 from ..data.taxonomy import Rule, Taxonomy, TaxonomyError
 from .compose import compose
 from .preview import draw_preview
-from .sources import ModelSource, SourceError, open_source
+from .sources import ModelSource, Source, SourceError, open_source
 
 DEFAULT_MIN_AREA = 16
 REUSE_VERSION = 1  # bump when per-image outputs change meaning
@@ -68,7 +68,7 @@ def build_gt(
     instances_json: str | Path,
     images_dir: str | Path,
     out_dir: str | Path,
-    stuff_from: str | None = None,
+    stuff_from: str | Source | None = None,
     taxonomy: str | Path | None = None,
     order: str = "area",
     min_area: int = DEFAULT_MIN_AREA,
@@ -82,10 +82,11 @@ def build_gt(
     """Build the dataset into `out_dir` and return the report (also written to report.json).
 
     Instances are resolved with `order` / `min_area` (see data.instances); pixels without an
-    annotation come from `stuff_from` mapped through `taxonomy` (a YAML file or bundled name;
-    default: the source's own categories). Bad inputs are logged one line each and the rest
-    is built; BuildError means nothing could be built (bad options, unreadable inputs,
-    unloadable source).
+    annotation come from `stuff_from` (a spec that `gt.sources.open_source` reads, or a source
+    object, e.g. a `ModelSource` with its own predictor options), mapped through `taxonomy`
+    (a YAML file or bundled name; default: the source's own categories). Bad inputs are
+    logged one line each and the rest is built; BuildError means nothing could be built (bad
+    options, unreadable inputs, unloadable source).
     """
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
     if order not in ORDERS:
@@ -97,11 +98,11 @@ def build_gt(
         raise BuildError(f"{images_dir}: image folder not found")
     data = _read_instances(instances_json)
     try:
-        source = open_source(stuff_from) if stuff_from else None
+        source = open_source(stuff_from) if isinstance(stuff_from, str) else stuff_from
     except SourceError as e:
         raise BuildError(str(e)) from None
     if isinstance(source, ModelSource) and workers > 1:
-        log(f"{stuff_from}: one model in memory on its device: --workers ignored")
+        log(f"{source.spec}: one model in memory on its device: --workers ignored")
         workers = 1
     problems: list[str] = []
 
@@ -115,7 +116,7 @@ def build_gt(
 
     work = out_dir.parent / f".{out_dir.name}.partial"
     config = {"version": REUSE_VERSION, "instances": str(instances_json.resolve()),
-              "images": str(images_dir.resolve()), "stuff_from": stuff_from, "order": order,
+              "images": str(images_dir.resolve()), "stuff_from": source and source.spec, "order": order,
               "min_area": min_area, "previews": previews, "categories": tax.targets,
               "taxonomy": _digest(taxonomy)}
     _prepare_work(work, config, log)
@@ -153,7 +154,7 @@ def build_gt(
             records.append(_collect(_worker(item), warn, bar))
     bar.close()
 
-    report = _report(records, tax, problems, instances_json, stuff_from)
+    report = _report(records, tax, problems, instances_json, source and source.spec)
     _finish(work, out_dir, data, records, tax, report, overwrite)
     return report
 

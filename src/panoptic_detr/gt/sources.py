@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -30,6 +30,17 @@ from ..data.files import read_panoptic_png
 
 class SourceError(Exception):
     """A source that cannot label an image (or cannot be opened at all): one line."""
+
+
+class Source(Protocol):
+    spec: str
+    """How the user named it, e.g. "semantic:labels/"."""
+    categories: list[dict[str, Any]]
+    """COCO category dicts (id, name, isthing) of the labels it gives."""
+
+    def labels(self, image_path: Path, height: int, width: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(id_map [H, W] int64, 0 = void; segments_info with id, category_id[, iscrowd])."""
+        ...
 
 
 class SemanticSource:
@@ -149,9 +160,12 @@ class PanopticSource:
 class ModelSource:
     """A panoptic model of this project; loaded once per process, on first use."""
 
-    def __init__(self, weights: str, threshold: float | None = None, device: str | None = None):
+    def __init__(self, weights: str, threshold: float | None = None, device: str | None = None,
+                 **predictor_kwargs: Any):
+        """predictor_kwargs: more `Predictor` options (size, max_size, preset, ...)."""
         self.spec = f"model:{weights}" + (f"@{threshold}" if threshold is not None else "")
         self.weights, self.threshold, self.device = weights, threshold, device
+        self.predictor_kwargs = predictor_kwargs
         self._predictor: Any = None
         self.categories = [dict(c) for c in self._load().categories.items]
 
@@ -164,7 +178,7 @@ class ModelSource:
             import torch
 
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            kwargs: dict[str, Any] = {"device": device}
+            kwargs: dict[str, Any] = {"device": device, **self.predictor_kwargs}
             if self.threshold is not None:
                 kwargs["threshold"] = self.threshold
             try:
