@@ -358,3 +358,49 @@ def test_cli_build_gt_and_convert(tmp_path, capsys):
     assert rc == 0
     n_segments = sum(len(_original(i)[1]) for i in range(2))
     assert len(json.loads((tmp_path / "i.json").read_text())["annotations"]) == n_segments
+
+
+def test_model_source_labels_the_rest_and_load_errors_stop(tmp_path, monkeypatch):
+    """A stand-in Predictor that 'predicts' the true scene: the rebuild is exact, the threshold
+    reaches the predictor, and a model that cannot load is one line."""
+    import sys
+    import types
+
+    import torch
+
+    from panoptic_detr.structures import Categories, PanopticResult
+
+    seen = {}
+
+    class FakePredictor:
+        def __init__(self, weights, threshold=0.85, device="cpu", **kwargs):
+            if weights == "broken.pt":
+                raise RuntimeError("broken.pt: not a checkpoint\n(details)")
+            seen.update(weights=weights, threshold=threshold, device=device)
+            self.categories = Categories(synth_categories())
+
+        def predict(self, path):
+            i = int(Path(path).stem)
+            if i == 2:
+                raise OSError("truncated JPEG")
+            id_map, segs = _original(i)
+            return PanopticResult(torch.from_numpy(id_map), segs)
+
+    fake = types.SimpleNamespace(Predictor=FakePredictor)
+    monkeypatch.setitem(sys.modules, "panoptic_detr.predictor", fake)
+    pan, instances, _ = _export(tmp_path, n=3)
+    images = tmp_path / "orig" / "images"
+    lines: list[str] = []
+    report = build_gt(instances, images, tmp_path / "m", stuff_from="model:some.pt@0.6", workers=2,
+                      progress=False, log=lines.append)
+    assert seen["weights"] == "some.pt" and seen["threshold"] == 0.6
+    assert lines[0] == "model:some.pt@0.6: one model in memory on its device: --workers ignored"
+    assert lines[1] == f"{images / _name(2)}.jpg: model:some.pt@0.6: truncated JPEG"
+    assert [f["file_name"] for f in report["images"]["failed"]] == [f"{_name(2)}.jpg"]
+    original, rebuilt = _segments(tmp_path / "orig"), _segments(tmp_path / "m")
+    for i in (0, 1):
+        assert rebuilt[f"{_name(i)}.png"][1].keys() == original[f"{_name(i)}.png"][1].keys()
+    with pytest.raises(BuildError, match=r"^model:broken\.pt: cannot load the model \(broken\.pt: not a "
+                                         r"checkpoint \(details\)\)$"):
+        build_gt(instances, images, tmp_path / "n", stuff_from="model:broken.pt", progress=False)
+    assert not (tmp_path / "n").exists()
