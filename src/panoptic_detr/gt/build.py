@@ -124,36 +124,8 @@ def build_gt(
                {int(t["id"]): bool(t["isthing"]) for t in tax.targets},
                {int(t["id"]): t["color"] for t in tax.targets}, order, min_area, previews)
 
-    records, todo, names = [], [], {}
-    for img in data["images"]:
-        anns = by_image.get(img["id"], [])
-        first = names.setdefault(img["file_name"], img["id"])
-        if first != img["id"]:  # its output PNG would overwrite the first one's
-            why = f"{instances_json}: image id {img['id']}: file name {img['file_name']} already used by " \
-                  f"image id {first}, skipped"
-            warn(why)
-            records.append({"status": "skipped", "file_name": img["file_name"], "reason": why})
-            continue
-        if not anns and (skip_unannotated or source is None):
-            why = "no annotations (--skip-unannotated)" if source else "no annotations and no source"
-            records.append({"status": "skipped", "file_name": img["file_name"], "reason": why})
-            continue
-        done = work / "parts" / f"{img['id']}.json"
-        if done.exists():
-            records.append(json.loads(done.read_text()) | {"reused": True})
-        else:
-            todo.append((img, anns))
-    bar = tqdm(total=len(todo), desc="build-gt", unit="img", disable=not progress, file=sys.stderr)
-    if workers > 1 and len(todo) > 1:
-        with get_context().Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
-            for rec in pool.imap_unordered(_worker, todo, chunksize=4):
-                records.append(_collect(rec, warn, bar))
-    else:
-        _init_worker(job)
-        for item in todo:
-            records.append(_collect(_worker(item), warn, bar))
-    bar.close()
-
+    records, todo = _plan(data["images"], by_image, work, source, skip_unannotated, instances_json, warn)
+    records += _run(job, todo, workers, progress, warn)
     report = _report(records, tax, problems, instances_json, source and source.spec)
     _finish(work, out_dir, data, records, tax, report, overwrite)
     return report
@@ -255,6 +227,49 @@ def _prepare_work(work: Path, config: dict[str, Any], log: Callable[[str], None]
         shutil.rmtree(work)
     (work / "parts").mkdir(parents=True)
     write_json(cfg, config)
+
+
+def _plan(images: list[dict[str, Any]], by_image: dict[Any, list[dict[str, Any]]], work: Path, source: Any,
+          skip_unannotated: bool, instances_json: Path, warn: Callable[[str], None]
+          ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
+    """(records of images skipped or finished by an earlier run, (image, annotations) to build)."""
+    records, todo, names = [], [], {}
+    for img in images:
+        anns = by_image.get(img["id"], [])
+        first = names.setdefault(img["file_name"], img["id"])
+        if first != img["id"]:  # its output PNG would overwrite the first one's
+            why = (f"{instances_json}: image id {img['id']}: file name {img['file_name']} already used by "
+                   f"image id {first}, skipped")
+            warn(why)
+            records.append({"status": "skipped", "file_name": img["file_name"], "reason": why})
+        elif not anns and (skip_unannotated or source is None):
+            why = "no annotations (--skip-unannotated)" if source else "no annotations and no source"
+            records.append({"status": "skipped", "file_name": img["file_name"], "reason": why})
+        elif (work / "parts" / f"{img['id']}.json").exists():
+            rec = json.loads((work / "parts" / f"{img['id']}.json").read_text())
+            for line in rec["problems"]:  # they belong in this run's report too
+                warn(line)
+            records.append(rec | {"reused": True})
+        else:
+            todo.append((img, anns))
+    return records, todo
+
+
+def _run(job: _Job, todo: list, workers: int, progress: bool, warn: Callable[[str], None]
+         ) -> list[dict[str, Any]]:
+    """Build every image of `todo`, in `workers` processes; records in completion order."""
+    records = []
+    bar = tqdm(total=len(todo), desc="build-gt", unit="img", disable=not progress, file=sys.stderr)
+    if workers > 1 and len(todo) > 1:
+        with get_context().Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+            for rec in pool.imap_unordered(_worker, todo, chunksize=4):
+                records.append(_collect(rec, warn, bar))
+    else:
+        _init_worker(job)
+        for item in todo:
+            records.append(_collect(_worker(item), warn, bar))
+    bar.close()
+    return records
 
 
 # ---------------------------------------------------------------- one image (worker)
