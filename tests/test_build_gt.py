@@ -404,3 +404,33 @@ def test_model_source_labels_the_rest_and_load_errors_stop(tmp_path, monkeypatch
                                          r"checkpoint \(details\)\)$"):
         build_gt(instances, images, tmp_path / "n", stuff_from="model:broken.pt", progress=False)
     assert not (tmp_path / "n").exists()
+
+
+def test_semantic_source_things_split_into_components_and_label_map_forms(tmp_path):
+    from panoptic_detr.gt.sources import SemanticSource, SourceError, semantic_to_panoptic
+
+    sem = np.full((6, 8), 7, np.int64)
+    sem[1:3, 1:3] = 1  # two separate blobs of thing class 1
+    sem[4:6, 5:8] = 1
+    sem[0, 7] = 255
+    sem[5, 0] = 42  # not in the label map
+    id_map, segs = semantic_to_panoptic(sem, {1: True, 7: False})
+    by_id = {s["id"]: s["category_id"] for s in segs}
+    assert sorted(by_id.values()) == [1, 1, 7]
+    assert len({id_map[1, 1], id_map[4, 5]}) == 2 and {by_id[id_map[1, 1]], by_id[id_map[4, 5]]} == {1}
+    assert id_map[0, 7] == 0 and id_map[5, 0] == 0 and by_id[id_map[0, 0]] == 7
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "labelmap.yaml").write_text("7: sky\n8: grass\n")
+    src = SemanticSource(tmp_path / "a")
+    assert src.categories == [{"id": 7, "name": "sky", "isthing": 0},
+                              {"id": 8, "name": "grass", "isthing": 0}]
+    (tmp_path / "b").mkdir()
+    with pytest.raises(SourceError, match="no labelmap.json or labelmap.yaml"):
+        SemanticSource(tmp_path / "b")
+    (tmp_path / "b" / "map.json").write_text('{"categories": [{"id": 3}]}')
+    with pytest.raises(SourceError, match=r"map\.json: a label map is a list of"):
+        SemanticSource(tmp_path / "b", tmp_path / "b" / "map.json")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "a" / "x.png")
+    with pytest.raises(SourceError, match=r"x\.png: size 5x5 differs from the image 8x6"):
+        src.labels(tmp_path / "x.jpg", 6, 8)
