@@ -434,3 +434,39 @@ def test_semantic_source_things_split_into_components_and_label_map_forms(tmp_pa
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "a" / "x.png")
     with pytest.raises(SourceError, match=r"x\.png: size 5x5 differs from the image 8x6"):
         src.labels(tmp_path / "x.jpg", 6, 8)
+
+
+def test_coco_reference_things_as_instances_stuff_made_coarse(tmp_path, reference):
+    """Two real COCO images: their things exported as instances, everything else from their own
+    panoptic ground truth through the bundled coco_coarse taxonomy."""
+    from panoptic_detr.data.instances import panoptic_to_semantic
+    from panoptic_detr.data.taxonomy import STUFF, Taxonomy
+    from panoptic_detr.structures import Categories
+
+    gt = reference / "pq" / "gt" / "panoptic_examples.json"
+    panoptic_to_instances_file(gt, tmp_path / "instances.json", progress=False)
+    lines: list[str] = []
+    out = tmp_path / "built"
+    report = build_gt(tmp_path / "instances.json", reference / "images", out, stuff_from=f"panoptic:{gt}",
+                      taxonomy="coco_coarse", progress=False, log=lines.append)
+    assert lines == [] and report["images"]["processed"] == 2
+    data = _assert_valid(out)
+    rules = Taxonomy.load("coco_coarse").rule_by_id(Categories.coco_panoptic().items)
+    source = json.loads(gt.read_text())
+    for ann in source["annotations"]:
+        orig = read_panoptic_png(gt.with_suffix("") / ann["file_name"])
+        # expected classes: things keep their COCO id, stuff its coarse class, ignored stuff void
+        coarse = [{**s, "category_id": rules[s["category_id"]].target if rules[s["category_id"]].mode == STUFF
+                   else s["category_id"]} for s in ann["segments_info"]
+                  if rules[s["category_id"]].target is not None]
+        built = next(a for a in data["annotations"] if a["file_name"] == ann["file_name"])
+        id_map = read_panoptic_png(out / "panoptic" / built["file_name"])
+        np.testing.assert_array_equal(panoptic_to_semantic(id_map, built["segments_info"]),
+                                      panoptic_to_semantic(orig, coarse))
+        # every thing instance (crowds included) is the same pixel set
+        things = {(s["category_id"], s["iscrowd"], (orig == s["id"]).tobytes())
+                  for s in ann["segments_info"] if s["category_id"] <= 90}
+        assert things == {(s["category_id"], s["iscrowd"], (id_map == s["id"]).tobytes())
+                          for s in built["segments_info"] if s["isthing"]}
+        assert len({s["category_id"] for s in built["segments_info"] if not s["isthing"]}) == len(
+            [s for s in built["segments_info"] if not s["isthing"]])  # stuff: one segment per class
