@@ -231,7 +231,7 @@ def attention_views(expl: Explanation, query: int, size: tuple[int, int]) -> lis
     base = dim(resize(expl.image, size))
     out = []
     for m in range(att.shape[0]):
-        a = grid_to_view(att[m], 32, expl.input_size, size)
+        a = grid_to_view(att[m], expl.c5_stride, expl.input_size, size)
         panel = blend(base, heat(a, 0.0, vmax), np.clip(a / vmax, 0, 1) * 0.85 + 0.1)
         out.append(caption(panel, f"head {m}", f"mass {float(att[m].sum()):.0%}"))
     return out
@@ -264,14 +264,14 @@ def overview_sheet(expl: Explanation, long_side: int = 360) -> Image.Image:
     h, w = expl.image.shape[:2]
     size = thumb_size((h, w), long_side)
     ih, iw = expl.input_size
-    c5 = grid_to_view(expl.c5_norm, 32, expl.input_size, size)
+    c5 = grid_to_view(expl.c5_norm, expl.c5_stride, expl.input_size, size)
     gh, gw = expl.c5_norm.shape
     n_seg = len(expl.result.segments_info)
     entries = legend_entries(expl)
     panels = [
         caption(resize(expl.image, size), "input", f"{w} x {h} px (network saw {iw} x {ih})"),
         caption(blend(dim(resize(expl.image, size)), heat(c5), 0.75), "C5 activation (channel norm)",
-                f"{gw} x {gh} grid, stride 32"),
+                f"{gw} x {gh} grid, stride {expl.c5_stride}"),
         caption(panoptic_view(expl, size), "panoptic result",
                 f"{n_seg} segment{'s' * (n_seg != 1)}" if n_seg else "no segment kept"),
         caption(legend(entries) if entries else legend([((235, 235, 235), "no segment kept")]), "legend"),
@@ -339,7 +339,8 @@ def path_figure(expl: Explanation, segment_id: int, long_side: int = 220) -> Ima
     tiles = [Image.fromarray(heat(grid_to_view(att[m], 1, (gh, gw), small, nearest=True), 0, vmax))
              for m in range(M)]
     heads = wrap(tiles, width=2 * small[1] + GAP, gap=2)
-    second = caption(heads, f"{M} attention maps", f"{M} heads x {gw} x {gh} (W/32 x H/32)",
+    st = expl.c5_stride
+    second = caption(heads, f"{M} attention maps", f"{M} heads x {gw} x {gh} (W/{st} x H/{st})",
                      width=2 * small[1] + GAP)
     third = logits_view(expl, q.index, size, sub=f"{lw} x {lh} (W/4 x H/4)")
     fourth = caption(pixels_view(expl, segment_id, size), f"segment {segment_label(expl, segment_id)}",

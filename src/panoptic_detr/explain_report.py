@@ -127,8 +127,9 @@ def render_html(expl: Explanation, images: dict[str, bytes], segments: Sequence[
     meta = [("image", f"{title} ({W} x {H} px)"), ("network input", f"{iw} x {ih} px"),
             ("weights", e(str(expl.meta.get("weights", "?")))),
             ("queries / heads", f"{n} queries, {m} attention heads"),
-            ("attention grid (H/32)", "{} x {}".format(*reversed(tuple(expl.attention_maps.shape[-2:])))),
-            ("mask logits (H/4)", "{} x {}".format(*reversed(tuple(expl.mask_logits.shape[-2:])))),
+            (f"attention grid (W/{expl.c5_stride} x H/{expl.c5_stride})",
+             "{} x {}".format(*reversed(tuple(expl.attention_maps.shape[-2:])))),
+            ("mask logits (W/4 x H/4)", "{} x {}".format(*reversed(tuple(expl.mask_logits.shape[-2:])))),
             ("confidence threshold", f"{expl.threshold:g}"),
             ("segments", str(len(expl.result.segments_info)))]
     out.append("<table class='meta'>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in meta)
@@ -159,8 +160,8 @@ def render_html(expl: Explanation, images: dict[str, bytes], segments: Sequence[
     if path_segment is not None:
         out.append(f"<h2>Path of segment {path_segment}</h2>")
         out.append("<p class='muted'>The query's attention over the encoder output (one map per head, "
-                   "H/32), the FPN head's mask logits (H/4), and the segment after the per-pixel argmax "
-                   "over all kept queries, resized to the image.</p>")
+                   f"H/{expl.c5_stride}), the FPN head's mask logits (H/4), and the segment after the "
+                   "per-pixel argmax over all kept queries, resized to the image.</p>")
         out.append(_img(images["path"], f"path of segment {path_segment}"))
 
     if segments:
