@@ -43,6 +43,14 @@ class ReportFiles:
     queries: Path
 
 
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Raise FileExistsError when `out_dir` already holds a report and `overwrite` is False
+    (callers check before the network runs; `write_report` checks every file again)."""
+    html = Path(out_dir) / "report.html"
+    if not overwrite and html.exists():
+        raise FileExistsError(f"{html}: exists (pass --overwrite to replace it)")
+
+
 def choose_segments(expl: Explanation, segments: str | Sequence[int] | None = "all") -> list[int]:
     """Segment ids to explain: "all"/None for every kept segment, else the given ids (checked)."""
     kept = [int(s["id"]) for s in expl.result.segments_info]
