@@ -94,35 +94,6 @@ def dim(image: np.ndarray, keep: float = 0.45) -> np.ndarray:
     return (grey * keep + 255 * (1 - keep) * 0.15).clip(0, 255).astype(np.uint8).repeat(3, axis=2)
 
 
-def segment_colors(expl: Explanation) -> dict[int, tuple[int, int, int]]:
-    """Segment id -> colour: the category colour, shifted a little per thing instance so that
-    touching instances of one class stay apart."""
-    out = {}
-    for s in expl.result.segments_info:
-        r, g, b = expl.categories.color(int(s["category_id"]))
-        if s.get("isthing", True):
-            rng = np.random.default_rng(int(s["id"]))
-            r, g, b = (int(np.clip(c + rng.integers(-40, 41), 0, 255)) for c in (r, g, b))
-        out[int(s["id"])] = (r, g, b)
-    return out
-
-
-def panoptic_view(expl: Explanation, size: tuple[int, int], alpha: float = 0.6) -> np.ndarray:
-    """The image at `size` with every segment painted in its colour and outlined."""
-    ids = sample_nearest(expl.result.id_map.numpy(), size)
-    image = resize(expl.image, size)
-    lut = np.zeros((int(ids.max()) + 1, 3), np.uint8)
-    for sid, c in segment_colors(expl).items():
-        if sid < len(lut):
-            lut[sid] = c
-    painted = blend(image, lut[ids], np.where(ids > 0, alpha, 0.0))
-    edge = np.zeros(ids.shape, bool)
-    edge[1:] |= ids[1:] != ids[:-1]
-    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
-    painted[edge] = (255, 255, 255)
-    return painted
-
-
 def caption(panel: np.ndarray | Image.Image, title: str, sub: str = "",
             width: int | None = None) -> Image.Image:
     """A panel with a title (and a muted second line) above it."""
@@ -199,106 +170,6 @@ def legend(entries: Sequence[tuple[tuple[int, int, int], str]], width: int = 220
     return out
 
 
-def segment_label(expl: Explanation, segment_id: int) -> str:
-    s = expl.segment_info(segment_id)
-    return f"{segment_id}: {expl.categories.name(int(s['category_id']))}"
-
-
-def legend_entries(expl: Explanation) -> list[tuple[tuple[int, int, int], str]]:
-    colors = segment_colors(expl)
-    out = []
-    for s in expl.result.segments_info:
-        q = expl.query_of_segment(int(s["id"]))
-        out.append((colors[int(s["id"])], f"{segment_label(expl, int(s['id']))} ({q.score:.2f})"))
-    return out
-
-
-def box_view(expl: Explanation, q: QueryInfo, size: tuple[int, int],
-             color: tuple[int, int, int] = (255, 60, 60)) -> np.ndarray:
-    """The image at `size` with the query's predicted box."""
-    im = Image.fromarray(resize(expl.image, size))
-    sy, sx = size[0] / expl.image.shape[0], size[1] / expl.image.shape[1]
-    x0, y0, x1, y1 = q.box
-    ImageDraw.Draw(im).rectangle((x0 * sx, y0 * sy, x1 * sx, y1 * sy), outline=color, width=2)
-    return np.asarray(im)
-
-
-def attention_views(expl: Explanation, query: int, size: tuple[int, int]) -> list[Image.Image]:
-    """One captioned panel per head: the head's attention over the image. Colours share one
-    scale across the heads (the softmax is joint), and each caption gives the head's mass."""
-    att = expl.attention_maps[query]  # M x h/32 x w/32
-    vmax = float(att.max()) or 1.0
-    base = dim(resize(expl.image, size))
-    out = []
-    for m in range(att.shape[0]):
-        a = grid_to_view(att[m], expl.c5_stride, expl.input_size, size)
-        panel = blend(base, heat(a, 0.0, vmax), np.clip(a / vmax, 0, 1) * 0.85 + 0.1)
-        out.append(caption(panel, f"head {m}", f"mass {float(att[m].sum()):.0%}"))
-    return out
-
-
-def logits_view(expl: Explanation, query: int, size: tuple[int, int], title: str = "mask logits",
-                sub: str = "") -> Image.Image:
-    """The query's mask logits (before the argmax over queries) as a heat map over the image,
-    their range in the caption."""
-    logits = expl.mask_logits_of(query)
-    if logits is None:
-        return caption(np.full((*size, 3), 235, np.uint8), title, "not computed")
-    v = grid_to_view(logits, 4, expl.input_size, size)
-    lo, hi = float(logits.min()), float(logits.max())
-    panel = blend(resize(expl.image, size), heat(v, lo, hi, cmap="viridis"), 0.8)
-    return caption(panel, title, (sub + ", " if sub else "") + f"range {lo:.1f} .. {hi:.1f}")
-
-
-def pixels_view(expl: Explanation, segment_id: int, size: tuple[int, int]) -> np.ndarray:
-    """The segment's final pixels in its colour over a dimmed image."""
-    color = segment_colors(expl)[segment_id]
-    m = sample_nearest(expl.result.id_map.numpy(), size) == segment_id
-    out = dim(resize(expl.image, size))
-    out[m] = blend(out[m][None], np.array(color, np.uint8)[None, None].repeat(int(m.sum()), 1), 0.8)[0]
-    return out
-
-
-def overview_sheet(expl: Explanation, long_side: int = 360) -> Image.Image:
-    """Input | C5 channel-norm heat map | final panoptic overlay | legend."""
-    h, w = expl.image.shape[:2]
-    size = thumb_size((h, w), long_side)
-    ih, iw = expl.input_size
-    c5 = grid_to_view(expl.c5_norm, expl.c5_stride, expl.input_size, size)
-    gh, gw = expl.c5_norm.shape
-    n_seg = len(expl.result.segments_info)
-    entries = legend_entries(expl)
-    panels = [
-        caption(resize(expl.image, size), "input", f"{w} x {h} px (network saw {iw} x {ih})"),
-        caption(blend(dim(resize(expl.image, size)), heat(c5), 0.75), "C5 activation (channel norm)",
-                f"{gw} x {gh} grid, stride {expl.c5_stride}"),
-        caption(panoptic_view(expl, size), "panoptic result",
-                f"{n_seg} segment{'s' * (n_seg != 1)}" if n_seg else "no segment kept"),
-        caption(legend(entries) if entries else legend([((235, 235, 235), "no segment kept")]), "legend"),
-    ]
-    return row(panels)
-
-
-def segment_sheet(expl: Explanation, segment_id: int, long_side: int = 168) -> Image.Image:
-    """One segment: box | M attention maps | mask logits | final pixels, with class and score."""
-    q = expl.query_of_segment(segment_id)
-    s = expl.segment_info(segment_id)
-    size = thumb_size(expl.image.shape[:2], long_side)
-    x0, y0, x1, y1 = q.box
-    panels = [
-        caption(box_view(expl, q, size, segment_colors(expl)[segment_id]), "box",
-                f"{x1 - x0:.0f} x {y1 - y0:.0f} px"),
-        logits_view(expl, q.index, size),
-        caption(pixels_view(expl, segment_id, size), "final pixels", f"area {int(s['area'])} px"),
-        *attention_views(expl, q.index, size),
-    ]
-    kind = "thing" if s.get("isthing", True) else "stuff"
-    title = (f"segment {segment_label(expl, segment_id)} ({kind}) - query {q.index}, "
-             f"score {q.score:.3f}")
-    body = wrap(panels, width=max(7 * (size[1] + GAP), 1200))
-    return column([caption_line(title, body.width), body])
-
-
 def caption_line(text: str, width: int, size: int = 14, color: tuple[int, int, int] = INK) -> Image.Image:
     out = Image.new("RGB", (width, size + 8), BG)
     ImageDraw.Draw(out).text((0, 2), text, fill=color, font=font(size))
@@ -319,38 +190,18 @@ def arrow(width: int, height: int, text: str = "") -> Image.Image:
     return out
 
 
-def path_figure(expl: Explanation, segment_id: int, long_side: int = 220) -> Image.Image:
-    """The whole path of one segment: image -> M attention maps (H/32) -> mask logits (H/4)
-    -> segment at full size, each stage annotated with its size."""
-    q = expl.query_of_segment(segment_id)
-    H, W = expl.image.shape[:2]
-    ih, iw = expl.input_size
-    size = thumb_size((H, W), long_side)
-    att = expl.attention_maps[q.index]
-    M, gh, gw = att.shape
-    logits = expl.mask_logits_of(q.index)
-    lh, lw = (0, 0) if logits is None else logits.shape
 
-    first = caption(box_view(expl, q, size, segment_colors(expl)[segment_id]), "image",
-                    f"{W} x {H} -> resized {iw} x {ih}")
-    # attention maps at their native grid: nearest upsampling shows the H/32 cells
-    small = thumb_size((gh, gw), max(48, long_side // 2 - GAP))
-    vmax = float(att.max()) or 1.0
-    tiles = [Image.fromarray(heat(grid_to_view(att[m], 1, (gh, gw), small, nearest=True), 0, vmax))
-             for m in range(M)]
-    heads = wrap(tiles, width=2 * small[1] + GAP, gap=2)
-    st = expl.c5_stride
-    second = caption(heads, f"{M} attention maps", f"{M} heads x {gw} x {gh} (W/{st} x H/{st})",
-                     width=2 * small[1] + GAP)
-    third = logits_view(expl, q.index, size, sub=f"{lw} x {lh} (W/4 x H/4)")
-    fourth = caption(pixels_view(expl, segment_id, size), f"segment {segment_label(expl, segment_id)}",
-                     f"{W} x {H}, {int(expl.segment_info(segment_id)['area'])} px")
-    h = max(p.height for p in (first, second, third, fourth))
-    body = row([first, arrow(90, h, "query\nattention"), second, arrow(90, h, "FPN head\nx8"), third,
-                arrow(110, h, "argmax over\nkept queries"), fourth], gap=4, align_top=False)
-    title = (f"path of segment {segment_label(expl, segment_id)} (query {q.index}, "
-             f"score {q.score:.3f})")
-    return column([caption_line(title, body.width), body])
+def segment_colors(expl: Explanation) -> dict[int, tuple[int, int, int]]:
+    """Segment id -> colour: the category colour, shifted a little per thing instance so that
+    touching instances of one class stay apart."""
+    out = {}
+    for s in expl.result.segments_info:
+        r, g, b = expl.categories.color(int(s["category_id"]))
+        if s.get("isthing", True):
+            rng = np.random.default_rng(int(s["id"]))
+            r, g, b = (int(np.clip(c + rng.integers(-40, 41), 0, 255)) for c in (r, g, b))
+        out[int(s["id"])] = (r, g, b)
+    return out
 
 
 def dropped_rows(expl: Explanation) -> list[QueryInfo]:
@@ -359,20 +210,187 @@ def dropped_rows(expl: Explanation) -> list[QueryInfo]:
     return sorted(expl.dropped(), key=lambda q: (order.get(q.status, 9), -q.best_score, q.index))
 
 
-def sheet(expl: Explanation, segments: Sequence[int], path_segment: int | None,
-          max_segments: int = 4, figures: dict[str, Image.Image] | None = None) -> Image.Image:
-    """One summary PNG: overview, the path figure, the first few segment sheets. `figures`
-    may hold already drawn "overview", "path" and "segment_<id>" panels."""
-    figures = figures or {}
-    parts = [figures.get("overview") or overview_sheet(expl)]
-    if path_segment is not None:
-        parts.append(figures.get("path") or path_figure(expl, path_segment))
-    else:
-        n = len(expl.dropped())
-        parts.append(caption_line(f"No segment kept: all {n} queries were dropped (see the report's "
-                                  "table of dropped queries).", 900, color=(160, 30, 30)))
-    parts += [figures.get(f"segment_{s}") or segment_sheet(expl, s) for s in list(segments)[:max_segments]]
-    if len(segments) > max_segments:
-        parts.append(caption_line(f"... {len(segments) - max_segments} more segments in the report",
-                                  600, color=MUTED))
-    return pad(column(parts, gap=14))
+class Figures:
+    """The figures of one explanation. Colours, the image and the id map at each display size
+    are computed once and shared by all panels (a report draws hundreds)."""
+
+    def __init__(self, expl: Explanation):
+        self.e = expl
+        self.colors = segment_colors(expl)
+        self._ids = expl.result.id_map.cpu().numpy()
+        self._cache: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+
+    def image(self, size: tuple[int, int]) -> np.ndarray:
+        """[h, w, 3] the input image at `size` (a shared array: copy before drawing on it)."""
+        key = ("image", size)
+        if key not in self._cache:
+            self._cache[key] = resize(self.e.image, size)
+        return self._cache[key]
+
+    def dimmed(self, size: tuple[int, int]) -> np.ndarray:
+        key = ("dim", size)
+        if key not in self._cache:
+            self._cache[key] = dim(self.image(size))
+        return self._cache[key]
+
+    def ids(self, size: tuple[int, int]) -> np.ndarray:
+        """[h, w] the segment id map sampled at `size`."""
+        key = ("ids", size)
+        if key not in self._cache:
+            self._cache[key] = sample_nearest(self._ids, size)
+        return self._cache[key]
+
+    def label(self, segment_id: int) -> str:
+        s = self.e.segment_info(segment_id)
+        return f"{segment_id}: {self.e.categories.name(int(s['category_id']))}"
+
+    def legend_entries(self) -> list[tuple[tuple[int, int, int], str]]:
+        out = []
+        for s in self.e.result.segments_info:
+            q = self.e.query_of_segment(int(s["id"]))
+            out.append((self.colors[int(s["id"])], f"{self.label(int(s['id']))} ({q.score:.2f})"))
+        return out
+
+    # ---- panels ----------------------------------------------------------------------------
+
+    def panoptic(self, size: tuple[int, int], alpha: float = 0.6) -> np.ndarray:
+        """The image at `size` with every segment painted in its colour and outlined."""
+        ids = self.ids(size)
+        lut = np.zeros((int(ids.max()) + 1, 3), np.uint8)
+        for sid, c in self.colors.items():
+            if sid < len(lut):
+                lut[sid] = c
+        painted = blend(self.image(size), lut[ids], np.where(ids > 0, alpha, 0.0))
+        edge = np.zeros(ids.shape, bool)
+        edge[1:] |= ids[1:] != ids[:-1]
+        edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+        painted[edge] = (255, 255, 255)
+        return painted
+
+    def box(self, q: QueryInfo, size: tuple[int, int],
+            color: tuple[int, int, int] = (255, 60, 60)) -> np.ndarray:
+        """The image at `size` with the query's predicted box."""
+        im = Image.fromarray(self.image(size))  # PIL copies the array
+        sy, sx = size[0] / self.e.image.shape[0], size[1] / self.e.image.shape[1]
+        x0, y0, x1, y1 = q.box
+        ImageDraw.Draw(im).rectangle((x0 * sx, y0 * sy, x1 * sx, y1 * sy), outline=color, width=2)
+        return np.asarray(im)
+
+    def attention(self, query: int, size: tuple[int, int]) -> list[Image.Image]:
+        """One captioned panel per head: the head's attention over the image. Colours share one
+        scale across the heads (the softmax is joint); each caption gives the head's mass."""
+        att = self.e.attention_maps[query]  # M x h/32 x w/32
+        mass = att.sum(dim=(1, 2)).tolist()
+        vmax = float(att.max()) or 1.0
+        out = []
+        for m in range(att.shape[0]):
+            a = grid_to_view(att[m], self.e.c5_stride, self.e.input_size, size)
+            panel = blend(self.dimmed(size), heat(a, 0.0, vmax), np.clip(a / vmax, 0, 1) * 0.85 + 0.1)
+            out.append(caption(panel, f"head {m}", f"mass {mass[m]:.0%}"))
+        return out
+
+    def logits(self, query: int, size: tuple[int, int], title: str = "mask logits",
+               sub: str = "") -> Image.Image:
+        """The query's mask logits (before the argmax over queries) as a heat map over the
+        image, their range in the caption."""
+        logits = self.e.mask_logits_of(query)
+        if logits is None:
+            return caption(np.full((*size, 3), 235, np.uint8), title, "not computed")
+        v = grid_to_view(logits, 4, self.e.input_size, size)
+        lo, hi = float(v.min()), float(v.max())
+        panel = blend(self.image(size), heat(v, lo, hi, cmap="viridis"), 0.8)
+        return caption(panel, title, (sub + ", " if sub else "") + f"range {lo:.1f} .. {hi:.1f}")
+
+    def pixels(self, segment_id: int, size: tuple[int, int]) -> np.ndarray:
+        """The segment's final pixels in its colour over a dimmed image."""
+        m = self.ids(size) == segment_id
+        color = np.array(self.colors[segment_id], np.uint8)
+        return np.where(m[..., None], blend(self.dimmed(size), color[None, None], 0.8), self.dimmed(size))
+
+    # ---- sheets ----------------------------------------------------------------------------
+
+    def overview(self, long_side: int = 360) -> Image.Image:
+        """Input | C5 channel-norm heat map | final panoptic overlay | legend."""
+        e = self.e
+        h, w = e.image.shape[:2]
+        size = thumb_size((h, w), long_side)
+        ih, iw = e.input_size
+        c5 = grid_to_view(e.c5_norm, e.c5_stride, e.input_size, size)
+        gh, gw = e.c5_norm.shape
+        n_seg = len(e.result.segments_info)
+        entries = self.legend_entries() or [((235, 235, 235), "no segment kept")]
+        return row([
+            caption(self.image(size), "input", f"{w} x {h} px (network saw {iw} x {ih})"),
+            caption(blend(self.dimmed(size), heat(c5), 0.75), "C5 activation (channel norm)",
+                    f"{gw} x {gh} grid, stride {e.c5_stride}"),
+            caption(self.panoptic(size), "panoptic result",
+                    f"{n_seg} segment{'s' * (n_seg != 1)}" if n_seg else "no segment kept"),
+            caption(legend(entries), "legend"),
+        ])
+
+    def segment(self, segment_id: int, long_side: int = 168) -> Image.Image:
+        """One segment: box | mask logits | final pixels | M attention maps, class and score."""
+        q = self.e.query_of_segment(segment_id)
+        s = self.e.segment_info(segment_id)
+        size = thumb_size(self.e.image.shape[:2], long_side)
+        x0, y0, x1, y1 = q.box
+        panels = [
+            caption(self.box(q, size, self.colors[segment_id]), "box", f"{x1 - x0:.0f} x {y1 - y0:.0f} px"),
+            self.logits(q.index, size),
+            caption(self.pixels(segment_id, size), "final pixels", f"area {int(s['area'])} px"),
+            *self.attention(q.index, size),
+        ]
+        kind = "thing" if s.get("isthing", True) else "stuff"
+        title = f"segment {self.label(segment_id)} ({kind}) - query {q.index}, score {q.score:.3f}"
+        body = wrap(panels, width=max(7 * (size[1] + GAP), 1200))
+        return column([caption_line(title, body.width), body])
+
+    def path(self, segment_id: int, long_side: int = 220) -> Image.Image:
+        """The whole path of one segment: image -> M attention maps (H/32) -> mask logits
+        (H/4) -> segment at full size, each stage annotated with its size."""
+        e = self.e
+        q = e.query_of_segment(segment_id)
+        H, W = e.image.shape[:2]
+        ih, iw = e.input_size
+        size = thumb_size((H, W), long_side)
+        att = e.attention_maps[q.index]
+        M, gh, gw = att.shape
+        logits = e.mask_logits_of(q.index)
+        lh, lw = (0, 0) if logits is None else logits.shape
+
+        first = caption(self.box(q, size, self.colors[segment_id]), "image",
+                        f"{W} x {H} -> resized {iw} x {ih}")
+        # attention maps at their native grid: nearest upsampling shows the H/32 cells
+        small = thumb_size((gh, gw), max(48, long_side // 2 - GAP))
+        vmax = float(att.max()) or 1.0
+        tiles = [Image.fromarray(heat(grid_to_view(att[m], 1, (gh, gw), small, nearest=True), 0, vmax))
+                 for m in range(M)]
+        st = e.c5_stride
+        second = caption(wrap(tiles, width=2 * small[1] + GAP, gap=2), f"{M} attention maps",
+                         f"{M} heads x {gw} x {gh} (W/{st} x H/{st})", width=2 * small[1] + GAP)
+        third = self.logits(q.index, size, sub=f"{lw} x {lh} (W/4 x H/4)")
+        fourth = caption(self.pixels(segment_id, size), f"segment {self.label(segment_id)}",
+                         f"{W} x {H}, {int(e.segment_info(segment_id)['area'])} px")
+        h = max(p.height for p in (first, second, third, fourth))
+        body = row([first, arrow(90, h, "query\nattention"), second, arrow(90, h, "FPN head\nx8"), third,
+                    arrow(110, h, "argmax over\nkept queries"), fourth], gap=4, align_top=False)
+        title = f"path of segment {self.label(segment_id)} (query {q.index}, score {q.score:.3f})"
+        return column([caption_line(title, body.width), body])
+
+    def sheet(self, segments: Sequence[int], path_segment: int | None, max_segments: int = 4,
+              drawn: dict[str, Image.Image] | None = None) -> Image.Image:
+        """One summary PNG: overview, the path figure, the first few segment sheets. `drawn`
+        may hold already drawn "overview", "path" and "segment_<id>" panels."""
+        drawn = drawn or {}
+        parts = [drawn.get("overview") or self.overview()]
+        if path_segment is not None:
+            parts.append(drawn.get("path") or self.path(path_segment))
+        else:
+            n = len(self.e.dropped())
+            parts.append(caption_line(f"No segment kept: all {n} queries were dropped (see the report's "
+                                      "table of dropped queries).", 900, color=(160, 30, 30)))
+        parts += [drawn.get(f"segment_{s}") or self.segment(s) for s in list(segments)[:max_segments]]
+        if len(segments) > max_segments:
+            parts.append(caption_line(f"... {len(segments) - max_segments} more segments in the report",
+                                      600, color=MUTED))
+        return pad(column(parts, gap=14))

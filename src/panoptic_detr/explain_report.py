@@ -73,7 +73,7 @@ def default_path_segment(expl: Explanation, segments: Sequence[int]) -> int | No
 
 def _png(im: Image.Image) -> bytes:
     buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=3)
+    im.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -222,13 +222,14 @@ def write_report(expl: Explanation, out_dir: str | Path, segments: str | Sequenc
             if t.exists():
                 raise FileExistsError(f"{t}: exists (pass --overwrite to replace it)")
 
-    figures: dict[str, Image.Image] = {"overview": fig.overview_sheet(expl)}
+    draw = fig.Figures(expl)
+    figures: dict[str, Image.Image] = {"overview": draw.overview()}
     if path_segment is not None:
-        figures["path"] = fig.path_figure(expl, path_segment)
+        figures["path"] = draw.path(path_segment)
     for s in chosen:
-        figures[f"segment_{s}"] = fig.segment_sheet(expl, s)
+        figures[f"segment_{s}"] = draw.segment(s)
     pngs = {k: _png(v) for k, v in figures.items()}
-    sheet = fig.sheet(expl, chosen, path_segment, figures=figures)
+    sheet = draw.sheet(chosen, path_segment, drawn=figures)
 
     def put(path: Path, data: bytes) -> None:
         atomic_write(path, lambda f: f.write(data), overwrite=True)
