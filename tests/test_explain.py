@@ -94,8 +94,10 @@ class Designed(torch.nn.Module):
     right: a duplicate), q3 no-object, q4 square at p ~ 0.5, q5 square winning one mask cell,
     q6 no-object. Input 64 x 64, so masks are 16 x 16 and C5 2 x 2."""
 
-    def __init__(self, no_segment: bool = False):
+    def __init__(self, no_segment: bool = False, dc5: bool = False):
         super().__init__()
+        self.config = PRESETS["tiny"].with_overrides(backbone="resnet50", dilation=True) if dc5 else None
+        g = 4 if dc5 else 2  # C5 cells per side: stride 16 or 32 over 64 pixels
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # explain asks for the device
         k = CATS.num_classes
         logits = torch.full((7, k + 1), -10.0)
@@ -113,13 +115,13 @@ class Designed(torch.nn.Module):
         m[2, 8:, 8:] = 5
         m[5, 3, 3] = 10
         self.masks = m
-        g = torch.Generator().manual_seed(3)
-        self.att = torch.rand(7, 2, 2, 2, generator=g).flatten(1).softmax(-1).view(7, 2, 2, 2)
+        gen = torch.Generator().manual_seed(3)
+        self.att = torch.rand(7, 2, g, g, generator=gen).flatten(1).softmax(-1).view(7, 2, g, g)
 
     def detect(self, batch, return_attention=False):
         assert batch.images.shape[-2:] == (64, 64)
         out = {"pred_logits": self.logits[None], "pred_boxes": torch.full((1, 7, 4), 0.5),
-               "layer4": torch.rand(1, 8, 2, 2), "padding": batch.mask[:, ::32, ::32]}
+               "layer4": torch.rand(1, 8, *self.att.shape[-2:])}
         if return_attention:
             out["attention_maps"] = self.att[None]
         return out
@@ -221,6 +223,13 @@ def _embedded_images(html: str) -> list[Image.Image]:
     srcs = re.findall(r'<img src="([^"]*)"', html)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     return [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) for s in srcs]
+
+
+def test_dilated_c5_is_drawn_at_stride_16(tmp_path):
+    e = explain(Designed(dc5=True), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64)
+    assert e.c5_stride == 16 and e.attention_maps.shape[-2:] == (4, 4) == e.c5_norm.shape
+    html = write_report(e, tmp_path).html.read_text()
+    assert "W/16 x H/16" in html
 
 
 def test_report_files_are_self_contained(tmp_path):

@@ -9,6 +9,8 @@ upsampled in input pixels, cropped to the input, and so land on the original ima
 
 from __future__ import annotations
 
+import colorsys
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -192,15 +194,21 @@ def arrow(width: int, height: int, text: str = "") -> Image.Image:
 
 
 def segment_colors(expl: Explanation) -> dict[int, tuple[int, int, int]]:
-    """Segment id -> colour: the category colour, shifted a little per thing instance so that
-    touching instances of one class stay apart."""
-    out = {}
+    """Segment id -> colour: the category colour for the first segment of a class; later
+    instances of a thing class turn its hue and alternate its lightness, so that touching
+    instances stay apart."""
+    out, seen = {}, Counter()
     for s in expl.result.segments_info:
-        r, g, b = expl.categories.color(int(s["category_id"]))
-        if s.get("isthing", True):
-            rng = np.random.default_rng(int(s["id"]))
-            r, g, b = (int(np.clip(c + rng.integers(-40, 41), 0, 255)) for c in (r, g, b))
-        out[int(s["id"])] = (r, g, b)
+        cid = int(s["category_id"])
+        r, g, b = expl.categories.color(cid)
+        n = seen[cid]
+        seen[cid] += 1
+        if n and s.get("isthing", True):
+            h, lum, sat = colorsys.rgb_to_hls(r / 255, g / 255, b / 255)
+            h = (h + 0.09 * n) % 1.0
+            lum = min(0.8, max(0.25, lum + (0.15 if n % 2 else -0.15)))
+            r, g, b = (round(255 * c) for c in colorsys.hls_to_rgb(h, lum, max(sat, 0.5)))
+        out[int(s["id"])] = (int(r), int(g), int(b))
     return out
 
 
@@ -372,7 +380,8 @@ class Figures:
         fourth = caption(self.pixels(segment_id, size), f"segment {self.label(segment_id)}",
                          f"{W} x {H}, {int(e.segment_info(segment_id)['area'])} px")
         h = max(p.height for p in (first, second, third, fourth))
-        body = row([first, arrow(90, h, "query\nattention"), second, arrow(90, h, "FPN head\nx8"), third,
+        body = row([first, arrow(90, h, "query\nattention"), second,
+                    arrow(90, h, f"FPN head\nx{st // 4}"), third,
                     arrow(110, h, "argmax over\nkept queries"), fourth], gap=4, align_top=False)
         title = f"path of segment {self.label(segment_id)} (query {q.index}, score {q.score:.3f})"
         return column([caption_line(title, body.width), body])
