@@ -391,7 +391,10 @@ class Figures:
         """One summary PNG: overview, the path figure, the first few segment sheets. `drawn`
         may hold already drawn "overview", "path" and "segment_<id>" panels."""
         drawn = drawn or {}
-        parts = [drawn.get("overview") or self.overview()]
+        meta = self.e.meta
+        title = (f"{meta.get('image', 'image')} - weights: {meta.get('weights', '?')} - "
+                 f"threshold {self.e.threshold:g}")
+        parts = [caption_line(title, 900, size=16), drawn.get("overview") or self.overview()]
         if path_segment is not None:
             parts.append(drawn.get("path") or self.path(path_segment))
         else:
