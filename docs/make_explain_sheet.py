@@ -11,17 +11,16 @@ title, so that the figure is never mistaken for a trained model's.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from panoptic_detr.data.files import write_png
+from panoptic_detr.data.files import atomic_write
 from panoptic_detr.data.synth import make_scene, synth_categories
 from panoptic_detr.explain import explain
-from panoptic_detr.explain_report import write_report
+from panoptic_detr.explain_figures import Figures
+from panoptic_detr.explain_report import choose_segments, default_path_segment
 
 OUT = Path(__file__).resolve().parent / "images" / "explain_sheet.png"
 
@@ -53,11 +52,12 @@ def main() -> None:
         name, threshold, sizes = source.source, 0.0, {"short": 256, "max_size": 256}
     expl = explain(source, image, threshold=threshold, **sizes)
     expl.meta.update(image=f"synthetic scene {args.index} (seed 0)", weights=name)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = write_report(expl, tmp)
-        with Image.open(files.sheet) as im:
-            sheet = im.convert("RGB")
-    write_png(OUT, np.asarray(sheet), compress_level=9)
+    segments = choose_segments(expl)
+    sheet = Figures(expl).sheet(segments, default_path_segment(expl, segments), max_segments=2)
+    # an adaptive 256-colour palette keeps the README light; the report's own PNGs are RGB
+    small = sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(OUT, lambda f: small.save(f, format="PNG", optimize=True))
     print(f"wrote {OUT} ({sheet.width} x {sheet.height}) with {name}")
 
 
