@@ -1,6 +1,6 @@
 """Time `explain` and the report on a 256 px synthetic scene with a small model.
 
-    PYTHONPATH=src python benchmarks/explain_speed.py [--weights demo|PATH] [--threads 2]
+    PYTHONPATH=src python benchmarks/explain_speed.py [--weights demo|PATH] [--threads 2] [--short 800]
 
 Without --weights (or when the demo checkpoint is not bundled) the model is a randomly
 initialised `detr_r18_small` over the synthetic categories: the time does not depend on the
@@ -24,6 +24,8 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--short", type=int, default=800, help="short side of the network input (predict: 800)")
+    p.add_argument("--max-size", type=int, default=1333)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -53,7 +55,7 @@ def main() -> None:
     best: dict[str, float] = {}
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        expl = explain(source, image, threshold=threshold)
+        expl = explain(source, image, threshold=threshold, short=args.short, max_size=args.max_size)
         t1 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             write_report(expl, out)
