@@ -153,6 +153,10 @@ def test_extra_queries_get_masks_without_changing_the_result():
     assert more.mask_queries.tolist() == [0, 1, 2, 5, 4]
     assert torch.equal(more.result.id_map, base.result.id_map)
     torch.testing.assert_close(more.mask_logits_of(4), Designed().masks[4])
+    # the near miss: the unselected query with the best real-class score is q4 (p = 0.5)
+    near = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64,
+                   top_dropped=2)
+    assert near.mask_queries.tolist()[:5] == [0, 1, 2, 5, 4] and len(near.mask_queries) == 6
 
 
 # ---- parity with predict ---------------------------------------------------------------------
@@ -238,7 +242,9 @@ def test_report_files_are_self_contained(tmp_path):
     html = files.html.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", html)  # nothing to fetch
     images = _embedded_images(html)
-    assert len(images) == 3 + len(e.result.segments_info) - 1  # overview, path, one per segment
+    # overview, path, one per segment, one per dropped query with masks (the duplicate, the small)
+    assert len(images) == 2 + len(e.result.segments_info) + 2
+    assert sorted(files.dropped) == [2, 5]
     for name in ["duplicated stuff", "below threshold", "no-object", "&lt;= 4 pixels"]:
         assert name in html
     assert files.sheet.is_file() and files.path.is_file() and len(files.segments) == 2

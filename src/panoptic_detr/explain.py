@@ -242,14 +242,16 @@ def _postprocess(det: dict[str, Any], selected: Tensor, masks: Tensor, input_siz
 @torch.inference_mode()
 def explain(source: Any, image: np.ndarray | str, threshold: float = 0.85, *,
             categories: Categories | None = None, short: int = 800, max_size: int = 1333,
-            extra_queries: list[int] | None = None) -> Explanation:
+            extra_queries: list[int] | None = None, top_dropped: int = 0) -> Explanation:
     """Run the network once on `image` and explain its panoptic prediction.
 
     source: a Predictor or `loading.Pretrained` (or a bare DETRPanoptic with `categories`);
     image: [H, W, 3] uint8 RGB or a path (read with `data.images.load_image`);
     threshold: confidence a query's class must exceed to be kept, as in `predict`;
     extra_queries: dropped queries whose mask logits should be computed too (for a look at
-    what they would have segmented); they do not enter the post-processing.
+    what they would have segmented); they do not enter the post-processing;
+    top_dropped: also compute them for this many of the queries the threshold dropped, those
+    with the highest best-class score (the near misses).
 
     One `detect(..., return_attention=True)` gives classes, boxes, C5 and the attention maps
     of all N queries; the mask head then runs for the selected queries only, exactly as in
@@ -273,7 +275,12 @@ def explain(source: Any, image: np.ndarray | str, threshold: float = 0.85, *,
     result = _postprocess(det, selected, masks, input_size, padded_size, image.shape[:2], cats, threshold)
 
     mask_queries, mask_logits = selected, masks
-    extra = [q for q in (extra_queries or []) if q not in set(selected.tolist())]
+    chosen = set(selected.tolist())
+    extra = [q for q in dict.fromkeys(extra_queries or []) if q not in chosen]
+    if top_dropped > 0:
+        best = det["pred_logits"][0].float().softmax(-1)[:, :-1].max(-1).values
+        near = [q for q in best.argsort(descending=True).tolist() if q not in chosen and q not in extra]
+        extra += near[:top_dropped]
     if extra:  # a separate mask-head call: the selected queries' logits stay as predict has them
         more = torch.as_tensor(extra, dtype=torch.long, device=device)
         mask_queries = torch.cat([selected, more])

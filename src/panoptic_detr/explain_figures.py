@@ -353,6 +353,19 @@ class Figures:
         body = wrap(panels, width=max(7 * (size[1] + GAP), 1200))
         return column([caption_line(title, body.width), body])
 
+    def dropped(self, q: QueryInfo, long_side: int = 140) -> Image.Image:
+        """A dropped query whose mask logits were computed: box | mask logits | attention maps,
+        with its reason and best class."""
+        size = thumb_size(self.e.image.shape[:2], long_side)
+        x0, y0, x1, y1 = q.box
+        panels = [caption(self.box(q, size, (150, 150, 150)), "box", f"{x1 - x0:.0f} x {y1 - y0:.0f} px"),
+                  self.logits(q.index, size), *self.attention(q.index, size)]
+        into = f" into segment {q.segment_id}" if q.segment_id is not None else ""
+        title = (f"query {q.index}: {q.status}{into} - best class {self.e.categories.name(q.best_class)} "
+                 f"{q.best_score:.3f}")
+        body = wrap(panels, width=max(8 * (size[1] + GAP), 1200))
+        return column([caption_line(title, body.width, color=MUTED), body])
+
     def path(self, segment_id: int, long_side: int = 220) -> Image.Image:
         """The whole path of one segment: image -> M attention maps (H/32) -> mask logits
         (H/4) -> segment at full size, each stage annotated with its size."""

@@ -11,6 +11,7 @@ Layout of `out_dir`:
   overview.png          input | C5 heat map | panoptic overlay | legend
   path.png              image -> attention maps -> mask logits -> segment, sizes annotated
   segments/segment_<id>.png   one sheet per explained segment
+  dropped/query_<i>.png       one per dropped query whose mask logits were computed
   queries.json          every query: status, reason, segment, best class and score, box
 """
 
@@ -40,6 +41,8 @@ class ReportFiles:
     overview: Path
     path: Path | None
     segments: dict[int, Path]
+    dropped: dict[int, Path]
+    """Query index -> sheet of a dropped query whose mask logits were computed."""
     queries: Path
 
 
@@ -179,6 +182,14 @@ def render_html(expl: Explanation, images: dict[str, bytes], segments: Sequence[
                        + _img(images[f"segment_{sid}"], f"segment {sid}") + "</section>")
 
     dropped = fig.dropped_rows(expl)
+    looked = [q for q in dropped if f"dropped_{q.index}" in images]
+    if looked:
+        out.append("<h2>Dropped queries with their masks</h2><p class='muted'>What these queries "
+                   "would have segmented: their mask logits and attention, computed for a look "
+                   "(they do not take part in the argmax).</p>")
+        for q in looked:
+            out.append(f"<section class='segment' id='query-{q.index}'>"
+                       + _img(images[f"dropped_{q.index}"], f"dropped query {q.index}") + "</section>")
     counts = Counter(q.status for q in dropped)
     summary = ", ".join(f"{counts[r]} {e(r)}" for r in DROP_REASONS if counts[r])
     out.append(f"<h2>Dropped queries ({len(dropped)})</h2><p class='muted'>{summary or 'none'}. "
@@ -214,8 +225,11 @@ def write_report(expl: Explanation, out_dir: str | Path, segments: str | Sequenc
     files = ReportFiles(html=out / "report.html", sheet=out / "sheet.png", overview=out / "overview.png",
                         path=out / "path.png" if path_segment is not None else None,
                         segments={s: out / "segments" / f"segment_{s}.png" for s in chosen},
+                        dropped={q.index: out / "dropped" / f"query_{q.index}.png" for q in expl.dropped()
+                                 if expl.mask_logits_of(q.index) is not None},
                         queries=out / "queries.json")
-    targets = [files.html, files.sheet, files.overview, files.queries, *files.segments.values()]
+    targets = [files.html, files.sheet, files.overview, files.queries, *files.segments.values(),
+               *files.dropped.values()]
     targets += [files.path] if files.path else []
     if not overwrite:
         for t in targets:
@@ -228,6 +242,9 @@ def write_report(expl: Explanation, out_dir: str | Path, segments: str | Sequenc
         figures["path"] = draw.path(path_segment)
     for s in chosen:
         figures[f"segment_{s}"] = draw.segment(s)
+    for q in fig.dropped_rows(expl):
+        if expl.mask_logits_of(q.index) is not None:
+            figures[f"dropped_{q.index}"] = draw.dropped(q)
     pngs = {k: _png(v) for k, v in figures.items()}
     sheet = draw.sheet(chosen, path_segment, drawn=figures)
 
@@ -239,6 +256,8 @@ def write_report(expl: Explanation, out_dir: str | Path, segments: str | Sequenc
         put(files.path, pngs["path"])
     for s, p in files.segments.items():
         put(p, pngs[f"segment_{s}"])
+    for q, p in files.dropped.items():
+        put(p, pngs[f"dropped_{q}"])
     put(files.sheet, _png(sheet))
     write_json(files.queries, {"threshold": expl.threshold, "meta": {k: str(v) for k, v in expl.meta.items()},
                                "queries": [_query_dict(expl, q) for q in expl.queries]}, indent=1)

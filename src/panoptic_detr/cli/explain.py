@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="segment of the path figure (default: the most confident one)")
     p.add_argument("--threshold", type=float, default=0.85,
                    help="confidence a query needs to be kept, as for predict (default 0.85)")
+    p.add_argument("--near-misses", type=int, default=3, metavar="N",
+                   help="also show the masks of the N dropped queries with the best class scores (default 3)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_out_dir(args.out, args.overwrite)
         pretrained = load_pretrained(args.weights, preset=args.preset, device=args.device)
-        expl = explain(pretrained, args.image, threshold=args.threshold)
+        expl = explain(pretrained, args.image, threshold=args.threshold, top_dropped=args.near_misses)
         files = write_report(expl, args.out, segments=args.segments, path_segment=args.path_segment,
                              overwrite=args.overwrite)
     except (ImageError, WeightsError, FileExistsError, ValueError) as e:
