@@ -51,9 +51,10 @@ def atomic_write(
     return path
 
 
-def write_json(path: str | Path, obj: Any, overwrite: bool = True, indent: int | None = None) -> Path:
+def write_json(path: str | Path, obj: Any, overwrite: bool = True, indent: int | None = None,
+               fsync: bool = True) -> Path:
     data = json.dumps(obj, indent=indent).encode()
-    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite)
+    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite, fsync=fsync)
 
 
 def write_png(
