@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from panoptic_detr.data.check import check_dataset
+from panoptic_detr.data.coco_panoptic import CocoPanoptic
 from panoptic_detr.data.files import read_panoptic_png, write_json
 from panoptic_detr.data.synth import make_dataset, make_scene, synth_categories
 from panoptic_detr.gt import BuildError, build_gt
@@ -57,8 +59,15 @@ def _segments(root: Path, json_name: str = "panoptic.json") -> dict[str, dict]:
 
 
 def _assert_valid(root: Path) -> dict:
-    """The COCO panoptic invariants: ids unique and listed, areas and boxes right, categories known."""
+    """The dataset passes `data.check` and CocoPanoptic reads it; the COCO panoptic invariants
+    (ids unique and listed, areas and boxes right, isthing as the category) checked here too."""
+    problems, stats = check_dataset(root, progress=False)
+    assert [str(p) for p in problems] == []
     data = json.loads((root / "panoptic.json").read_text())
+    assert stats["images"] == len(data["images"])
+    if data["images"]:
+        _, target = CocoPanoptic(root)[0]
+        assert len(target) == len(data["annotations"][0]["segments_info"])
     cats = {c["id"]: c for c in data["categories"]}
     assert len(cats) == len(data["categories"])
     images = {im["id"]: im for im in data["images"]}
@@ -470,3 +479,40 @@ def test_coco_reference_things_as_instances_stuff_made_coarse(tmp_path, referenc
                           for s in built["segments_info"] if s["isthing"]}
         assert len({s["category_id"] for s in built["segments_info"] if not s["isthing"]}) == len(
             [s for s in built["segments_info"] if not s["isthing"]])  # stuff: one segment per class
+
+
+def test_model_source_with_a_real_tiny_checkpoint(tmp_path):
+    """The project's Predictor on a tiny checkpoint: annotated things exact, the model labels the
+    rest with its own classes, annotated classes whose ids the model uses are renumbered."""
+    from panoptic_detr.gt.sources import ModelSource, open_source
+    from predict_fixtures import CATEGORIES as MODEL_CATEGORIES
+    from predict_fixtures import save_checkpoint, tiny_pretrained
+
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_pretrained())
+    assert [c["name"] for c in open_source(f"model:{ckpt}@0.5").categories] == [
+        c["name"] for c in MODEL_CATEGORIES]
+    pan, instances, _ = _export(tmp_path, n=2)
+    lines: list[str] = []
+    out = tmp_path / "built"
+    source = ModelSource(str(ckpt), threshold=0.5, device="cpu", size=64, max_size=96)
+    report = build_gt(instances, tmp_path / "orig" / "images", out, stuff_from=source, progress=False,
+                      log=lines.append)
+    assert report["images"]["processed"] == 2
+    assert f"{instances}: category 'circle': id 1 is taken by a source category, renumbered 5" in lines
+    data = _assert_valid(out)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert sorted(names.values()) == sorted({c["name"] for c in MODEL_CATEGORIES} | THING_NAMES)
+    model_names = {c["name"] for c in MODEL_CATEGORIES}
+    for i in range(2):
+        scene, segs = _original(i)
+        ann = next(a for a in data["annotations"] if a["image_id"] == i)
+        id_map = read_panoptic_png(out / "panoptic" / ann["file_name"])
+        by_id = {s["id"]: names[s["category_id"]] for s in ann["segments_info"]}
+        thing_px = np.zeros(SIZE, bool)
+        for s in segs:
+            if NAMES[s["category_id"]] in THING_NAMES:
+                mask = scene == s["id"]
+                thing_px |= mask
+                assert len(np.unique(id_map[mask])) == 1 and by_id[id_map[mask][0]] == NAMES[s["category_id"]]
+        rest = {by_id.get(v, "void") for v in np.unique(id_map[~thing_px]).tolist()}
+        assert rest <= model_names | {"void"} and rest & model_names  # the model labelled something
