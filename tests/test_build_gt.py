@@ -313,26 +313,38 @@ def test_interrupted_build_leaves_no_output_and_resumes(tmp_path, monkeypatch):
 
 
 def test_preview_shows_annotations_solid_and_source_translucent(tmp_path):
+    import torch
+
+    from panoptic_detr.structures import Categories, PanopticResult
+    from panoptic_detr.viz import palette
+
     pan, instances, semantic = _export(tmp_path, n=1)
     out = tmp_path / "built"
     build_gt(instances, tmp_path / "orig" / "images", out, stuff_from=f"semantic:{semantic}", progress=False)
     image = np.asarray(Image.open(tmp_path / "orig" / "images" / f"{_name(0)}.jpg")).astype(float)
     prev = np.asarray(Image.open(out / "previews" / f"{_name(0)}.jpg")).astype(float)
-    colors = {c["id"]: np.array(c["color"]) for c in CATEGORIES}
-    scene, segs = _original(0)
+    data = json.loads((out / "panoptic.json").read_text())
+    segs = data["annotations"][0]["segments_info"]
+    id_map = read_panoptic_png(out / "panoptic" / data["annotations"][0]["file_name"])
+    pal = palette(PanopticResult(torch.from_numpy(id_map), segs), Categories(data["categories"]))
     h, w = SIZE
     inner = np.zeros(SIZE, bool)  # pixels whose 5x5 neighbourhood is one segment: no outline, no JPEG edge
-    inner[2:-2, 2:-2] = np.all([scene[2 + dy : h - 2 + dy, 2 + dx : w - 2 + dx] == scene[2:-2, 2:-2]
+    inner[2:-2, 2:-2] = np.all([id_map[2 + dy : h - 2 + dy, 2 + dx : w - 2 + dx] == id_map[2:-2, 2:-2]
                                 for dy in range(-2, 3) for dx in range(-2, 3)], axis=0)
+    checked = set()
     for s in segs:
-        region = (scene == s["id"]) & inner
+        region = (id_map == s["id"]) & inner
         if region.sum() < 4:
             continue
-        got = prev[region].mean(0)
-        if NAMES[s["category_id"]] in THING_NAMES:  # annotated: solid class colour
-            assert np.abs(got - colors[s["category_id"]]).max() < 12
-        else:  # source: the class colour over the photo
-            assert np.abs(got - (0.55 * image[region].mean(0) + 0.45 * colors[s["category_id"]])).max() < 12
+        got, color = prev[region].mean(0), np.array(pal[s["id"]])
+        if s["isthing"]:  # annotated: solid palette colour
+            assert np.abs(got - color).max() < 12
+        else:  # source: the colour over the photo
+            assert np.abs(got - (0.55 * image[region].mean(0) + 0.45 * color)).max() < 12
+        checked.add(s["isthing"])
+    assert checked == {0, 1}
+    edge = (id_map != np.roll(id_map, 1, axis=1)) & np.isin(id_map, [s["id"] for s in segs if s["isthing"]])
+    assert prev[edge].mean() > 200  # white outlines around the annotated instances
 
 
 def test_cli_build_gt_and_convert(tmp_path, capsys):

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ..data.files import atomic_write, write_json, write_png
 from ..data.instances import ORDERS, decode_annotations, instances_to_panoptic
 from ..data.taxonomy import Rule, Taxonomy, TaxonomyError
+from ..structures import Categories
 from .compose import compose
 from .preview import draw_preview
 from .sources import ModelSource, Source, SourceError, open_source
@@ -58,7 +59,7 @@ class _Job:
     rules: dict[int, Rule]
     ann_targets: dict[int, int]
     target_isthing: dict[int, bool]
-    colors: dict[int, list[int]]
+    categories: Categories
     order: str
     min_area: int
     previews: bool
@@ -122,7 +123,7 @@ def build_gt(
     _prepare_work(work, config, log)
     job = _Job(str(instances_json), images_dir, work, source, rules, ann_targets,
                {int(t["id"]): bool(t["isthing"]) for t in tax.targets},
-               {int(t["id"]): t["color"] for t in tax.targets}, order, min_area, previews)
+               Categories(tax.targets), order, min_area, previews)
 
     records, todo = _plan(data["images"], by_image, work, source, skip_unannotated, instances_json, warn)
     records += _run(job, todo, workers, progress, warn)
@@ -323,7 +324,8 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
     if job.previews:
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
-        over = Image.fromarray(draw_preview(rgb, comp.id_map, comp.segments_info, comp.annotated, job.colors))
+        over = Image.fromarray(draw_preview(rgb, comp.id_map, comp.segments_info, comp.annotated,
+                                            job.categories))
         atomic_write(job.work / "previews" / Path(name).with_suffix(".jpg"),
                      lambda f: over.save(f, format="JPEG", quality=85), fsync=False)
     pixels: Counter = Counter()
