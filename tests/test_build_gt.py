@@ -528,3 +528,13 @@ def test_model_source_with_a_real_tiny_checkpoint(tmp_path):
                 assert len(np.unique(id_map[mask])) == 1 and by_id[id_map[mask][0]] == NAMES[s["category_id"]]
         rest = {by_id.get(v, "void") for v in np.unique(id_map[~thing_px]).tolist()}
         assert rest <= model_names | {"void"} and rest & model_names  # the model labelled something
+
+    # the same from the command line: the model resizes to --model-size
+    from panoptic_detr.cli import main
+
+    rc = main(["build-gt", "--instances", str(instances), "--images", str(tmp_path / "orig" / "images"),
+               "--out", str(tmp_path / "cli"), "--stuff-from", f"model:{ckpt}@0.5",
+               "--model-size", "64", "96", "--no-previews"])
+    assert rc == 0
+    a, b = _segments(out), _segments(tmp_path / "cli")
+    assert all(a[k][1].keys() == b[k][1].keys() for k in a)

@@ -77,6 +77,7 @@ def build_gt(
     overwrite: bool = False,
     workers: int = 1,
     previews: bool = True,
+    model_size: tuple[int, int] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -87,7 +88,8 @@ def build_gt(
     object, e.g. a `ModelSource` with its own predictor options), mapped through `taxonomy`
     (a YAML file or bundled name; default: the source's own categories). Bad inputs are
     logged one line each and the rest is built; BuildError means nothing could be built (bad
-    options, unreadable inputs, unloadable source).
+    options, unreadable inputs, unloadable source). `model_size` = (shortest side, longest
+    side cap) a model source resizes images to (default DETR's 800, 1333).
     """
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
     if order not in ORDERS:
@@ -99,7 +101,8 @@ def build_gt(
         raise BuildError(f"{images_dir}: image folder not found")
     data = _read_instances(instances_json)
     try:
-        source = open_source(stuff_from) if isinstance(stuff_from, str) else stuff_from
+        options = {"size": model_size[0], "max_size": model_size[1]} if model_size else {}
+        source = open_source(stuff_from, **options) if isinstance(stuff_from, str) else stuff_from
     except SourceError as e:
         raise BuildError(str(e)) from None
     if isinstance(source, ModelSource) and workers > 1:
@@ -117,9 +120,9 @@ def build_gt(
 
     work = out_dir.parent / f".{out_dir.name}.partial"
     config = {"version": REUSE_VERSION, "instances": str(instances_json.resolve()),
-              "images": str(images_dir.resolve()), "stuff_from": source and source.spec, "order": order,
-              "min_area": min_area, "previews": previews, "categories": tax.targets,
-              "taxonomy": _digest(taxonomy)}
+              "images": str(images_dir.resolve()), "stuff_from": source and source.spec,
+              "model_size": model_size and list(model_size), "order": order, "min_area": min_area,
+              "previews": previews, "categories": tax.targets, "taxonomy": _digest(taxonomy)}
     _prepare_work(work, config, log)
     job = _Job(str(instances_json), images_dir, work, source, rules, ann_targets,
                {int(t["id"]): bool(t["isthing"]) for t in tax.targets},
