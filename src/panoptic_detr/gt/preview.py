@@ -37,7 +37,12 @@ def draw_preview(
     for seg_id, rgb in pal.items():
         lut[seg_id] = rgb
     photo = Image.fromarray(np.ascontiguousarray(image))
-    color = Image.fromarray(lut[id_map])
+    if len(lut) <= 256:  # the usual case: a palette image, coloured in C
+        color = Image.fromarray(id_map.astype(np.uint8))
+        color.putpalette(lut.reshape(-1).tolist())  # L -> P
+        color = color.convert("RGB")
+    else:
+        color = Image.fromarray(lut[id_map])
     # PIL's C loops: translucent everywhere, then solid where annotated, dimmed where void
     out = Image.blend(photo, color, SOURCE_ALPHA)
     out.paste(color, mask=_mask(annotated))
