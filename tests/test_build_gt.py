@@ -194,6 +194,8 @@ def test_bad_inputs_each_give_a_line_and_the_rest_is_built(tmp_path):
     data["images"].append({"id": 7, "file_name": "missing.jpg", "height": h, "width": w})
     data["images"].append({"id": 8, "file_name": "extra.jpg", "height": h, "width": w})  # no annotations
     data["images"].append({"id": 9, "file_name": f"{_name(0)}.jpg", "height": h, "width": w})  # a duplicate
+    data["images"].append({"id": 10, "file_name": "wrong.jpg", "height": h + 2, "width": w})  # wrong size
+    (images / "wrong.jpg").write_bytes((images / f"{_name(0)}.jpg").read_bytes())
     (images / "extra.jpg").write_bytes((images / f"{_name(0)}.jpg").read_bytes())
     (semantic / "extra.png").write_bytes((semantic / f"{_name(0)}.png").read_bytes())
     data["annotations"] += [
@@ -218,8 +220,10 @@ def test_bad_inputs_each_give_a_line_and_the_rest_is_built(tmp_path):
     assert f"{images / 'missing.jpg'}: image not found (1 annotation(s) skipped)" in text
     assert f"{semantic / _name(2)}.png: no semantic PNG for {_name(2)}.jpg" in text
     assert f"{instances}: image id 9: file name {_name(0)}.jpg already used by image id 0, skipped" in text
-    assert len(lines) == 7 and report["problems"] == lines
-    assert sorted(f["file_name"] for f in report["images"]["failed"]) == [f"{_name(2)}.jpg", "missing.jpg"]
+    assert f"{images / 'wrong.jpg'}: size 64x48 differs from the JSON's 64x50" in text
+    assert len(lines) == 8 and report["problems"] == lines
+    assert sorted(f["file_name"] for f in report["images"]["failed"]) == [f"{_name(2)}.jpg", "missing.jpg",
+                                                                        "wrong.jpg"]
     data = _assert_valid(out)
     assert sorted(im["id"] for im in data["images"]) == [0, 1, 8]  # image 8 kept, source labels only
     seg8 = next(a for a in data["annotations"] if a["image_id"] == 8)["segments_info"]
