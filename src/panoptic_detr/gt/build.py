@@ -310,10 +310,11 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
         return {"status": "failed", "file_name": name, "reason":
                 f"{path}: size {width}x{height} differs from the JSON's {img['width']}x{img['height']}"}
     problems = []
-    masks, cats, crowd, _, issues = decode_annotations(anns, height, width)
+    masks, cats, crowd, _, issues = decode_annotations(anns, height, width, cropped=True)
     problems += [f"{job.instances_json}: {name}: {p}" for p in issues]
     ann_map, ann_segs, ann_report = instances_to_panoptic(
-        masks, [job.ann_targets[c] for c in cats], crowd, order=job.order, min_area=job.min_area)
+        masks, [job.ann_targets[c] for c in cats], crowd, order=job.order, min_area=job.min_area,
+        size=(height, width))
     if job.source is not None:
         src_map, src_segs = job.source.labels(path, height, width)
     else:
