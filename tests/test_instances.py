@@ -71,6 +71,8 @@ def test_bad_polygons_and_rle_are_reported():
     assert m.sum() == 25 and m[:5, :5].all() and "clipped" in problems[0]
     m, problems = decode_segmentation([[1, 1, 4, 1], [2, 2, 6, 2, 6, 6, 2, 6]], h, w)
     assert m.sum() == 16 and "polygon 0: degenerate" in problems[0]
+    m, problems = decode_segmentation([[1, "x", 5, 1, 3, 1], "abc"], h, w)
+    assert m is None and "polygon 0: degenerate" in problems[0] and "polygon 1: degenerate" in problems[1]
     m, problems = decode_segmentation([[1, 1, 5, 1, 3, 1]], h, w)  # collinear
     assert m is None and "no pixel" in problems[0]
     m, problems = decode_segmentation([[20, 20, 30, 20, 30, 30]], h, w)  # all outside

@@ -54,7 +54,10 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> tuple[np.
         return None, [f"segmentation of type {type(segmentation).__name__} is neither polygons nor RLE"]
     polygons = []
     for k, poly in enumerate(segmentation):
-        pts = np.asarray(poly, dtype=np.float64).reshape(-1) if isinstance(poly, list) else np.zeros(0)
+        try:
+            pts = np.asarray(poly, dtype=np.float64).reshape(-1) if isinstance(poly, list) else np.zeros(0)
+        except (TypeError, ValueError):  # not a flat list of numbers
+            pts = np.zeros(0)
         if pts.size < 6 or pts.size % 2 or not np.isfinite(pts).all():
             problems.append(f"polygon {k}: degenerate ({pts.size // 2} points), skipped")
             continue
