@@ -3,8 +3,9 @@
 `evaluate_files` pairs the GT and prediction annotations by image id and streams the PNG
 pairs through a pool of worker processes (chunks of images each); a worker decodes the two
 PNGs, scores them with `pq_image` and returns the summed `PQStat` of its chunk, so memory
-stays flat whatever the dataset size. Workers need only numpy, PIL and eval/pq.py, not
-torch, whose import alone costs ~700 MB per process.
+stays flat whatever the dataset size. PNGs are decoded by data/panoptic_png.py (zlib-ng +
+libspng with the `fast-png` extra, else PIL). Workers need only numpy, the decoder and
+eval/pq.py, not torch, whose import alone costs ~700 MB per process.
 
 Every problem with the prediction (no annotation for an image, a missing or unreadable PNG,
 a size mismatch, ids in a PNG absent from the JSON or the reverse, unknown categories) is
@@ -22,8 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..data.panoptic_png import read_id_map
 from .pq import PanopticFormatError, PQStat, pq_image, pq_results
 
 Task = tuple[str, list[dict], str, list[dict]]  # gt png, gt segments, pred png, pred segments
@@ -35,22 +35,6 @@ class EvaluationError(Exception):
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
-
-
-def read_id_map(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a COCO panoptic PNG to an [H, W] uint32 id map (id = R + 256 G + 256^2 B).
-
-    PIL decodes (the fastest well-kept decoder here, see benchmarks/bench_png_decode.py);
-    converting to RGBX in C and viewing the 4 bytes of each pixel as one little-endian
-    uint32 avoids building the id from three planes.
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode not in ("RGB", "RGBA", "RGBX"):
-            raise ValueError(f"expected an RGB panoptic PNG, got mode {im.mode}")
-        rgbx = np.asarray(im.convert("RGBX"))  # [H, W, 4] uint8, read-only
-    return rgbx.view("<u4")[..., 0] & np.uint32(0xFFFFFF)  # drop the padding byte
 
 
 def _score_pair(task: Task, categories: frozenset[int]) -> tuple[PQStat | None, list[str]]:
@@ -115,6 +99,24 @@ def pair_annotations(gt: Mapping[str, Any], pred: Mapping[str, Any], gt_dir: Pat
     return tasks, problems
 
 
+def _init_worker() -> None:
+    """Keep freed buffers in the heap for reuse instead of returning them to the OS.
+
+    Every image allocates several ~1 MB buffers (inflated rows, pixels, id maps); glibc
+    serves those with fresh mmaps by default, and the kernel's page faults and zeroing
+    then take ~40% of a worker's time. Raising the mmap and trim thresholds (glibc's
+    mallopt, M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1) recycles them. No-op elsewhere.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)
+        libc.mallopt(-1, 256 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 def _pool_context() -> multiprocessing.context.BaseContext:
     # Forking starts a worker in milliseconds, spawning in ~0.3 s. But a parent that holds
     # torch would make every forked child count its ~700 MB as resident (and forking after
@@ -165,7 +167,7 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
         results: Iterator = map(_score_chunk, chunks)
         pool = None
     else:
-        pool = _pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)))
+        pool = _pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)), initializer=_init_worker)
         results = pool.imap(_score_chunk, chunks)  # ordered: the float sums are reproducible
     try:
         for s, p, n in results:
