@@ -1,0 +1,7 @@
+"""The DETR panoptic network and nothing else: config + presets, backbone, position encoding,
+transformer, heads, and the import of original checkpoints' weights. Pure: no file access."""
+
+from .config import PRESETS, DETRConfig
+from .detr import DETRPanoptic, build_model, count_parameters
+
+__all__ = ["PRESETS", "DETRConfig", "DETRPanoptic", "build_model", "count_parameters"]

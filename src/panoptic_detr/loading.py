@@ -1,0 +1,207 @@
+"""Weights from files, at the edge: the bundled demo model, the original COCO checkpoints by
+name (downloaded once, hash-checked, cached where torch hub caches), or a checkpoint path.
+
+Every way of failing ends in one `WeightsError` whose message names the file, says what was
+expected and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .model import PRESETS, DETRConfig, DETRPanoptic, build_model
+from .model.weights import (
+    WEIGHTS,
+    PretrainedWeights,
+    WeightsError,
+    infer_config,
+    load_state_dict_strict,
+    preset_name,
+    to_model_layout,
+)
+from .structures import Categories
+
+CHECKPOINT_FORMAT = "panoptic-detr/1"
+
+__all__ = ["CHECKPOINT_FORMAT", "Pretrained", "WeightsError", "cached_path", "demo_path", "load_pretrained"]
+
+
+@dataclass
+class Pretrained:
+    """A ready model (eval mode, on its device) and what it predicts."""
+
+    model: DETRPanoptic
+    config: DETRConfig
+    categories: Categories
+    source: str
+    """Where the weights came from, for messages and logs."""
+
+
+def load_pretrained(
+    weights: str | os.PathLike[str],
+    preset: str | None = None,
+    device: str | torch.device = "cpu",
+) -> Pretrained:
+    """weights: "demo", a name of `model.weights.WEIGHTS` (e.g. "detr_r50_panoptic") or a path
+    to a project checkpoint or an original DETR / Hugging Face state dict.
+
+    preset: the architecture, for files that do not carry one (original checkpoints); by
+    default it is inferred from the tensors (and "dc5" in the file name for dilation).
+    """
+    if preset is not None and preset not in PRESETS:
+        raise WeightsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    name = os.fspath(weights)
+    record = None
+    if name == "demo":
+        path = demo_path()
+        if not path.is_file():
+            raise WeightsError(
+                f"the demo weights are not bundled in this installation (expected {path}); "
+                "pass --weights detr_r50_panoptic or a checkpoint path"
+            )
+    elif name in WEIGHTS:
+        record = WEIGHTS[name]
+        if preset is not None and preset != record.preset:
+            raise WeightsError(f"{name} is a {record.preset} checkpoint, not {preset}; drop --preset")
+        preset = record.preset
+        path = cached_path(record)
+    else:
+        path = Path(name)
+        if not path.is_file():
+            hint = f"; or a name: demo, {', '.join(WEIGHTS)}" if not path.suffix else ""
+            raise WeightsError(f"{path}: no such file (expected a checkpoint path{hint})")
+
+    ckpt = _read(path)
+    config, categories, sd = _interpret(ckpt, path, preset)
+    if record is not None:
+        categories = Categories.coco_panoptic()
+    model = build_model(config)
+    load_state_dict_strict(model, sd, what=f"the weights in {path}")
+    model.to(device).eval()
+    source = f"{name} ({path})" if name != os.fspath(path) else str(path)
+    return Pretrained(model, config, categories, source)
+
+
+def demo_path() -> Path:
+    """Where the bundled demo checkpoint lives (a project checkpoint of a small preset)."""
+    return Path(str(resources.files("panoptic_detr.assets").joinpath("demo.pt")))
+
+
+def cached_path(record: PretrainedWeights) -> Path:
+    """The checkpoint file of `record`, downloaded into torch hub's cache when absent.
+
+    A file already there is hash-checked too, so a wrong or truncated manual copy is caught.
+    """
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / record.filename
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # writes a temp file and renames it once the hash checked out
+            torch.hub.download_url_to_file(record.url, str(dest), hash_prefix=record.hash_prefix)
+        except Exception as e:  # offline, HTTP error, hash mismatch: all end the same way
+            raise WeightsError(
+                f"could not download {record.url} ({type(e).__name__}: {e}). Download it where "
+                f"there is internet access and put it at {dest} (or pass its path as --weights)"
+            ) from None
+        return dest
+    digest = _sha256(dest)
+    if not digest.startswith(record.hash_prefix):
+        raise WeightsError(
+            f"{dest}: wrong file for {record.preset} (SHA-256 {digest[:8]}..., expected "
+            f"{record.hash_prefix}...); delete it so it is downloaded again from {record.url}"
+        )
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read(path: Path) -> Any:
+    expected = (
+        "expected a file written by torch.save: a panoptic-detr checkpoint, an original DETR "
+        "checkpoint ({'model': state_dict}) or a state dict"
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load fails in many ways on foreign bytes (even KeyError)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
+        raise WeightsError(f"{path}: not a readable checkpoint ({reason[:200]}); {expected}") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    )
+
+
+def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, Categories, dict[str, Tensor]]:
+    """-> (architecture, categories, state dict in this model's names)."""
+    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+        try:
+            config = DETRConfig.from_dict(dict(ckpt["config"]))
+            categories = Categories(list(ckpt["categories"]), num_classes=config.num_classes)
+            sd = ckpt["model"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: damaged {CHECKPOINT_FORMAT} checkpoint ({e})") from None
+        if preset is not None and PRESETS[preset].with_overrides(dilation=config.dilation) != (
+            config.with_overrides(pretrained_backbone=False)
+        ):
+            raise WeightsError(
+                f"{path} holds a {preset_name(config) or 'custom'} model, not {preset}; drop --preset"
+            )
+        return config.with_overrides(pretrained_backbone=False), categories, sd
+    if isinstance(ckpt, dict) and _is_state_dict(ckpt.get("model")):
+        sd = ckpt["model"]
+    elif _is_state_dict(ckpt):
+        sd = ckpt
+    else:
+        kind = (
+            f"a dict with keys {sorted(map(str, ckpt))[:8]}"
+            if isinstance(ckpt, dict)
+            else type(ckpt).__name__
+        )
+        raise WeightsError(
+            f"{path}: not a checkpoint of this model (found {kind}); expected a panoptic-detr "
+            "checkpoint, an original DETR checkpoint ({'model': state_dict}) or a state dict"
+        )
+    sd, _layout = to_model_layout(sd)
+    if preset is not None:
+        config = PRESETS[preset]
+        try:
+            found = infer_config(sd, dilation=config.dilation)
+        except WeightsError:
+            found = None  # the strict load below says what does not fit
+        # compare only what the tensors tell (not nheads, groups or dropout)
+        untold = ("nheads", "mask_head_groups", "dropout", "pretrained_backbone")
+        told = [f for f in config.to_dict() if f not in untold]
+        if found is not None and any(getattr(found, f) != getattr(config, f) for f in told):
+            raise WeightsError(
+                f"{path} holds a {preset_name(found) or 'custom'} model, not {preset}; "
+                "drop --preset to use the architecture the file tells"
+            )
+    else:
+        try:
+            config = infer_config(sd, dilation="dc5" in path.name.lower())
+        except WeightsError as e:
+            raise WeightsError(f"{path}: {e}; expected a DETR panoptic checkpoint") from None
+    if config.num_classes == 250:
+        categories = Categories.coco_panoptic()
+    else:
+        categories = Categories([], num_classes=config.num_classes)
+    return config, categories, sd

@@ -1,0 +1,57 @@
+"""The CNN backbone: a torchvision ResNet with frozen batch norm, returning C2..C5.
+
+As in DETR, batch-norm statistics and affine parameters are frozen (`FrozenBatchNorm2d`), so
+the backbone behaves the same in train and eval mode and with any batch size. Module names
+follow torchvision (`body.layer1.0.conv1`), which is also the original checkpoints' layout
+under `detr.backbone.0.body`.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from .config import BACKBONE_CHANNELS
+
+
+class Backbone(nn.Module):
+    """ResNet trunk: image [B, 3, H, W] -> C2, C3, C4, C5 at strides 4, 8, 16, 32 (C5 at 16
+    with DC5), plus the padding mask resized to each."""
+
+    def __init__(self, name: str, dilation: bool = False, pretrained: bool = False):
+        super().__init__()
+        # V1: the ImageNet weights the original DETR started from
+        weights = "IMAGENET1K_V1" if pretrained else None
+        body = getattr(torchvision.models, name)(
+            weights=weights,
+            replace_stride_with_dilation=[False, False, dilation],
+            norm_layer=FrozenBatchNorm2d,
+        )
+        del body.avgpool, body.fc  # classification head: unused, and absent from DETR checkpoints
+        # DETR trains only layer2..layer4; the stem and layer1 keep their ImageNet weights.
+        for pname, p in body.named_parameters():
+            if not pname.startswith(("layer2", "layer3", "layer4")):
+                p.requires_grad_(False)
+        self.body = body
+        self.channels = BACKBONE_CHANNELS[name]
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """images: [B, 3, H, W]; mask: [B, H, W] True on padding.
+
+        Returns ([C2, C3, C4, C5], [mask at each of their sizes]).
+        """
+        b = self.body
+        x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
+        feats = []
+        for layer in (b.layer1, b.layer2, b.layer3, b.layer4):
+            x = layer(x)
+            feats.append(x)
+        masks = [downsample_mask(mask, f.shape[-2:]) for f in feats]
+        return feats, masks
+
+
+def downsample_mask(mask: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
+    """Nearest resize of a padding mask [B, H, W] to `size`, as the original does."""
+    return F.interpolate(mask[None].float(), size=tuple(size)).to(mask.dtype)[0]

@@ -1,0 +1,148 @@
+"""The architecture of a DETR panoptic model as one dataclass, and the named presets.
+
+A config describes the network only (no training settings, no files). Change one field of a
+preset with `PRESETS["detr_r18_small"].with_overrides(num_queries=20)` (a thin wrapper over
+`dataclasses.replace`, which also validates the result).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+# Channels of C2, C3, C4, C5 (outputs of layer1..layer4) of each torchvision ResNet.
+BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+    "resnet101": (256, 512, 1024, 2048),
+}
+
+
+@dataclass(frozen=True)
+class DETRConfig:
+    """Architecture of `DETRPanoptic` (the original COCO model with the defaults)."""
+
+    backbone: str = "resnet50"
+    """torchvision ResNet: "resnet18", "resnet34", "resnet50" or "resnet101"."""
+    dilation: bool = False
+    """DC5: dilate the last stage instead of striding, so C5 is at stride 16 (the mask head
+    still works at stride 4: its upsampling follows the C4/C3/C2 sizes). ResNet-50/101 only."""
+    pretrained_backbone: bool = False
+    """Start the backbone from torchvision's ImageNet weights (downloads them once; only for
+    training from scratch, never needed when a DETR checkpoint is loaded)."""
+    hidden_dim: int = 256
+    """d, the transformer width."""
+    nheads: int = 8
+    """Attention heads in every encoder and decoder attention."""
+    num_encoder_layers: int = 6
+    """Encoder layers over the C5 grid."""
+    num_decoder_layers: int = 6
+    """Decoder layers; every one's output feeds an auxiliary class/box prediction."""
+    dim_feedforward: int = 2048
+    """Hidden width of the transformer feed-forward blocks."""
+    dropout: float = 0.1
+    """Dropout in the transformer (active only in training mode)."""
+    num_queries: int = 100
+    """N, learned object queries = predictions per image."""
+    num_classes: int = 250
+    """Class logits before the extra no-object logit (the class index is the category id,
+    so this is max category id + 1; COCO panoptic: 250)."""
+    mask_heads: int = 8
+    """M, heads of the attention map that feeds the mask head (the original uses nheads)."""
+    mask_head_groups: int = 8
+    """GroupNorm groups in the mask head; must divide hidden_dim + mask_heads and every
+    FPN width (hidden_dim // 2, // 4, // 8, // 16)."""
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.dilation and self.backbone in ("resnet18", "resnet34"):
+            raise ValueError("dilation (DC5) needs a bottleneck ResNet (resnet50/101)")
+        if self.hidden_dim % 2 or self.hidden_dim % self.nheads:
+            raise ValueError(f"hidden_dim={self.hidden_dim} must be even and divisible by nheads")
+        if self.hidden_dim % self.mask_heads:
+            raise ValueError(f"hidden_dim={self.hidden_dim} must be divisible by mask_heads")
+        widths = [self.hidden_dim + self.mask_heads] + [self.hidden_dim // f for f in (2, 4, 8, 16)]
+        bad = [w for w in widths if w % self.mask_head_groups]
+        if bad:
+            raise ValueError(
+                f"mask_head_groups={self.mask_head_groups} must divide the mask head widths {widths}"
+            )
+
+    @property
+    def backbone_channels(self) -> tuple[int, int, int, int]:
+        """Channels of C2, C3, C4, C5."""
+        return BACKBONE_CHANNELS[self.backbone]
+
+    @property
+    def mask_head_widths(self) -> tuple[int, int, int, int, int]:
+        """Output channels of the mask head's lay1..lay5 (lay1 keeps d + M)."""
+        d = self.hidden_dim
+        return (d + self.mask_heads, d // 2, d // 4, d // 8, d // 16)
+
+    def with_overrides(self, **overrides: Any) -> DETRConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DETRConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a checkpoint from another version)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown DETRConfig fields {unknown}")
+        return cls(**data)
+
+
+_COCO = DETRConfig()  # the original: 250 classes, 100 queries, d=256, 8 heads, 6+6 layers, ffn 2048
+
+PRESETS: dict[str, DETRConfig] = {
+    # The three original COCO panoptic models (PQ 43.4 / 44.6 / 45.1 on COCO val).
+    "detr_r50_panoptic": _COCO,
+    "detr_r50_dc5_panoptic": _COCO.with_overrides(dilation=True),
+    "detr_r101_panoptic": _COCO.with_overrides(backbone="resnet101"),
+    # Small models for training on a CPU or a small GPU.
+    "detr_r18_small": DETRConfig(
+        backbone="resnet18",
+        hidden_dim=128,
+        nheads=4,
+        num_encoder_layers=3,
+        num_decoder_layers=3,
+        dim_feedforward=512,
+        num_queries=30,
+        mask_heads=4,
+        mask_head_groups=4,
+    ),
+    "detr_r34_small": DETRConfig(
+        backbone="resnet34",
+        hidden_dim=128,
+        nheads=4,
+        num_encoder_layers=3,
+        num_decoder_layers=3,
+        dim_feedforward=512,
+        num_queries=30,
+        mask_heads=4,
+        mask_head_groups=4,
+    ),
+    # For tests: every block present, a few thousand parameters outside the backbone.
+    "tiny": DETRConfig(
+        backbone="resnet18",
+        hidden_dim=32,
+        nheads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        dim_feedforward=64,
+        dropout=0.0,
+        num_queries=6,
+        num_classes=5,
+        mask_heads=2,
+        mask_head_groups=2,
+    ),
+}

@@ -1,0 +1,138 @@
+"""DETR for panoptic segmentation (Carion et al. 2020, fig. 2 and fig. 8).
+
+backbone -> C5 -> 1x1 conv to d -> transformer(+ sine positions, N learned queries) -> for
+every query a class (K + no-object) and a box; the mask head turns the last decoder output's
+attention over the encoder memory, plus C4/C3/C2, into a mask per query at stride 4.
+
+`detect` runs everything but the mask head; `predict_masks` runs the mask head for chosen
+queries only (training: the matched ones; inference: the confident ones). `forward` does
+both for all queries, as the original.
+
+Parameter names equal the original checkpoints' without the `detr.` prefix (and with
+`backbone.body` for `backbone.0.body`); see `weights.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..structures import PaddedBatch
+from .backbone import Backbone
+from .config import DETRConfig
+from .mask_head import MaskHead, MHAttentionMap
+from .position import sine_position_encoding
+from .transformer import Transformer
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (the box head: 3 layers, d -> d -> d -> 4)."""
+
+    def __init__(self, dim_in: int, dim_hidden: int, dim_out: int, num_layers: int):
+        super().__init__()
+        dims = [dim_in] + [dim_hidden] * (num_layers - 1) + [dim_out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class DETRPanoptic(nn.Module):
+    def __init__(self, config: DETRConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        d = c.hidden_dim
+        self.backbone = Backbone(c.backbone, c.dilation, c.pretrained_backbone)
+        c2, c3, c4, c5 = self.backbone.channels
+        self.input_proj = nn.Conv2d(c5, d, kernel_size=1)
+        self.query_embed = nn.Embedding(c.num_queries, d)
+        self.transformer = Transformer(
+            d, c.nheads, c.num_encoder_layers, c.num_decoder_layers, c.dim_feedforward, c.dropout
+        )
+        self.class_embed = nn.Linear(d, c.num_classes + 1)
+        self.bbox_embed = MLP(d, d, 4, 3)
+        self.bbox_attention = MHAttentionMap(d, c.mask_heads)
+        self.mask_head = MaskHead(d, c.mask_heads, (c4, c3, c2), c.mask_head_groups)
+
+    def detect(self, batch: PaddedBatch, return_attention: bool = False) -> dict[str, Any]:
+        """Everything but the masks.
+
+        Returns a dict with
+        - pred_logits [B, N, K+1], pred_boxes [B, N, 4] (normalised cx, cy, w, h),
+        - aux_outputs: one dict (pred_logits, pred_boxes) per decoder layer but the last,
+        - intermediates: layer4 (C5) [B, C5, H/32, W/32], pos [B, d, H/32, W/32],
+          memory [B, d, H/32, W/32], hs [L, B, N, d], padding [B, H/32, W/32],
+        - what the mask head needs: src_proj [B, d, H/32, W/32] (projected C5) and
+          fpns [C4, C3, C2],
+        - with `return_attention`, attention_maps [B, N, M, H/32, W/32] (the mask head's
+          input: softmax jointly over heads x positions, 0 on padding).
+        """
+        feats, masks = self.backbone(batch.images, batch.mask)
+        c5, padding = feats[-1], masks[-1]
+        # float32 whatever the model's dtype, as the original (its float64 outputs carry this)
+        pos = sine_position_encoding(padding, self.config.hidden_dim).to(c5.dtype)
+        src_proj = self.input_proj(c5)
+        hs, memory = self.transformer(src_proj, padding, self.query_embed.weight, pos)
+        logits = self.class_embed(hs)  # L x B x N x K+1
+        boxes = self.bbox_embed(hs).sigmoid()  # L x B x N x 4
+        out: dict[str, Any] = {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": [
+                {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
+            ],
+            "layer4": c5,
+            "pos": pos,
+            "memory": memory,
+            "hs": hs,
+            "padding": padding,
+            "src_proj": src_proj,
+            "fpns": [feats[2], feats[1], feats[0]],
+        }
+        if return_attention:
+            out["attention_maps"] = self.bbox_attention(hs[-1], memory, padding)
+        return out
+
+    def predict_masks(self, det: dict[str, Any], queries: list[Tensor]) -> list[Tensor]:
+        """Mask logits of the chosen queries only.
+
+        det: the output of `detect`; queries: per image a LongTensor of query indices.
+        Returns per image [Q_i, H/4, W/4] mask logits, in the order of `queries[i]`.
+        """
+        if len(queries) != det["hs"].shape[1]:
+            raise ValueError(f"queries has {len(queries)} entries for {det['hs'].shape[1]} images")
+        shared = self.mask_head.image_features(det["src_proj"], det["fpns"])
+        last = det["hs"][-1]  # B x N x d
+        out = []
+        for i, idx in enumerate(queries):
+            idx = idx.to(last.device)
+            att = self.bbox_attention(
+                last[i : i + 1, idx], det["memory"][i : i + 1], det["padding"][i : i + 1]
+            )[0]  # Q x M x h x w
+            out.append(self.mask_head.query_masks(shared.image(i), att))
+        return out
+
+    def forward(self, batch: PaddedBatch, return_attention: bool = False) -> dict[str, Any]:
+        """The full model as the original: `detect` plus pred_masks [B, N, H/4, W/4] for every
+        query (through the mask head's direct formulation)."""
+        out = self.detect(batch, return_attention=True)
+        att = out["attention_maps"] if return_attention else out.pop("attention_maps")
+        out["pred_masks"] = self.mask_head(out["src_proj"], att, out["fpns"])
+        return out
+
+
+def build_model(config: DETRConfig) -> DETRPanoptic:
+    """A randomly initialised model (backbone from ImageNet if `config.pretrained_backbone`)."""
+    return DETRPanoptic(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameters (trainable or frozen); frozen batch-norm buffers are not parameters."""
+    return sum(p.numel() for p in model.parameters())
