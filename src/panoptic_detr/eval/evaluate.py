@@ -140,8 +140,9 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
     gt_dir / pred_dir default to the JSON path without ".json" (the API's convention).
     workers: processes decoding and scoring (0 or 1: in this process).
     Returns the API's results dict (All/Things/Stuff pq, sq, rq, n; per_class) plus
-    "images", the number of images scored, and "counts", {category_id: {tp, fp, fn, iou}}
-    for the categories with any GT or prediction. Raises EvaluationError listing every problem.
+    "images", the number of images scored, "counts", {category_id: {tp, fp, fn, iou}} for the
+    categories with any GT or prediction, and "categories" (id, name, isthing).
+    Raises EvaluationError listing every problem.
     """
     gt_dir = Path(gt_dir) if gt_dir is not None else Path(str(gt_json).removesuffix(".json"))
     pred_dir = Path(pred_dir) if pred_dir is not None else Path(str(pred_json).removesuffix(".json"))
@@ -187,6 +188,8 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
     out["images"] = len(tasks)
     out["counts"] = {cat: {"tp": s.tp, "fp": s.fp, "fn": s.fn, "iou": s.iou}
                      for cat, s in sorted(stat.per_class.items()) if s.tp + s.fp + s.fn}
+    out["categories"] = [{"id": c["id"], "name": c.get("name", str(c["id"])), "isthing": c.get("isthing", 0)}
+                         for c in categories]
     return out
 
 
@@ -202,17 +205,15 @@ def format_table(results: Mapping[str, Any], categories: Sequence[Mapping[str, A
     if per_class:
         names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories or []}
         kinds = {int(c["id"]): "thing" if c.get("isthing") == 1 else "stuff" for c in categories or []}
-        lines += ["", f"{'class':24s} {'kind':5s} | {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s}", "-" * 50]
+        counts = {int(k): v for k, v in results.get("counts", {}).items()}
+        head = f"{'class':24s} {'kind':5s} | " + "  ".join(f"{m:>5s}" for m in ("PQ", "SQ", "RQ")) + \
+            "".join(f" {m:>5s}" for m in ("TP", "FP", "FN"))
+        lines += ["", head, "-" * len(head)]
         for cat, r in results["per_class"].items():
-            cat = int(cat)
-            if r["pq"] == r["sq"] == r["rq"] == 0 and not _seen(results, cat):
+            c = counts.get(int(cat))
+            if c is None:  # no GT and no prediction: not in the averages either
                 continue
-            lines.append(f"{names.get(cat, str(cat))[:24]:24s} {kinds.get(cat, '?'):5s} | "
-                         f"{100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f}")
+            pq, sq, rq = (100 * r[m] for m in ("pq", "sq", "rq"))
+            lines.append(f"{names.get(int(cat), str(cat))[:24]:24s} {kinds.get(int(cat), '?'):5s} | "
+                         f"{pq:5.1f}  {sq:5.1f}  {rq:5.1f} {c['tp']:5d} {c['fp']:5d} {c['fn']:5d}")
     return "\n".join(lines)
-
-
-def _seen(results: Mapping[str, Any], cat: int) -> bool:
-    counts = results.get("counts", {})
-    c = counts.get(cat) or counts.get(str(cat))
-    return bool(c and (c["tp"] + c["fp"] + c["fn"]))
