@@ -303,8 +303,8 @@ def main() -> None:
         else:
             print(f"{tool}: not installed for {python}, skipped")
     ours = None
-    print(f"\n| evaluator ({args.workers} workers) | wall ms/image | CPU ms/image | peak RSS, all processes (MB) "
-          "| max abs diff vs ours |")
+    print(f"\n| evaluator ({args.workers} workers) | wall ms/image | CPU ms/image "
+          "| peak RSS, all processes (MB) | max abs diff vs ours |")
     print("|---|---|---|---|---|")
     for tool, python in tools:
         runs = [measure([python, __file__, "--mode", tool, "--data", str(args.data),
