@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,11 @@ def _init_worker() -> None:
 
 def _pool_context() -> multiprocessing.context.BaseContext:
     # Forking starts a worker in milliseconds, spawning in ~0.3 s. But a parent that holds
-    # torch would make every forked child count its ~700 MB as resident (and forking after
-    # torch started its threads is unsafe), so then the workers start fresh.
-    if "torch" not in sys.modules and "fork" in multiprocessing.get_all_start_methods():
+    # torch would make every forked child count its ~700 MB as resident, and forking a
+    # process with other threads (torch's, a progress bar's) can deadlock the child, so
+    # then the workers start fresh.
+    if ("torch" not in sys.modules and threading.active_count() == 1
+            and "fork" in multiprocessing.get_all_start_methods()):
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
@@ -158,18 +161,18 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
     cat_ids = frozenset(int(c["id"]) for c in categories)
 
     stat = PQStat()
+    chunks = _chunks(tasks, max(1, chunk_size), cat_ids)
+    if workers <= 1 or len(tasks) <= chunk_size:
+        results: Iterator = map(_score_chunk, chunks)
+        pool = None
+    else:  # before the progress bar, whose monitor thread would rule out forking
+        pool = _pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)), initializer=_init_worker)
+        results = pool.imap(_score_chunk, chunks)  # ordered: the float sums are reproducible
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(tasks), desc="PQ", unit="img", leave=False)
-    chunks = _chunks(tasks, max(1, chunk_size), cat_ids)
-    if workers <= 1 or len(tasks) <= chunk_size:
-        results: Iterator = map(_score_chunk, chunks)
-        pool = None
-    else:
-        pool = _pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)), initializer=_init_worker)
-        results = pool.imap(_score_chunk, chunks)  # ordered: the float sums are reproducible
     try:
         for s, p, n in results:
             stat += s
