@@ -172,3 +172,23 @@ def test_cli_model_mode(synth_dataset, tmp_path, capsys):
     assert main(["evaluate", "--weights", str(tmp_path / "nope.pth"), "--data", str(synth_dataset),
                  "--out", str(tmp_path / "ev2"), "--quiet"]) == 2
     assert "nope.pth" in capsys.readouterr().err
+
+
+def test_model_mode_reports_unreadable_images_and_writes_the_rest(synth_dataset, tmp_path):
+    from panoptic_detr.eval.evaluate_model import write_model_predictions
+    from panoptic_detr.predictor import Predictor
+    from predict_fixtures import tiny_pretrained
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dataset, data)
+    gt = json.loads((data / "panoptic.json").read_text())
+    broken = data / "images" / gt["images"][1]["file_name"]
+    broken.write_bytes(b"not an image")
+    predictor = Predictor.from_pretrained(tiny_pretrained(), batch_size=2, size=48, max_size=64)
+    with pytest.raises(EvaluationError) as e:
+        write_model_predictions(predictor, data, tmp_path / "out", progress=False)
+    assert len(e.value.problems) == 1 and str(broken) in e.value.problems[0]
+    written = json.loads((tmp_path / "out" / "predictions.json").read_text())["annotations"]
+    assert [a["image_id"] for a in written] == [gt["images"][0]["id"], gt["images"][2]["id"]]
+    with pytest.raises(FileExistsError):
+        write_model_predictions(predictor, data, tmp_path / "out", progress=False)

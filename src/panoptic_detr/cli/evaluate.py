@@ -80,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> dict:
+    from ..data.coco_panoptic import find_layout
     from ..eval.evaluate_model import evaluate_model
     from ..predictor import Predictor, WeightsError
 
+    find_layout(args.data)  # a wrong dataset path fails before the model loads
     try:
         predictor = Predictor(args.weights, preset=args.preset, threshold=args.threshold, device=args.device,
                               size=args.size, max_size=args.max_size, batch_size=args.batch_size)
