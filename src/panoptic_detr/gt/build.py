@@ -24,7 +24,6 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from tqdm import tqdm
 from ..data.files import atomic_write, write_json, write_png
 from ..data.instances import ORDERS, decode_annotations, instances_to_panoptic
 from ..data.taxonomy import Rule, Taxonomy, TaxonomyError
+from ..parallel import pool_context
 from ..structures import Categories
 from .compose import compose
 from .preview import draw_preview
@@ -266,7 +266,7 @@ def _run(job: _Job, todo: list, workers: int, progress: bool, warn: Callable[[st
     records = []
     bar = tqdm(total=len(todo), desc="build-gt", unit="img", disable=not progress, file=sys.stderr)
     if workers > 1 and len(todo) > 1:
-        with get_context().Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        with pool_context().Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
             for rec in pool.imap_unordered(_worker, todo, chunksize=4):
                 records.append(_collect(rec, warn, bar))
     else:
