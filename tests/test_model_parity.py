@@ -103,3 +103,12 @@ def test_reference_outputs_are_not_degenerate(official):
     assert masks.std((2, 3)).min() > 0.3  # every mask varies over the image
     assert masks.std(1).mean() > 5e-3  # and masks differ between queries (by ~1e-2, far above 1e-8)
     assert (official["pred_boxes"].std(1) > 0.01).all()
+
+
+def test_float32_channels_last_within_three_times_the_original_noise(checkpoint, official):
+    """Channels-last (the faster layout for CPU convolutions) stays within the same bounds."""
+    model = load_pretrained(checkpoint).model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = model(PaddedBatch(official["input"].float(), official["input_mask"]))
+    for key, noise in FLOAT32_NOISE.items():
+        assert max_error(out[key], official[key]) < 3 * noise
