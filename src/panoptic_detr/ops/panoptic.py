@@ -18,8 +18,11 @@ def rgb2id(rgb: Tensor | np.ndarray) -> Tensor:
 
 def id2rgb(id_map: Tensor | np.ndarray) -> Tensor:
     """[H, W] integer ids (< 2^24) -> [H, W, 3] uint8."""
-    t = torch.as_tensor(np.asarray(id_map)) if not isinstance(id_map, Tensor) else id_map
-    t = t.to(torch.int64)
+    if not isinstance(id_map, Tensor):  # numpy path: no torch thread pool for file writers
+        a = np.asarray(id_map).astype(np.int64, copy=False)
+        rgb = np.stack([a & 255, (a >> 8) & 255, (a >> 16) & 255], axis=-1).astype(np.uint8)
+        return torch.from_numpy(rgb)
+    t = id_map.to(torch.int64)
     return torch.stack([t % 256, (t // 256) % 256, (t // 65536) % 256], dim=-1).to(torch.uint8)
 
 

@@ -1,0 +1,196 @@
+"""Image files in, network input out: decoding any image to RGB, and DETR's resize + normalisation.
+
+`load_image` is the one place an image file is opened. Anything that stops a file from being
+a usable RGB picture becomes an `ImageError` naming the file and the problem in one line, so
+callers can report it and go on with the other files.
+"""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+)
+"""Suffixes (lower case) taken from folders and globs; files named explicitly are always tried."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DEFAULT_MAX_PIXELS = 150_000_000
+"""Largest width x height `load_image` decodes by default (a 10000x10000 photo passes; a
+decompression bomb that claims 50000x50000 in a few kilobytes does not). Pillow's own guard
+raises at 2 x `PIL.Image.MAX_IMAGE_PIXELS` (179 M); raise that too to go beyond it."""
+
+
+class ImageError(Exception):
+    """An image file that cannot be used; `str()` is one line: "PATH: problem"."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = " ".join(str(problem).split())  # one line, whatever the decoder said
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> [H, W, 3] uint8.
+
+    Alpha (RGBA, LA, palettes with transparency) is dropped, keeping the colour stored under
+    transparent pixels, as `Image.convert("RGB")` in the original DETR pipeline does.
+    High bit depths are scaled, not clipped: 16-bit 0..65535 -> 0..255 (x / 257, rounded);
+    32-bit integer images are taken as 16-bit data when they fit (Pillow opens 16-bit PNGs
+    as "I" or "I;16"), else scaled by their maximum; float ("F") images in 0..1 are scaled
+    by 255, others clipped to 0..255.
+    """
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im)
+        if mode == "F":
+            a = a.astype(np.float64)
+            a = a * 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else a
+        else:
+            a = a.astype(np.int64).clip(min=0)
+            top = int(a.max(initial=0))
+            a = a / 257.0 if top <= 65535 else a * (255.0 / top)
+        gray = np.nan_to_num(a).round().clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # Pillow warns when converting such palettes straight to RGB
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.array(im)  # writable, unlike np.asarray of a PIL image
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to [H, W, 3] uint8 RGB, upright as its EXIF orientation says.
+
+    Raises `ImageError` for a missing or unreadable file, a file that is not an image, a
+    truncated or corrupt one (the whole image is decoded here, so damage found late in the
+    file is caught too), and images over `max_pixels` pixels.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(path, "is a directory, not an image")
+    try:
+        with warnings.catch_warnings():
+            # we apply our own size limit below; Pillow's warning would be noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(path, f"too many pixels (decompression-bomb guard): {e}") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read: {e}") from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageError(path, f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
+                                   "(decompression-bomb guard; pass max_pixels to allow it)")
+        if w == 0 or h == 0:
+            raise ImageError(path, f"empty image ({w}x{h})")
+        fmt = im.format or "image"
+        try:
+            # full decode now: truncation surfaces here (unless some other code has set
+            # PIL.ImageFile.LOAD_TRUNCATED_IMAGES, which makes Pillow pad with grey instead)
+            im.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageError(path, f"truncated or corrupt {fmt} ({e})") from None
+        try:
+            upright = ImageOps.exif_transpose(im)
+        except Exception:  # broken EXIF block: the pixels are fine, keep them as stored
+            upright = im
+        try:
+            return _to_rgb(upright)
+        except (OSError, ValueError) as e:
+            raise ImageError(path, f"cannot convert {fmt} mode {upright.mode} to RGB ({e})") from None
+
+
+def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[ImageError]]:
+    """Expand files, folders (their image files, not recursive, sorted) and glob patterns
+    (`**` recurses) into a list of image paths, in order and without duplicates.
+
+    Returns (paths, problems): a missing path, a folder without images or a pattern that
+    matches no image is one `ImageError` each, so callers report it and go on. Whether a
+    file really is an image is left to `load_image`.
+    """
+    found: dict[Path, None] = {}
+    problems: list[ImageError] = []
+    for item in inputs:
+        text = str(item)
+        if any(c in text for c in "*?[") and not Path(text).exists():
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
+            if not files:
+                problems.append(ImageError(text, "pattern matches no image files"))
+            found.update(dict.fromkeys(files))
+        elif Path(text).is_dir():
+            files = sorted(p for p in Path(text).iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                problems.append(ImageError(text, "folder holds no image files"))
+            found.update(dict.fromkeys(files))
+        elif Path(text).is_file():
+            found[Path(text)] = None
+        else:
+            problems.append(ImageError(text, "no such file or folder"))
+    return list(found), problems
+
+
+def resize_shape(h: int, w: int, short: int, max_size: int | None) -> tuple[int, int]:
+    """(h, w) after DETR's resize: shortest side to `short`, longest at most `max_size`.
+
+    Same rounding as the original `datasets/transforms.py:get_size_with_aspect_ratio`, so
+    inputs match the original pipeline pixel for pixel in size. One deviation: a side never
+    shrinks below 1 pixel (the original gives 0 for strips thinner than 1/max_size).
+    """
+    size = short
+    if max_size is not None:
+        lo, hi = float(min(h, w)), float(max(h, w))
+        if hi / lo * size > max_size:
+            size = max(1, int(round(max_size * lo / hi)))
+    if (w <= h and w == size) or (h <= w and h == size):
+        return h, w
+    if w < h:
+        return max(1, int(size * h / w)), size
+    return size, max(1, int(size * w / h))
+
+
+def resize(image: np.ndarray, short: int = 800, max_size: int | None = 1333) -> np.ndarray:
+    """[H, W, 3] uint8 -> [h, w, 3] uint8 with `resize_shape`, Pillow bilinear (antialiased),
+    which is what torchvision's `F.resize` does on the PIL images of DETR's pipeline."""
+    h, w = image.shape[:2]
+    oh, ow = resize_shape(h, w, short, max_size)
+    if (oh, ow) == (h, w):
+        return image
+    out = Image.fromarray(np.ascontiguousarray(image)).resize((ow, oh), Image.Resampling.BILINEAR)
+    return np.array(out)
+
+
+def normalize(image: np.ndarray) -> Tensor:
+    """[H, W, 3] uint8 -> [3, H, W] float32, (x / 255 - ImageNet mean) / std."""
+    a = np.ascontiguousarray(image)
+    a = a if a.flags.writeable else a.copy()  # torch refuses to wrap read-only memory quietly
+    t = torch.from_numpy(a).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return t.sub_(mean).div_(std)
+
+
+def preprocess(image: np.ndarray, short: int = 800, max_size: int | None = 1333) -> Tensor:
+    """[H, W, 3] uint8 RGB -> [3, h, w] float32 network input (DETR resize + ImageNet norm)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"preprocess wants an [H, W, 3] uint8 image, got {image.dtype} {image.shape}")
+    return normalize(resize(image, short, max_size))
