@@ -219,3 +219,12 @@ def test_named_checkpoint_with_another_preset(monkeypatch, hub):
 def test_pretrained_is_a_dataclass(project_ckpt):
     fields = [f.name for f in dataclasses.fields(load_pretrained(project_ckpt))]
     assert fields == ["model", "config", "categories", "source"]
+
+
+def test_dc5_is_read_from_the_file_name(tmp_path):
+    """DC5 weights have R50's shapes; the original file names say dc5."""
+    config = PRESETS["tiny"].with_overrides(backbone="resnet50")
+    sd = to_original(build_model(config).state_dict())
+    for name, dilation in (("detr-r50-dc5-panoptic-da08f1b1.pth", True), ("detr-r50.pth", False)):
+        torch.save({"model": sd}, tmp_path / name)
+        assert load_pretrained(tmp_path / name).config.dilation is dilation
