@@ -7,6 +7,7 @@ expected and what to do.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 from dataclasses import dataclass
@@ -135,7 +136,10 @@ def _read(path: Path) -> Any:
         "checkpoint ({'model': state_dict}) or a state dict"
     )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # DETR's training script stores its argparse options next to the weights; a Namespace
+        # of plain values is safe to rebuild, anything else stays refused by weights_only
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails in many ways on foreign bytes (even KeyError)
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
