@@ -170,3 +170,19 @@ def test_missing_and_directory(tmp_path):
         load_image(tmp_path / "nope.jpg")
     with pytest.raises(ImageError, match="directory"):
         load_image(tmp_path)
+
+
+
+def test_image_zoo(tmp_path):
+    """Every kind of file in the shared zoo: loads to RGB of the expected size, or fails with
+    one line naming the file."""
+    from image_zoo import write_image_zoo
+
+    for name, expected in write_image_zoo(tmp_path).items():
+        path = tmp_path / name
+        if expected is None:
+            with pytest.raises(ImageError) as e:
+                load_image(path)
+            assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+        else:
+            _check_rgb(load_image(path), expected)

@@ -11,7 +11,7 @@ import torch
 from panoptic_detr.cli import main
 from panoptic_detr.data.files import read_panoptic_png
 from panoptic_detr.data.images import load_image
-from panoptic_detr.data.synth import THINGS, make_dataset, make_scene, synth_categories
+from panoptic_detr.data.synth import _SHAPES, THINGS, make_dataset, make_scene, synth_categories
 from panoptic_detr.ops.panoptic import segment_stats
 
 STUFF_IDS = {c["id"] for c in synth_categories() if not c["isthing"]}
@@ -23,6 +23,21 @@ def test_categories_table():
     assert len(THING_IDS) >= 6 and len(STUFF_IDS) >= 4
     assert len({c["id"] for c in cats}) == len(cats) and all(len(c["color"]) == 3 for c in cats)
     assert max(THING_IDS) < min(STUFF_IDS)
+
+
+def test_shapes_are_bounded_with_their_areas():
+    """Each thing class, on a fine grid: inside the unit disc (so rotation never clips it) and
+    of its analytic area (radius 1)."""
+    g = np.linspace(-1.5, 1.5, 1201)
+    u, v = np.meshgrid(g, g)
+    px = (g[1] - g[0]) ** 2
+    star = 5 * 0.45 * np.sin(np.pi / 5)  # five kites between outer radius 1 and inner 0.45
+    expected = {"circle": np.pi, "square": 1.4**2, "triangle": 3 * np.sqrt(3) * 0.5**2, "star": star,
+                "ring": np.pi * 0.7, "cross": 2 * 0.6 * 1.9 - 0.6**2}
+    for name, inside in zip(THINGS, _SHAPES, strict=True):
+        m = inside(u, v)
+        assert not (m & (u * u + v * v > 1.0001)).any(), name
+        assert m.sum() * px == pytest.approx(expected[name], rel=0.01), name
 
 
 def test_deterministic_per_seed_and_index():
@@ -66,6 +81,11 @@ def test_crowd_regions():
     crowds = [s for i in range(10) for s in make_scene(2, i, crowd_prob=1.0)[2] if s["iscrowd"]]
     assert len(crowds) >= 8 and all(s["category_id"] in THING_IDS for s in crowds)
     assert not any(s["iscrowd"] for i in range(10) for s in make_scene(2, i)[2])
+    # the crowd is added on top of the same scene: every pixel outside it is unchanged
+    plain, _, _ = make_scene(2, 0)
+    img, id_map, segs = make_scene(2, 0, crowd_prob=1.0)
+    crowd = id_map == next(s["id"] for s in segs if s["iscrowd"])
+    assert crowd.sum() > 50 and np.array_equal(img[~crowd], plain[~crowd])
 
 
 def _stuff_features(img, id_map, segs):
@@ -127,4 +147,3 @@ def test_cli(tmp_path, capsys):
     assert (data["images"][0]["height"], data["images"][0]["width"]) == (32, 64)
     assert main(["synth", "--out", str(out), "--n", "3"]) == 1
     assert "not empty" in capsys.readouterr().err
-    assert len(THINGS) == 6

@@ -7,11 +7,10 @@ expected and what to do.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
-import pickle
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,9 @@ class Pretrained:
     categories: Categories
     source: str
     """Where the weights came from, for messages and logs."""
+    inference: dict[str, Any] = field(default_factory=dict)
+    """Inference settings the checkpoint recommends (`size`, `max_size`, `threshold`): a model
+    trained on small images should see small images. Empty for the original checkpoints."""
 
 
 def load_pretrained(
@@ -89,12 +91,13 @@ def load_pretrained(
     load_state_dict_strict(model, sd, what=f"the weights in {path}")
     model.to(device).eval()
     source = f"{name} ({path})" if name != os.fspath(path) else str(path)
-    return Pretrained(model, config, categories, source)
+    inference = dict(ckpt.get("inference") or {}) if isinstance(ckpt, dict) else {}
+    return Pretrained(model, config, categories, source, inference)
 
 
 def demo_path() -> Path:
     """Where the bundled demo checkpoint lives (a project checkpoint of a small preset)."""
-    return Path(str(resources.files("panoptic_detr.assets").joinpath("demo.pt")))
+    return Path(str(resources.files("panoptic_detr.assets").joinpath("demo", "demo.pt")))
 
 
 def cached_path(record: PretrainedWeights) -> Path:
@@ -137,9 +140,13 @@ def _read(path: Path) -> Any:
         "checkpoint ({'model': state_dict}) or a state dict"
     )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # DETR's training script stores its argparse options next to the weights; a Namespace
+        # of plain values is safe to rebuild, anything else stays refused by weights_only
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load fails in many ways on foreign bytes (even KeyError)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
         raise WeightsError(f"{path}: not a readable checkpoint ({reason[:200]}); {expected}") from None
 
 
@@ -184,8 +191,23 @@ def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, C
     sd, _layout = to_model_layout(sd)
     if preset is not None:
         config = PRESETS[preset]
+        try:
+            found = infer_config(sd, dilation=config.dilation)
+        except WeightsError:
+            found = None  # the strict load below says what does not fit
+        # compare only what the tensors tell (not nheads, groups or dropout)
+        untold = ("nheads", "mask_head_groups", "dropout", "pretrained_backbone")
+        told = [f for f in config.to_dict() if f not in untold]
+        if found is not None and any(getattr(found, f) != getattr(config, f) for f in told):
+            raise WeightsError(
+                f"{path} holds a {preset_name(found) or 'custom'} model, not {preset}; "
+                "drop --preset to use the architecture the file tells"
+            )
     else:
-        config = infer_config(sd, dilation="dc5" in path.name.lower())
+        try:
+            config = infer_config(sd, dilation="dc5" in path.name.lower())
+        except WeightsError as e:
+            raise WeightsError(f"{path}: {e}; expected a DETR panoptic checkpoint") from None
     if config.num_classes == 250:
         categories = Categories.coco_panoptic()
     else:

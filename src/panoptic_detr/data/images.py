@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,12 +96,9 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             raise ImageError(path, f"empty image ({w}x{h})")
         fmt = im.format or "image"
         try:
-            if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global someone else set; we want the error
-                raise ImageError(path, "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing "
-                                       "to pass truncated images silently")
-            im.load()  # full decode now: truncation and corrupt data surface here
-        except ImageError:
-            raise
+            # full decode now: truncation surfaces here (unless some other code has set
+            # PIL.ImageFile.LOAD_TRUNCATED_IMAGES, which makes Pillow pad with grey instead)
+            im.load()
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageError(path, f"truncated or corrupt {fmt} ({e})") from None
         try:
