@@ -212,7 +212,8 @@ def test_explained_segments_equal_predict(tiny_model, tmp_path):
     image = _image(60, 90, 4)
     pre = load_pretrained(ckpt)
     threshold = _spread_threshold(pre, image)
-    predictor = predictor_mod.Predictor(pre, threshold=threshold, **SMALL)
+    predictor = predictor_mod.Predictor(pre, threshold=threshold, size=SMALL["short"],
+                                        max_size=SMALL["max_size"])
     expected = predictor.predict(image)
     got = explain(predictor, image, threshold=threshold, **SMALL)
     assert torch.equal(got.result.id_map, expected.id_map)

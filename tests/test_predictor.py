@@ -78,3 +78,13 @@ def test_predict_from_a_project_checkpoint(tmp_path):
     assert set(from_file.id_map.unique().tolist()) <= ids | {0}
     assert {s["category_id"] for s in from_file.segments_info} <= {1, 2, 3, 4}
     assert all(np.isfinite(s["score"]) for s in from_file.segments_info)
+
+
+def test_checkpoint_advice_and_explicit_options():
+    pre = tiny_pretrained()
+    assert Predictor.from_pretrained(pre).size == 800  # no advice: the original's settings
+    pre.inference = {"size": 64, "max_size": 96, "threshold": 0.6}
+    advised = Predictor.from_pretrained(pre)
+    assert (advised.size, advised.max_size, advised.threshold) == (64, 96, 0.6)
+    explicit = Predictor.from_pretrained(pre, size=32, threshold=0.9)
+    assert (explicit.size, explicit.max_size, explicit.threshold) == (32, 96, 0.9)

@@ -36,27 +36,36 @@ from .viz import overlay
 ImageInput = np.ndarray | str | os.PathLike[str]
 
 
+DEFAULTS = {"threshold": 0.85, "size": 800, "max_size": 1333}
+"""The original DETR's inference settings, used where neither caller nor checkpoint says."""
+
+
 class Predictor:
     """Panoptic segmentation of RGB images with a DETR model.
 
     weights: "demo", a preset name of the original COCO checkpoints or a checkpoint path
-    (see `loading.load_pretrained`); preset: the architecture for files that do not say.
-    size / max_size: DETR's resize (shortest side, longest side cap).
+    (see `loading.load_pretrained`), or a loaded `Pretrained`; preset: the architecture for
+    files that do not say.
+    threshold, size / max_size (DETR's resize: shortest side, longest side cap): None takes the
+    checkpoint's recommendation, else `DEFAULTS`.
     stuff_merge: see `panoptic_postprocess`; mask_chunk: queries per mask-head call (memory).
     """
 
     def __init__(
         self,
-        weights: str | os.PathLike[str] = "demo",
+        weights: str | os.PathLike[str] | Pretrained = "demo",
         preset: str | None = None,
-        threshold: float = 0.85,
+        threshold: float | None = None,
         device: str | torch.device = "cpu",
-        size: int = 800,
-        max_size: int = 1333,
+        size: int | None = None,
+        max_size: int | None = None,
         batch_size: int = 1,
         stuff_merge: StuffMerge = "original",
         mask_chunk: int | None = 10,
     ):
+        if isinstance(weights, Pretrained):  # an already loaded model
+            self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk)
+            return
         try:
             pretrained = load_pretrained(weights, preset=preset, device=device)
         except WeightsError:
@@ -74,15 +83,20 @@ class Predictor:
         self._setup(pretrained, **kwargs)
         return self
 
-    def _setup(self, pretrained: Pretrained, threshold: float = 0.85, size: int = 800,
-               max_size: int = 1333, batch_size: int = 1, stuff_merge: StuffMerge = "original",
+    def _setup(self, pretrained: Pretrained, threshold: float | None = None, size: int | None = None,
+               max_size: int | None = None, batch_size: int = 1, stuff_merge: StuffMerge = "original",
                mask_chunk: int | None = 10) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.pretrained = pretrained
         self.model: DETRPanoptic = pretrained.model.eval()
         self.categories: Categories = pretrained.categories
-        self.threshold, self.size, self.max_size = threshold, size, max_size
+        # unset options: what the checkpoint recommends (a model trained on small images should
+        # see small images), else the original DETR's settings
+        advice = {**DEFAULTS, **getattr(pretrained, "inference", {})}
+        self.threshold = float(advice["threshold"] if threshold is None else threshold)
+        self.size = int(advice["size"] if size is None else size)
+        self.max_size = int(advice["max_size"] if max_size is None else max_size)
         self.batch_size, self.stuff_merge, self.mask_chunk = batch_size, stuff_merge, mask_chunk
         param = next(self.model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -128,25 +142,25 @@ class Predictor:
 
         The same masks (the head is per query; GroupNorm normalises each query on its own),
         but the head's stride-4 activations (chunk x d/8 x H/4 x W/4 floats, 137 MB for 20
-        queries at 800x1066) are bounded. Mirrors `DETRPanoptic.predict_masks`, which computes
-        the per-image features once; a chunk size in that API would make this unnecessary.
+        queries at 800x1066) stay bounded. Mirrors `DETRPanoptic.predict_masks` (per image: the
+        shared features once, then the queries); a chunk size in that API would replace this.
         """
         chunk = self.mask_chunk
-        if not any(len(k) for k in keep):  # nothing kept: skip the head's per-image features too
-            c2 = det["fpns"][-1]
-            return [c2.new_zeros((0, *c2.shape[-2:])) for _ in keep]
         if not chunk or all(len(k) <= chunk for k in keep):
             return self.model.predict_masks(det, keep)
         model = self.model
-        shared = model.mask_head.image_features(det["src_proj"], det["fpns"])
         last = det["hs"][-1]  # B x N x d
         out = []
         for i, idx in enumerate(keep):
+            one = slice(i, i + 1)
+            if idx.numel() == 0:
+                out.append(last.new_zeros((0, *det["fpns"][-1].shape[-2:])))
+                continue
+            shared = model.mask_head.image_features(det["src_proj"][one], [f[one] for f in det["fpns"]])
             parts = []
-            for part in idx.to(last.device).split(chunk) or (idx,):
-                att = model.bbox_attention(last[i : i + 1, part], det["memory"][i : i + 1],
-                                           det["padding"][i : i + 1])[0]  # q x M x h x w
-                parts.append(model.mask_head.query_masks(shared.image(i), att))
+            for part in idx.to(last.device).split(chunk):
+                att = model.bbox_attention(last[one, part], det["memory"][one], det["padding"][one])[0]
+                parts.append(model.mask_head.query_masks(shared, att))  # q x H/4 x W/4
             out.append(torch.cat(parts))
         return out
 
@@ -270,11 +284,11 @@ def predict_files(
     out_dir: str | os.PathLike[str],
     weights: str | os.PathLike[str] = "demo",
     preset: str | None = None,
-    threshold: float = 0.85,
+    threshold: float | None = None,
     batch_size: int = 1,
     device: str = "cpu",
-    size: int = 800,
-    max_size: int = 1333,
+    size: int | None = None,
+    max_size: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
     predictor: Predictor | None = None,

@@ -20,11 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="demo",
                    help="'demo', an original checkpoint name (detr_r50_panoptic, ...) or a .pth path")
     p.add_argument("--preset", default=None, help="architecture, when --weights is a file that does not say")
-    p.add_argument("--threshold", type=float, default=0.85, help="class confidence to keep a query (0.85)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="class confidence to keep a query (the checkpoint's advice, else 0.85)")
     p.add_argument("--batch-size", type=int, default=1, help="images per network batch (1)")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
-    p.add_argument("--size", type=int, default=800, help="shortest side fed to the network (800)")
-    p.add_argument("--max-size", type=int, default=1333, help="longest side cap (1333)")
+    p.add_argument("--size", type=int, default=None,
+                   help="shortest side fed to the network (the checkpoint's advice, else 800)")
+    p.add_argument("--max-size", type=int, default=None, help="longest side cap (advice, else 1333)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
