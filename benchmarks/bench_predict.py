@@ -4,8 +4,9 @@
         [--batches 1 4] [--iters 2] [--reference ../shared/reference]
 
 The R50 preset with the reference weights (`reference_weights.py` + `official_keys.json` +
-`bn_stats.pt`, saved as an original-layout checkpoint and loaded through `load_pretrained`
-like a real one). The input is a COCO photo of the reference set resized to 640x480, so the
+`bn_stats.pt`, saved as an original-layout checkpoint and loaded by `Predictor` like a real
+one, which prepares the model for inference: BN folded, channels-last; `--no-prepare` not).
+The input is a COCO photo of the reference set resized to 640x480, so the
 network sees 800x1066 and the result is 640x480. The reference weights are random, so the
 K most confident queries are forced to be kept (their best real class made certain, the others
 made no-object); their masks are the network's. Every (batch size, K) runs in a fresh process
@@ -88,14 +89,13 @@ def run_one(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from panoptic_detr.data.images import load_image, preprocess
-    from panoptic_detr.loading import load_pretrained
     from panoptic_detr.model.postprocess import panoptic_postprocess, select_queries
     from panoptic_detr.predictor import Predictor, save_result
     from panoptic_detr.structures import PaddedBatch
 
-    pre = load_pretrained(args.ckpt, preset="detr_r50_panoptic")
-    model, cats = pre.model, pre.categories
-    predictor = Predictor.from_pretrained(pre, mask_chunk=args.mask_chunk or None)
+    predictor = Predictor(args.ckpt, preset="detr_r50_panoptic", mask_chunk=args.mask_chunk or None,
+                          prepare=not args.no_prepare)
+    model, cats = predictor.model, predictor.categories
     is_thing = cats.thing_mask()
     out = Path(args.work) / f"out_b{args.batch}_k{args.k}"
     paths = [Path(args.photo)] * args.batch
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=Path(
         os.environ.get("PANOPTIC_DETR_REFERENCE", ROOT.parent / "shared" / "reference")))
     parser.add_argument("--mask-chunk", type=int, default=10, help="queries per mask-head call (0: all)")
+    parser.add_argument("--no-prepare", action="store_true",
+                        help="the model as loaded (no BN folding, no channels-last)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -184,6 +186,7 @@ def main() -> None:
                        "--ckpt", str(ckpt), "--photo", str(photo), "--work", work,
                        "--threads", str(args.threads), "--iters", str(args.iters),
                        "--mask-chunk", str(args.mask_chunk)]
+                cmd += ["--no-prepare"] if args.no_prepare else []
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"batch {batch} K {k} failed:\n{done.stderr[-2000:]}", file=sys.stderr)

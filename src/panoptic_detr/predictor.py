@@ -49,6 +49,9 @@ class Predictor:
     threshold, size / max_size (DETR's resize: shortest side, longest side cap): None takes the
     checkpoint's recommendation, else `DEFAULTS`.
     stuff_merge: see `panoptic_postprocess`; mask_chunk: queries per mask-head call (memory).
+    prepare: `model.prepare_for_inference()` (frozen BN folded, channels-last; same outputs up
+    to float32 rounding, see the model's parity tests). Default: on for weights this predictor
+    loads, off for a `Pretrained` passed in (its model would change in place).
     """
 
     def __init__(
@@ -62,9 +65,11 @@ class Predictor:
         batch_size: int = 1,
         stuff_merge: StuffMerge = "original",
         mask_chunk: int | None = 10,
+        prepare: bool | None = None,
     ):
-        if isinstance(weights, Pretrained):  # an already loaded model
-            self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk)
+        if isinstance(weights, Pretrained):  # an already loaded model: not changed unless asked
+            self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk,
+                        bool(prepare))
             return
         try:
             pretrained = load_pretrained(weights, preset=preset, device=device)
@@ -74,7 +79,8 @@ class Predictor:
             raise WeightsError(
                 f"{os.fspath(weights)}: not a usable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
                 "expected a panoptic-detr or original DETR checkpoint") from None
-        self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk)
+        self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk,
+                    prepare is not False)
 
     @classmethod
     def from_pretrained(cls, pretrained: Pretrained, **kwargs: Any) -> Predictor:
@@ -85,11 +91,13 @@ class Predictor:
 
     def _setup(self, pretrained: Pretrained, threshold: float | None = None, size: int | None = None,
                max_size: int | None = None, batch_size: int = 1, stuff_merge: StuffMerge = "original",
-               mask_chunk: int | None = 10) -> None:
+               mask_chunk: int | None = 10, prepare: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.pretrained = pretrained
         self.model: DETRPanoptic = pretrained.model.eval()
+        if prepare:  # BN folded into the convolutions, channels-last: ~1.6x faster on CPUs
+            self.model.prepare_for_inference()
         self.categories: Categories = pretrained.categories
         # unset options: what the checkpoint recommends (a model trained on small images should
         # see small images), else the original DETR's settings
