@@ -184,9 +184,10 @@ def render_html(expl: Explanation, images: dict[str, bytes], segments: Sequence[
     dropped = fig.dropped_rows(expl)
     looked = [q for q in dropped if f"dropped_{q.index}" in images]
     if looked:
-        out.append("<h2>Dropped queries with their masks</h2><p class='muted'>What these queries "
-                   "would have segmented: their mask logits and attention, computed for a look "
-                   "(they do not take part in the argmax).</p>")
+        out.append("<h2>Dropped queries with their masks</h2><p class='muted'>Queries that passed "
+                   "the threshold but lost their pixels (duplicated stuff, &lt;= 4 pixels), and the "
+                   "near misses below the threshold, whose masks are computed only for this look "
+                   "and take no part in the argmax.</p>")
         for q in looked:
             out.append(f"<section class='segment' id='query-{q.index}'>"
                        + _img(images[f"dropped_{q.index}"], f"dropped query {q.index}") + "</section>")
