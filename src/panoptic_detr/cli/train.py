@@ -1,0 +1,48 @@
+"""`panoptic-detr train --config FILE.yaml [key=value ...] [--resume]` (see train/loop.py).
+
+Many processes: `torchrun --nproc-per-node N -m panoptic_detr.train --config FILE.yaml ...`
+(the same flags; see train/distributed.py for many machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model as a YAML config says (from scratch, two stages, or fine-tuning)",
+        description="Train as FILE.yaml says; KEY=VALUE pairs override it (dotted keys reach into "
+        "sections, e.g. optim.lr=2e-4 model.preset=detr_r18_small). Writes checkpoints, "
+        "metrics.jsonl and curves.png to out_dir.",
+    )
+    p.add_argument("--config", help="YAML training config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from out_dir/checkpoint_last.pt (or the CHECKPOINT given)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an out_dir that holds a run")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (overrides the config's device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.images import ImageError
+    from ..train.checkpoint import CheckpointError
+    from ..train.config import ConfigError, load_config
+    from ..train.loop import TrainError, train
+
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ConfigError, CheckpointError, TrainError, ImageError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary, not one per process
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, str)}))
+    return 0

@@ -1,0 +1,278 @@
+"""Everything a training run needs, as typed dataclasses read from YAML.
+
+`load_config("configs/x.yaml", ["optim.lr=2e-4", "batch_size=4"])` reads the file, applies the
+`key=value` overrides (dotted keys reach into sections; values parsed as YAML), and checks every
+key and type against the dataclasses below: an unknown key or a wrong type is one
+`ConfigError` line naming the file and the key. The architecture is a model preset name plus
+field overrides (`model.overrides.num_queries=50`); the class count comes from the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEDULES = ("joint", "two_stage", "finetune")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit `TrainConfig` (one line: file, key, problem)."""
+
+
+@dataclass
+class ModelSection:
+    preset: str = "detr_r18_small"
+    """Name in `model.config.PRESETS`."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """`DETRConfig` fields to change (num_classes is set from the dataset)."""
+
+
+@dataclass
+class SynthSection:
+    """Synthetic scenes generated into the data paths when they do not exist yet."""
+
+    n_train: int = 0
+    """Scenes in the training set (0: do not generate; use existing data)."""
+    n_val: int = 0
+    seed: int = 0
+    """Training-set seed; the validation set uses seed + 1 (held out)."""
+    size: int = 128
+    """Side of the square scenes in pixels."""
+    crowd_prob: float = 0.0
+    """Probability of a crowd region in a scene (crowd segments are left out of the losses)."""
+
+
+@dataclass
+class DataSection:
+    train: str = ""
+    """Training dataset root (COCO panoptic layout, see data/coco_panoptic.py)."""
+    val: str = ""
+    """Validation dataset root for periodic PQ ("" = none)."""
+    synth: SynthSection = field(default_factory=SynthSection)
+    augment: bool = True
+    """DETR's flip / multi-scale / crop recipe; False: resize to `val_size` only."""
+    scales: list[int] = field(default_factory=lambda: [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800])
+    """Candidate shortest sides of the multi-scale resize."""
+    max_size: int = 1333
+    """Longest side after resizing."""
+    crop_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_min: int = 384
+    crop_max: int = 600
+    val_size: int = 800
+    """Shortest side for validation images (and training ones without augmentation)."""
+    num_workers: int = 0
+    """DataLoader worker processes (augmentation is seeded per sample: results do not depend
+    on this)."""
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+    """Gradient norm clipping (0 = off)."""
+    lr_drop: int = 0
+    """Optimiser step after which every learning rate is multiplied by `lr_gamma` (0 = never)."""
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many optimiser steps."""
+
+
+@dataclass
+class LossSection:
+    ce: float = 1.0
+    bbox: float = 5.0
+    giou: float = 2.0
+    mask: float = 1.0
+    dice: float = 1.0
+    eos_coef: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    schedule: str = "joint"
+    """"joint" (everything at once), "two_stage" (detector for `stage1_steps`, then the frozen
+    detector with the mask head), "finetune" (start from `init`, class head re-initialised)."""
+    stage1_steps: int = 0
+    """two_stage: optimiser steps of the detector-only stage."""
+    init: str = ""
+    """Weights to start from: a project checkpoint, an original DETR checkpoint file, or an
+    original preset name ("" = from scratch). Required by "finetune"."""
+    steps: int = 0
+    """Optimiser steps in all (0: from `epochs`)."""
+    epochs: int = 1
+    batch_size: int = 2
+    """Images per process per forward pass."""
+    grad_accum: int = 1
+    """Forward passes per optimiser step."""
+    bf16: bool = False
+    """bfloat16 autocast for the forward pass."""
+    all_query_masks: bool = False
+    """Run the mask head on all queries (the original's cost; for comparison only)."""
+    eval_every: int = 0
+    """Optimiser steps between validation PQ (0: only at the end, if a val set is given)."""
+    checkpoint_every: int = 0
+    """Optimiser steps between checkpoints (0: only at the end)."""
+    log_every: int = 10
+    """Optimiser steps between metrics.jsonl lines."""
+    out_dir: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu", "cuda", "cuda:1", ..."""
+    eval_threshold: float = 0.85
+    """Query confidence threshold of the panoptic post-processing in validation."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "finetune" and not self.init:
+            raise ConfigError("init: the finetune schedule needs weights to start from")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """`value` converted to type `tp`, or ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(names)})")
+    kwargs = {k: _check(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {p} is not a section")
+        node = child
+    node[last] = value
+
+
+def config_from_dict(
+    data: dict[str, Any], overrides: Sequence[str] = (), source: str = "<config>"
+) -> TrainConfig:
+    """A TrainConfig from a (YAML-shaped) dict plus `key=value` overrides."""
+    data = dict(data or {})
+    try:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected key=value")
+            key, text = item.split("=", 1)
+            try:
+                value = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError:
+                value = text  # not YAML: keep the raw text (a path, a name)
+            _set_dotted(data, key.strip(), value)
+        return _from_dict(TrainConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config file (None: defaults only) and apply `key=value` overrides."""
+    if path is None:
+        return config_from_dict({}, overrides)
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return config_from_dict(data or {}, overrides, source=str(path))
+
+
+def model_config(cfg: TrainConfig, num_classes: int | None = None) -> Any:
+    """The DETRConfig of the run: preset + overrides (+ the dataset's class count)."""
+    from ..model.config import PRESETS
+
+    if cfg.model.preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown {cfg.model.preset!r} (known: {', '.join(PRESETS)})")
+    overrides = dict(cfg.model.overrides)
+    if num_classes is not None:
+        given = overrides.get("num_classes")
+        if given is not None and given != num_classes:
+            raise ConfigError(f"model.overrides.num_classes={given} but the dataset needs {num_classes}")
+        overrides["num_classes"] = num_classes
+    try:
+        return PRESETS[cfg.model.preset].with_overrides(**overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.overrides: {e}") from None

@@ -1,0 +1,130 @@
+"""Set criterion: matched-only masks == all masks then select (loss and gradients), crowd
+handling, perfect predictions, aux terms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from panoptic_detr.ops.boxes import masks_to_boxes_xyxy, xyxy_to_cxcywh
+from panoptic_detr.structures import PaddedBatch, Target
+from panoptic_detr.train.criterion import ModelWithLoss, SetCriterion
+from panoptic_detr.train.matcher import hungarian_match
+from tiny_detr import TinyDETR
+
+
+def random_target(g: torch.Generator, h: int, w: int, n: int, num_classes: int, crowd: int = 0) -> Target:
+    """n rectangular segments with random classes; the last `crowd` are crowd."""
+    masks = torch.zeros(n, h, w, dtype=torch.bool)
+    for i in range(n):
+        y0, x0 = (int(v) for v in torch.randint(0, h // 2, (2,), generator=g))
+        masks[i, y0 : y0 + h // 3, x0 : x0 + w // 3] = True
+    boxes = masks_to_boxes_xyxy(masks) / torch.tensor([w, h, w, h])
+    iscrowd = torch.zeros(n, dtype=torch.bool)
+    if crowd:
+        iscrowd[-crowd:] = True
+    return Target(masks=masks, labels=torch.randint(0, num_classes, (n,), generator=g),
+                  boxes=xyxy_to_cxcywh(boxes), iscrowd=iscrowd, area=masks.sum((1, 2)).float(), size=(h, w))
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def tiny_real_model() -> torch.nn.Module:
+    from panoptic_detr.model import PRESETS, build_model
+
+    return build_model(PRESETS["tiny"].with_overrides(num_classes=4))
+
+
+@pytest.mark.parametrize("make_model", [TinyDETR, tiny_real_model], ids=["stand-in", "detr-tiny"])
+def test_matched_only_masks_equal_all_queries_loss_and_grads(make_model):
+    torch.manual_seed(0)
+    model = make_model().double()
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randn(3, *hw, dtype=torch.float64, generator=g) for hw in ((32, 24), (24, 32))]
+    batch = PaddedBatch.from_images(images)
+    targets = [random_target(g, 32, 24, 3, 4), random_target(g, 24, 32, 2, 4, crowd=1)]
+    results = []
+    for all_queries in (False, True):
+        model.zero_grad()
+        step = ModelWithLoss(model, SetCriterion(num_classes=4, all_query_masks=all_queries))
+        losses = step(batch, targets)
+        losses["loss"].backward()
+        results.append(({k: v.detach() for k, v in losses.items()}, _grads(model)))
+    (l0, g0), (l1, g1) = results
+    assert set(l0) == set(l1) and "loss_dice" in l0 and "loss_ce_0" in l0
+    for k in l0:
+        torch.testing.assert_close(l0[k], l1[k], rtol=1e-12, atol=1e-12)
+    assert set(g0) == set(g1) and any(k.startswith("mask_head.") for k in g0)
+    for k in g0:
+        torch.testing.assert_close(g0[k], g1[k], rtol=1e-10, atol=1e-12)
+
+
+def test_crowd_segments_do_not_change_the_loss():
+    model = TinyDETR(num_classes=4).double()
+    g = torch.Generator().manual_seed(2)
+    batch = PaddedBatch.from_images([torch.randn(3, 32, 32, dtype=torch.float64, generator=g)])
+    t = random_target(g, 32, 32, 4, 4, crowd=2)
+    keep = ~t.iscrowd
+    t_clean = Target(masks=t.masks[keep], labels=t.labels[keep], boxes=t.boxes[keep], iscrowd=t.iscrowd[keep],
+                     area=t.area[keep], size=t.size)
+    crit = SetCriterion(num_classes=4)
+    a = crit(model, model.detect(batch), [t])
+    b = crit(model, model.detect(batch), [t_clean])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_perfect_predictions_have_near_zero_box_and_class_loss():
+    """A model whose matched outputs equal the targets: box losses 0, CE small."""
+    t = random_target(torch.Generator().manual_seed(3), 16, 16, 2, 3)
+    logits = torch.full((1, 5, 4), -20.0)
+    logits[0, :, 3] = 20.0  # no-object everywhere...
+    boxes = torch.rand(1, 5, 4) * 0.2 + 0.4
+    for q, s in ((1, 0), (4, 1)):  # ...but two exact predictions
+        logits[0, q] = -20.0
+        logits[0, q, t.labels[s]] = 20.0
+        boxes[0, q] = t.boxes[s]
+    det = {"pred_logits": logits, "pred_boxes": boxes}
+    losses = SetCriterion(num_classes=3, masks=False)(None, det, [t])
+    assert float(losses["loss_bbox"]) < 1e-6 and float(losses["loss_giou"]) < 1e-6
+    assert float(losses["loss_ce"]) < 1e-6
+    shifted = SetCriterion(num_classes=3, masks=False)(None, {**det, "pred_boxes": boxes + 0.01}, [t])
+    # 4 coordinates off by 0.01 for each of the 2 boxes, / 2 boxes
+    assert abs(float(shifted["loss_bbox"]) - 0.04) < 1e-5
+
+
+def test_class_loss_is_weighted_cross_entropy_and_micro_batches_add_up():
+    model = TinyDETR(num_classes=4).double()
+    g = torch.Generator().manual_seed(5)
+    images = [torch.randn(3, 16, 16, dtype=torch.float64, generator=g) for _ in range(3)]
+    targets = [random_target(g, 16, 16, n, 4) for n in (3, 1, 2)]
+    crit = SetCriterion(num_classes=4, masks=False)
+    whole = crit(model, model.detect(PaddedBatch.from_images(images)), targets)
+    # the class term is F.cross_entropy's weighted mean (no-object weighs eos_coef)
+    det = model.detect(PaddedBatch.from_images(images))
+    indices = hungarian_match(det["pred_logits"], det["pred_boxes"], [t.labels for t in targets],
+                              [t.boxes for t in targets])
+    classes = torch.full((3, 6), 4)
+    for i, (q, s) in enumerate(indices):
+        classes[i, q] = targets[i].labels[s]
+    weight = torch.tensor([1.0, 1, 1, 1, 0.1], dtype=torch.float64)
+    expected = torch.nn.functional.cross_entropy(det["pred_logits"].transpose(1, 2), classes, weight)
+    torch.testing.assert_close(whole["loss_ce"], expected)
+    # two micro-batches normalised by the step's counts sum to the whole batch's losses
+    counts = [3, 1, 2]
+    part1 = crit(model, model.detect(PaddedBatch.from_images(images[:1])), targets[:1], counts)
+    part2 = crit(model, model.detect(PaddedBatch.from_images(images[1:])), targets[1:], counts)
+    for k in whole:
+        torch.testing.assert_close(part1[k] + part2[k], whole[k])
+
+
+def test_images_without_segments():
+    model = TinyDETR(num_classes=4)
+    g = torch.Generator().manual_seed(4)
+    batch = PaddedBatch.from_images([torch.randn(3, 16, 16, generator=g)] * 2)
+    targets = [random_target(g, 16, 16, 0, 4), random_target(g, 16, 16, 1, 4)]
+    losses = ModelWithLoss(model, SetCriterion(num_classes=4))(batch, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()

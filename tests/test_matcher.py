@@ -1,0 +1,76 @@
+"""Hungarian matcher: optimal against brute force, invariant to the order of queries."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from panoptic_detr.train.matcher import MatchCosts, hungarian_match, match_cost_matrix
+
+
+def _random_case(g: torch.Generator, b: int, n: int, k: int, sizes: list[int]):
+    logits = torch.randn(b, n, k + 1, generator=g, dtype=torch.float64)
+    boxes = torch.rand(b, n, 4, generator=g, dtype=torch.float64) * 0.5 + 0.1
+    labels = [torch.randint(0, k, (s,), generator=g) for s in sizes]
+    tboxes = [torch.rand(s, 4, generator=g, dtype=torch.float64) * 0.5 + 0.1 for s in sizes]
+    return logits, boxes, labels, tboxes
+
+
+def _brute_force_cost(cost: torch.Tensor) -> float:
+    """Minimum total cost over all injective assignments of targets (columns) to queries."""
+    n, t = cost.shape
+    return min(
+        sum(float(cost[q, j]) for j, q in enumerate(perm)) for perm in itertools.permutations(range(n), t)
+    )
+
+
+def test_equals_brute_force():
+    g = torch.Generator().manual_seed(1)
+    sizes = [3, 0, 4, 1]
+    logits, boxes, labels, tboxes = _random_case(g, b=4, n=5, k=6, sizes=sizes)
+    matches = hungarian_match(logits, boxes, labels, tboxes)
+    for i, (q, t) in enumerate(matches):
+        assert len(q) == len(t) == sizes[i]
+        assert len(set(q.tolist())) == sizes[i]
+        cost = match_cost_matrix(logits[i : i + 1], boxes[i : i + 1], labels[i], tboxes[i])[0]
+        if sizes[i]:
+            got = float(cost[q, t].sum())
+            assert abs(got - _brute_force_cost(cost)) < 1e-9
+
+
+def test_cost_matrix_batched_equals_one_by_one():
+    g = torch.Generator().manual_seed(2)
+    logits, boxes, labels, tboxes = _random_case(g, b=3, n=4, k=5, sizes=[2, 3, 1])
+    costs = MatchCosts(class_weight=1.5, bbox_weight=3.0, giou_weight=0.5)
+    batched = match_cost_matrix(logits, boxes, torch.cat(labels), torch.cat(tboxes), costs)
+    start = 0
+    for i, lab in enumerate(labels):
+        one = match_cost_matrix(logits[i : i + 1], boxes[i : i + 1], lab, tboxes[i], costs)[0]
+        torch.testing.assert_close(batched[i, :, start : start + len(lab)], one)
+        start += len(lab)
+
+
+def test_invariant_to_query_permutation():
+    g = torch.Generator().manual_seed(3)
+    logits, boxes, labels, tboxes = _random_case(g, b=2, n=8, k=4, sizes=[5, 3])
+    perm = torch.randperm(8, generator=g)
+    base = hungarian_match(logits, boxes, labels, tboxes)
+    permuted = hungarian_match(logits[:, perm], boxes[:, perm], labels, tboxes)
+    for (q0, t0), (q1, t1) in zip(base, permuted, strict=True):
+        # the same (original query, target) pairs, whatever order the queries came in
+        pairs0 = sorted(zip(q0.tolist(), t0.tolist(), strict=True))
+        assert pairs0 == sorted(zip(perm[q1].tolist(), t1.tolist(), strict=True))
+
+
+def test_perfect_predictions_match_themselves():
+    g = torch.Generator().manual_seed(4)
+    tboxes = torch.rand(3, 4, generator=g) * 0.3 + 0.2
+    labels = torch.tensor([2, 0, 1])
+    logits = torch.full((1, 5, 4), -10.0)
+    boxes = torch.rand(1, 5, 4, generator=g) * 0.3 + 0.2
+    for q, s in zip([4, 1, 3], range(3), strict=True):
+        logits[0, q, labels[s]] = 10.0
+        boxes[0, q] = tboxes[s]
+    ((q, t),) = hungarian_match(logits, boxes, [labels], [tboxes])
+    assert dict(zip(t.tolist(), q.tolist(), strict=True)) == {0: 4, 1: 1, 2: 3}

@@ -1,0 +1,157 @@
+"""The training loop on a stand-in model: exact resume, two stages, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+
+import pytest
+import torch
+
+from panoptic_detr.structures import Categories
+from panoptic_detr.train import checkpoint as ckpt_io
+from panoptic_detr.train.config import config_from_dict
+from panoptic_detr.train.loop import RunParts, TrainError, train
+from tiny_detr import TinyDETR, ToyScenes
+
+CATS = Categories([{"id": i, "name": f"c{i}", "isthing": int(i < 2)} for i in range(4)])
+
+
+def make_cfg(out, **kw):
+    base = {"out_dir": str(out), "batch_size": 2, "log_every": 1, "device": "cpu",
+            "data": {"scales": [24, 28, 32], "max_size": 40, "crop_scales": [28], "crop_min": 20,
+                     "crop_max": 28},
+            "optim": {"lr": 1e-2, "lr_backbone": 1e-3, "warmup_steps": 2, "lr_drop": 3}}
+    for k, v in kw.items():
+        if isinstance(v, dict):
+            base[k] = {**base.get(k, {}), **v}
+        else:
+            base[k] = v
+    return config_from_dict(base)
+
+
+def make_parts(dropout: float = 0.1, n: int = 5, **kw) -> RunParts:
+    torch.manual_seed(0)
+    model = TinyDETR(num_classes=4, dropout=dropout, **kw)
+    return RunParts(model, {"arch": "tiny", "dropout": dropout}, CATS, ToyScenes(n, num_classes=4))
+
+
+def params(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_exact_resume(tmp_path):
+    """2 steps, stop, resume 2 steps == 4 uninterrupted (dropout, augmentation, epoch boundary)."""
+    train(make_cfg(tmp_path / "a", steps=4), parts=make_parts(), progress=False)
+    train(make_cfg(tmp_path / "b", steps=2), parts=make_parts(), progress=False)
+    first = params(tmp_path / "b" / ckpt_io.LAST)
+    metrics = train(make_cfg(tmp_path / "b", steps=4), resume=True, parts=make_parts(), progress=False)
+    assert metrics["step"] == 4 and metrics["epoch"] == 1  # 5 images, batch 2: 2 steps an epoch
+    a, b = params(tmp_path / "a" / ckpt_io.LAST), params(tmp_path / "b" / ckpt_io.LAST)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert any(not torch.equal(first[k], b[k]) for k in a)  # and training did move the weights
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    ref = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in lines] == [r["loss"] for r in ref]
+    assert (tmp_path / "b" / "curves.png").stat().st_size > 1000
+
+
+def test_grad_accumulation_equals_bigger_batch(tmp_path):
+    """Same-size images, no augmentation: 2 x batch 2 accumulated == batch 4 (to float noise)."""
+    common = {"data": {"augment": False, "val_size": 32, "max_size": 32}, "optim": {"clip_max_norm": 0.0}}
+    train(make_cfg(tmp_path / "a", steps=2, batch_size=4, **common), parts=make_parts(0.0, n=8),
+          progress=False)
+    train(make_cfg(tmp_path / "b", steps=2, batch_size=2, grad_accum=2, **common),
+          parts=make_parts(0.0, n=8), progress=False)
+    a, b = params(tmp_path / "a" / ckpt_io.LAST), params(tmp_path / "b" / ckpt_io.LAST)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_two_stage_trains_detector_then_mask_head(tmp_path):
+    parts = make_parts(0.0)
+    start = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    cfg = make_cfg(tmp_path / "s1", steps=2, schedule="two_stage", stage1_steps=2)
+    train(cfg, parts=parts, progress=False)
+    mid = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    train(make_cfg(tmp_path / "s1", steps=4, schedule="two_stage", stage1_steps=2), resume=True, parts=parts,
+          progress=False)
+    end = parts.model.state_dict()
+    mask = [k for k in start if k.startswith(("mask_head.", "bbox_attention."))]
+    det = [k for k in start if k not in mask]
+    assert all(torch.equal(start[k], mid[k]) for k in mask)
+    assert all(not torch.equal(start[k], mid[k]) for k in det if k.startswith("class_embed"))
+    assert all(torch.equal(mid[k], end[k]) for k in det)
+    assert all(not torch.equal(mid[k], end[k]) for k in mask)
+
+
+def test_best_checkpoint_follows_pq(tmp_path):
+    scores = iter([10.0, 30.0, 20.0])
+
+    def evaluate(model, val_set, device, info):
+        assert not model.training
+        return {"pq": next(scores), "pq_th": 0.0, "pq_st": 0.0}
+
+    parts = dataclasses.replace(make_parts(), val_set=ToyScenes(2, seed=9))
+    out = tmp_path / "run"
+    metrics = train(make_cfg(out, steps=3, eval_every=1), parts=parts, evaluate_fn=evaluate, progress=False)
+    assert metrics["pq"] == 20.0
+    best = torch.load(out / ckpt_io.BEST, weights_only=True)
+    assert best["train_state"]["step"] == 2 and best["train_state"]["best_pq"] == 30.0
+    assert best["format"] == "panoptic-detr/1" and best["categories"] == CATS.to_json()
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["pq"] for r in records if "pq" in r] == [10.0, 30.0, 20.0]
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    train(make_cfg(tmp_path, steps=1), parts=make_parts(), progress=False)
+    with pytest.raises(TrainError, match="already there; pass --resume"):
+        train(make_cfg(tmp_path, steps=1), parts=make_parts(), progress=False)
+    train(make_cfg(tmp_path, steps=1), parts=make_parts(), progress=False, overwrite=True)
+
+
+def test_resume_from_missing_or_truncated_checkpoint(tmp_path):
+    with pytest.raises(ckpt_io.CheckpointError, match="checkpoint_last.pt: checkpoint not found"):
+        train(make_cfg(tmp_path, steps=2), resume=True, parts=make_parts(), progress=False)
+    train(make_cfg(tmp_path, steps=1), parts=make_parts(), progress=False)
+    path = tmp_path / ckpt_io.LAST
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ckpt_io.CheckpointError, match="not a readable checkpoint"):
+        train(make_cfg(tmp_path, steps=2), resume=True, parts=make_parts(), progress=False)
+
+
+def test_resume_with_another_architecture(tmp_path):
+    train(make_cfg(tmp_path, steps=1), parts=make_parts(), progress=False)
+    other = make_parts(dropout=0.2)
+    with pytest.raises(ckpt_io.CheckpointError, match="another architecture \\(dropout is 0.1"):
+        train(make_cfg(tmp_path, steps=2), resume=True, parts=other, progress=False)
+    bigger = dataclasses.replace(make_parts(dim=12))
+    with pytest.raises(ckpt_io.CheckpointError, match="weights do not fit the model"):
+        train(make_cfg(tmp_path, steps=2), resume=True, parts=bigger, progress=False)
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    ckpt_io.save_checkpoint(path, {"a": 1}, CATS.to_json(), {"w": torch.ones(3)})
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("panoptic_detr.data.files.os.fsync", full)
+    with pytest.raises(ckpt_io.CheckpointError, match="c.pt: cannot write checkpoint \\(disk full\\)"):
+        ckpt_io.save_checkpoint(path, {"a": 1}, CATS.to_json(), {"w": torch.zeros(3)})
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    assert torch.equal(ckpt_io.load_checkpoint(path)["model"]["w"], torch.ones(3))
+
+
+def test_checkpoint_format(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"model": {"w": torch.ones(1)}}, path)
+    with pytest.raises(ckpt_io.CheckpointError, match="not a panoptic-detr/1 checkpoint"):
+        ckpt_io.load_checkpoint(path)
