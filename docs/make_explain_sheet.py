@@ -49,7 +49,7 @@ def main() -> None:
             model.query_embed.weight.mul_(20)
         source = type("Random", (), {"model": model, "categories": Categories(synth_categories()),
                                      "source": "RANDOM tiny model (not trained)"})()
-        name, threshold, sizes = source.source, 0.0, {"short": 256, "max_size": 256}
+        name, threshold, sizes = source.source, 0.0, {"size": 256, "max_size": 256}
     expl = explain(source, image, threshold=threshold, **sizes)
     expl.meta.update(image=f"synthetic scene {args.index} (seed 0)", weights=name)
     segments = choose_segments(expl)

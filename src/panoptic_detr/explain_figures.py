@@ -9,8 +9,6 @@ upsampled in input pixels, cropped to the input, and so land on the original ima
 
 from __future__ import annotations
 
-import colorsys
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from .explain import Explanation, QueryInfo
+from .viz import palette
 
 BG = (255, 255, 255)
 INK = (20, 20, 20)
@@ -194,22 +193,8 @@ def arrow(width: int, height: int, text: str = "") -> Image.Image:
 
 
 def segment_colors(expl: Explanation) -> dict[int, tuple[int, int, int]]:
-    """Segment id -> colour: the category colour for the first segment of a class; later
-    instances of a thing class turn its hue and alternate its lightness, so that touching
-    instances stay apart."""
-    out, seen = {}, Counter()
-    for s in expl.result.segments_info:
-        cid = int(s["category_id"])
-        r, g, b = expl.categories.color(cid)
-        n = seen[cid]
-        seen[cid] += 1
-        if n and s.get("isthing", True):
-            h, lum, sat = colorsys.rgb_to_hls(r / 255, g / 255, b / 255)
-            h = (h + 0.09 * n) % 1.0
-            lum = min(0.8, max(0.25, lum + (0.15 if n % 2 else -0.15)))
-            r, g, b = (round(255 * c) for c in colorsys.hls_to_rgb(h, lum, max(sat, 0.5)))
-        out[int(s["id"])] = (int(r), int(g), int(b))
-    return out
+    """Segment id -> colour, the same as `predict`'s overlays (`viz.palette`)."""
+    return palette(expl.result, expl.categories)
 
 
 def dropped_rows(expl: Explanation) -> list[QueryInfo]:
