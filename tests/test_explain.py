@@ -311,12 +311,13 @@ def test_cli_writes_report_and_rejects_bad_input(tiny_model, tmp_path, capsys):
     img = tmp_path / "scene.png"
     Image.fromarray(_image(48, 64, 5)).save(img)
     out = tmp_path / "report"
-    argv = ["explain", str(img), "--weights", str(ckpt), "--threshold", "0", "--out", str(out)]
+    argv = ["explain", str(img), "--weights", str(ckpt), "--threshold", "0", "--size", "64",
+            "--out", str(out)]
     assert main(argv) == 0
     assert (out / "report.html").is_file() and (out / "queries.json").is_file()
     assert "wrote" in capsys.readouterr().out
     # again without --overwrite: one line naming the file, non-zero
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "report.html" in err and "--overwrite" in err
     bad = tmp_path / "broken.jpg"
@@ -324,6 +325,10 @@ def test_cli_writes_report_and_rejects_bad_input(tiny_model, tmp_path, capsys):
     assert main(["explain", str(bad), "--weights", str(ckpt), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "broken.jpg" in err
+    missing = tmp_path / "nope.pt"
+    assert main(["explain", str(img), "--weights", str(missing), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.pt" in err
     assert main([*argv, "--overwrite", "--segments", "99"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "99" in err
