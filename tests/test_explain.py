@@ -332,3 +332,14 @@ def test_cli_writes_report_and_rejects_bad_input(tiny_model, tmp_path, capsys):
     assert main([*argv, "--overwrite", "--segments", "99"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "99" in err
+
+
+def test_heat_colours_match_matplotlib():
+    from matplotlib import colormaps
+
+    from panoptic_detr.explain_figures import heat
+
+    v = np.random.default_rng(0).random((40, 40))
+    for name in ("inferno", "viridis"):
+        ref = colormaps[name](v, bytes=True)[..., :3].astype(int)
+        assert np.abs(heat(v, 0.0, 1.0, name).astype(int) - ref).max() <= 7
