@@ -186,8 +186,8 @@ def query_statuses(pred_logits: Tensor, pred_boxes: Tensor, selected: Tensor, re
       "duplicated stuff" (post-processing merged its pixels into that segment);
     - any other selected query: "<= 4 pixels" (it won too few pixels to stay).
 
-    pred_logits: [N, K+1], pred_boxes: [N, 4] normalised cxcywh scaled to the image by the
-    caller, selected: [Q] indices, seg_of_query: query -> segment id.
+    pred_logits: [N, K+1]; pred_boxes: [N, 4] (x0, y0, x1, y1) in image pixels; selected: [Q]
+    query indices kept by the threshold; seg_of_query: query -> segment id.
     """
     score, label, best_score, best_class = _softmax_summary(pred_logits)
     no_object = pred_logits.shape[-1] - 1
@@ -210,9 +210,9 @@ def query_statuses(pred_logits: Tensor, pred_boxes: Tensor, selected: Tensor, re
             status, seg = DUPLICATED_STUFF, seg_of_class[lab]
         else:
             status = SMALL_AREA
-        box = tuple(float(v) for v in pred_boxes[i].tolist())
+        x0, y0, x1, y1 = (float(v) for v in pred_boxes[i].tolist())
         out.append(QueryInfo(i, status, seg, lab, float(score[i]), int(best_class[i]), float(best_score[i]),
-                             box))  # type: ignore[arg-type]
+                             (x0, y0, x1, y1)))
     return out
 
 
