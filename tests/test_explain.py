@@ -130,14 +130,23 @@ class Designed(torch.nn.Module):
         return [self.masks[q] for q in queries]
 
 
-def test_every_drop_reason_on_designed_outputs():
-    e = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, size=64, max_size=64)
+@pytest.mark.parametrize("stuff_merge", ["original", "union"])
+def test_every_drop_reason_on_designed_outputs(stuff_merge):
+    from panoptic_detr.loading import Pretrained
+    from panoptic_detr.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(Pretrained(Designed(), None, CATS, "designed"), threshold=0.85,
+                                          size=64, max_size=64, stuff_merge=stuff_merge)
+    e = explain(predictor, _image(16, 16))
     status = [q.status for q in e.queries]
     assert status == [KEPT, KEPT, DUPLICATED_STUFF, NO_OBJECT, BELOW_THRESHOLD, SMALL_AREA, NO_OBJECT]
     segs = {s["id"]: s for s in e.result.segments_info}
     q0, q1, q2 = e.queries[:3]
     assert segs[q0.segment_id]["category_id"] == 1 and segs[q1.segment_id]["category_id"] == 3
     assert q2.segment_id == q1.segment_id  # merged into the first sky segment
+    # the sky covers the right half: the duplicate's quarter went to q1, by argmax or by union
+    sky = e.result.id_map == q1.segment_id
+    assert sky[:, 8:].all() and not sky[:, :8].any()
     assert e.queries[4].best_class in (1, 2) and abs(e.queries[4].best_score - 0.5) < 1e-3
     assert e.queries[3].label == CATS.num_classes and e.queries[3].best_score < 1e-3
     # the selected queries (and only they) have mask logits, in query order
