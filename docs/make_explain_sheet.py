@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python docs/make_explain_sheet.py [--weights demo|PATH] [--index 3]
 
-The scene is synthetic scene INDEX of seed 0 (`data.synth.make_scene`, 256 x 256). With the
+The scene is synthetic scene INDEX of seed 0 (`data.synth.make_scene`, 256 x 256; the network
+sees it at --size, 128 px as the demo model was trained). With the
 demo checkpoint (the default, when it is bundled) the sheet shows what the trained model
 does; without it a randomly initialised `tiny` model stands in and the sheet says so in its
 title, so that the figure is never mistaken for a trained model's.
@@ -29,7 +30,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--weights", default="demo")
     p.add_argument("--index", type=int, default=3)
-    p.add_argument("--threshold", type=float, default=0.85)
+    p.add_argument("--threshold", type=float, default=0.7, help="the demo's validation threshold")
+    p.add_argument("--size", type=int, default=128, help="network input side: the demo saw 128 px scenes")
     args = p.parse_args()
     image, _, _ = make_scene(0, args.index, (256, 256))
 
@@ -37,7 +39,7 @@ def main() -> None:
 
     try:
         source = load_pretrained(args.weights)
-        name, threshold, sizes = source.source, args.threshold, {}
+        name, threshold, sizes = source.source, args.threshold, {"size": args.size, "max_size": args.size}
     except WeightsError as e:
         print(f"{e}; using a randomly initialised tiny model")
         from panoptic_detr.model import PRESETS, build_model
