@@ -237,7 +237,7 @@ def test_explained_segments_equal_predict(tiny_model, tmp_path):
 
 def _embedded_images(html: str) -> list[Image.Image]:
     srcs = re.findall(r'<img src="([^"]*)"', html)
-    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert srcs and all(re.match(r"data:image/(png|jpeg);base64,", s) for s in srcs)
     return [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) for s in srcs]
 
 

@@ -9,6 +9,7 @@ upsampled in input pixels, cropped to the input, and so land on the original ima
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,8 +26,9 @@ MUTED = (110, 110, 110)
 GAP = 6
 
 
+@functools.lru_cache(maxsize=8)
 def font(size: int = 13) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font: no font files needed on the machine."""
+    """Pillow's bundled font: no font files needed on the machine (decoded once per size)."""
     return ImageFont.load_default(size=size)
 
 
