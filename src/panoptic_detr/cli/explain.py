@@ -36,13 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="segments to explain: 'all' (default) or ids like 1,3")
     p.add_argument("--path-segment", type=int, default=None, metavar="ID",
                    help="segment of the path figure (default: the most confident one)")
-    p.add_argument("--threshold", type=float, default=0.85,
-                   help="confidence a query needs to be kept, as for predict (default 0.85)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence a query needs to be kept (default: predict's, 0.85)")
     p.add_argument("--near-misses", type=int, default=3, metavar="N",
                    help="also show the masks of the N dropped queries with the best class scores (default 3)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--size", type=int, default=800, help="shortest side fed to the network (800)")
-    p.add_argument("--max-size", type=int, default=1333, help="longest side cap (1333)")
+    p.add_argument("--size", type=int, default=None, help="shortest side fed to the network (predict's, 800)")
+    p.add_argument("--max-size", type=int, default=None, help="longest side cap (predict's, 1333)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
     p.set_defaults(func=run)
@@ -56,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_out_dir(args.out, args.overwrite)
-        predictor = Predictor(args.weights, preset=args.preset, threshold=args.threshold, device=args.device,
-                              size=args.size, max_size=args.max_size)
+        # settings not given stay the Predictor's defaults, so explain segments as predict does
+        given = {k: v for k, v in (("threshold", args.threshold), ("size", args.size),
+                                   ("max_size", args.max_size)) if v is not None}
+        predictor = Predictor(args.weights, preset=args.preset, device=args.device, **given)
     except (WeightsError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
