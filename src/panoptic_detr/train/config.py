@@ -113,6 +113,9 @@ class TrainConfig:
     steps: int = 0
     """Optimiser steps in all (0: from `epochs`)."""
     epochs: int = 1
+    time_limit: float = 0.0
+    """Minutes of training after which the run ends as if `steps` were reached (0 = none);
+    the final evaluation and checkpoint follow."""
     batch_size: int = 2
     """Images per process per forward pass."""
     grad_accum: int = 1

@@ -217,7 +217,6 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     criterion = SetCriterion(
         num_classes=parts.categories.num_classes,
         weights=LossWeights(**vars(cfg.loss)),
-        all_query_masks=cfg.all_query_masks,
     )
     train_set = Augmented(parts.train_set, _train_transform(cfg), cfg.seed)
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
@@ -257,7 +256,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     stage = configure_stage(model, cfg, state["step"], trainable)
-    step_module = _wrap(ModelWithLoss(model, criterion), info, device)
+    step_module = _wrap(ModelWithLoss(model, criterion, cfg.all_query_masks), info, device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
     def batches():
@@ -280,6 +279,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
                desc="train", unit="step", dynamic_ncols=True)
     sums: dict[str, float] = {}
     images, t0 = 0, time.perf_counter()
+    started = t0
     metrics: dict[str, Any] = {}
     model.train()
     while state["step"] < steps:
@@ -308,9 +308,10 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
 
         if cfg.schedule == "two_stage" and configure_stage(model, cfg, step, trainable) != stage:
             stage = configure_stage(model, cfg, step, trainable)
-            step_module = _wrap(ModelWithLoss(model, criterion), info, device)  # DDP: new trainable set
+            # DDP registers the trainable parameters when wrapping: wrap again for the new set
+            step_module = _wrap(ModelWithLoss(model, criterion, cfg.all_query_masks), info, device)
 
-        done = step == steps
+        done = step == steps or (cfg.time_limit > 0 and _out_of_time(started, cfg.time_limit, info, device))
         if step % cfg.log_every == 0 or done:
             n = step % cfg.log_every or cfg.log_every
             elapsed = time.perf_counter() - t0
@@ -346,8 +347,16 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             _save(files, cfg, info, device, parts, model, optimizer, scheduler, state, out)
         if info.is_main and (done or step % cfg.log_every == 0):
             plot_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png", title=cfg.out_dir)
+        if done:
+            break
     bar.close()
     return metrics
+
+
+def _out_of_time(started: float, minutes: float, info: DistInfo, device: torch.device) -> bool:
+    """Whether the time budget is spent (decided the same on every rank)."""
+    elapsed = reduce_mean({"t": time.perf_counter() - started}, info, device)["t"]
+    return elapsed > minutes * 60
 
 
 def _train_transform(cfg: TrainConfig) -> PanopticTransform:
