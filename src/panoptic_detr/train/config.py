@@ -79,6 +79,9 @@ class OptimSection:
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     """Gradient norm clipping (0 = off)."""
+    train_stem: bool = False
+    """Also train the backbone's stem and layer1, which DETR keeps frozen because they come
+    pretrained; for a backbone trained from scratch."""
     lr_drop: int = 0
     """Optimiser step after which every learning rate is multiplied by `lr_gamma` (0 = never)."""
     lr_gamma: float = 0.1

@@ -254,7 +254,8 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             atomic_write(out / "init_report.json",
                                  lambda f: f.write(json.dumps(parts.init_report, indent=1).encode()))
 
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad or (
+        cfg.optim.train_stem and n.startswith("backbone."))}
     stage = configure_stage(model, cfg, state["step"], trainable)
     step_module = _wrap(ModelWithLoss(model, criterion, cfg.all_query_masks), info, device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
