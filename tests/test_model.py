@@ -166,3 +166,51 @@ def test_gradients_reach_heads_and_trainable_backbone_only():
     assert body.layer1[0].conv1.weight.grad is None and not body.conv1.weight.requires_grad
     for p in (body.layer2[0].conv1.weight, model.mask_head.lay1.weight, model.bbox_attention.q_linear.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_tiny_images_give_finite_outputs():
+    """A 1x1 image, and a small image padded beside a big one (one valid C5 cell)."""
+    model = tiny_model()
+    with torch.no_grad():
+        one = model(PaddedBatch.from_images(images((1, 1))))
+        mixed = model(PaddedBatch.from_images(images((8, 8), (96, 96))), return_attention=True)
+    assert one["pred_masks"].shape == (1, 6, 1, 1)
+    assert mixed["padding"][0].sum() == 8  # 3x3 C5 grid, one valid cell
+    for out in (one, mixed):
+        for key in ("pred_logits", "pred_boxes", "pred_masks"):
+            assert torch.isfinite(out[key]).all()
+    on_cell = mixed["attention_maps"][0, :, :, 0, 0].sum(-1)  # N: all weight on that cell
+    torch.testing.assert_close(on_cell, torch.ones_like(on_cell))
+
+
+@pytest.mark.parametrize("size", [(6, 8), (5, 7)])
+def test_upsample_add_equals_nearest_interpolation(size):
+    from panoptic_detr.model.mask_head import upsample_add
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, *size, generator=g, dtype=torch.float64)
+    big = (12, 16) if size == (6, 8) else (10, 13)  # exact 2x, and odd sizes (fallback)
+    for batch in (1, 3):  # one image's skip broadcast over the queries, or one per query
+        skip = torch.randn(batch, 4, *big, generator=g, dtype=torch.float64)
+        want = skip + torch.nn.functional.interpolate(x, size=big, mode="nearest")
+        torch.testing.assert_close(upsample_add(x, skip), want, rtol=0, atol=0)
+        cl = torch.channels_last
+        got = upsample_add(x.contiguous(memory_format=cl), skip.contiguous(memory_format=cl))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_channels_last_gives_the_same_outputs():
+    """A predictor may switch the model to channels-last (faster convolutions on CPU)."""
+    model = tiny_model()
+    batch = PaddedBatch.from_images(images((64, 96), (40, 64)))
+    with torch.no_grad():
+        want = model(batch)
+        want_fast = model.predict_masks(model.detect(batch), [torch.tensor([2, 0]), torch.tensor([5])])
+        model.to(memory_format=torch.channels_last)
+        cl = PaddedBatch(batch.images.contiguous(memory_format=torch.channels_last), batch.mask)
+        got = model(cl)
+        got_fast = model.predict_masks(model.detect(cl), [torch.tensor([2, 0]), torch.tensor([5])])
+    for key in ("pred_logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-10)
+    for g, w in zip(got_fast, want_fast, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)

@@ -29,6 +29,14 @@ def segment_set(id_map: torch.Tensor, infos: list[dict]) -> list[tuple[int, int,
     return sorted(out)
 
 
+def check_areas_and_boxes(result) -> None:
+    for s in result.segments_info:
+        ys, xs = torch.nonzero(result.id_map == s["id"], as_tuple=True)
+        assert s["area"] == len(ys)
+        assert s["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                             int(ys.max() - ys.min() + 1)]
+
+
 def naive_original(logits, masks, processed, target, is_thing, threshold=0.85, min_area=4):
     """The original algorithm step by step (loops, softmax, PIL resize), ids from 0."""
     scores, labels = logits.softmax(-1).max(-1)
@@ -118,6 +126,7 @@ def test_reference_cases_match_original(reference):
         if not official:
             assert (result.id_map == 0).all()
         assert all(s["id"] >= 1 for s in result.segments_info)
+        check_areas_and_boxes(result)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -129,6 +138,7 @@ def test_random_outputs_match_original_algorithm(seed):
     result = panoptic_postprocess(logits, masks, processed, processed, target, SMALL_IS_THING)
     assert [s["category_id"] for s in result.segments_info] == classes
     assert [s["area"] for s in result.segments_info] == areas
+    check_areas_and_boxes(result)
     if classes:
         torch.testing.assert_close(result.id_map, ids + 1)  # same query order, ids from 1
     else:

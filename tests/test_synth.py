@@ -11,7 +11,7 @@ import torch
 from panoptic_detr.cli import main
 from panoptic_detr.data.files import read_panoptic_png
 from panoptic_detr.data.images import load_image
-from panoptic_detr.data.synth import THINGS, make_dataset, make_scene, synth_categories
+from panoptic_detr.data.synth import make_dataset, make_scene, synth_categories
 from panoptic_detr.ops.panoptic import segment_stats
 
 STUFF_IDS = {c["id"] for c in synth_categories() if not c["isthing"]}
@@ -66,6 +66,11 @@ def test_crowd_regions():
     crowds = [s for i in range(10) for s in make_scene(2, i, crowd_prob=1.0)[2] if s["iscrowd"]]
     assert len(crowds) >= 8 and all(s["category_id"] in THING_IDS for s in crowds)
     assert not any(s["iscrowd"] for i in range(10) for s in make_scene(2, i)[2])
+    # the crowd is added on top of the same scene: every pixel outside it is unchanged
+    plain, _, _ = make_scene(2, 0)
+    img, id_map, segs = make_scene(2, 0, crowd_prob=1.0)
+    crowd = id_map == next(s["id"] for s in segs if s["iscrowd"])
+    assert crowd.sum() > 50 and np.array_equal(img[~crowd], plain[~crowd])
 
 
 def _stuff_features(img, id_map, segs):
@@ -127,4 +132,3 @@ def test_cli(tmp_path, capsys):
     assert (data["images"][0]["height"], data["images"][0]["width"]) == (32, 64)
     assert main(["synth", "--out", str(out), "--n", "3"]) == 1
     assert "not empty" in capsys.readouterr().err
-    assert len(THINGS) == 6

@@ -112,7 +112,7 @@ def test_infer_config_of_a_custom_architecture():
 
 
 def test_infer_config_of_something_else():
-    with pytest.raises(WeightsError, match="input_proj.weight"):
+    with pytest.raises(WeightsError, match="not a DETR panoptic state dict: no input_proj.weight"):
         infer_config({k: v for k, v in random_state_dict().items() if k.startswith("backbone.")})
 
 

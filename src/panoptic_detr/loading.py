@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -138,8 +136,9 @@ def _read(path: Path) -> Any:
     )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # torch.load fails in many ways on foreign bytes (even KeyError)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
         raise WeightsError(f"{path}: not a readable checkpoint ({reason[:200]}); {expected}") from None
 
 
@@ -184,8 +183,23 @@ def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, C
     sd, _layout = to_model_layout(sd)
     if preset is not None:
         config = PRESETS[preset]
+        try:
+            found = infer_config(sd, dilation=config.dilation)
+        except WeightsError:
+            found = None  # the strict load below says what does not fit
+        # compare only what the tensors tell (not nheads, groups or dropout)
+        untold = ("nheads", "mask_head_groups", "dropout", "pretrained_backbone")
+        told = [f for f in config.to_dict() if f not in untold]
+        if found is not None and any(getattr(found, f) != getattr(config, f) for f in told):
+            raise WeightsError(
+                f"{path} holds a {preset_name(found) or 'custom'} model, not {preset}; "
+                "drop --preset to use the architecture the file tells"
+            )
     else:
-        config = infer_config(sd, dilation="dc5" in path.name.lower())
+        try:
+            config = infer_config(sd, dilation="dc5" in path.name.lower())
+        except WeightsError as e:
+            raise WeightsError(f"{path}: {e}; expected a DETR panoptic checkpoint") from None
     if config.num_classes == 250:
         categories = Categories.coco_panoptic()
     else:

@@ -44,7 +44,7 @@ class MHAttentionMap(nn.Module):
         q = self.q_linear(q).view(b, n, m, d // m)
         # the key projection as a 1x1 convolution keeps the memory in its B x d x H x W layout
         k = F.conv2d(k, self.k_linear.weight[..., None, None], self.k_linear.bias)
-        k = k.view(b, m, d // m, *k.shape[-2:])
+        k = k.reshape(b, m, d // m, *k.shape[-2:])
         logits = torch.einsum("bqmc,bmchw->bqmhw", q * self.scale, k)  # B x N x M x H x W
         logits = logits.masked_fill(padding[:, None, None], float("-inf"))
         return logits.flatten(2).softmax(-1).view(logits.shape)
@@ -109,7 +109,7 @@ class MaskHead(nn.Module):
         x = F.relu(self.gn1(self.lay1(x)))
         adapters = [per_query(a(f)) for a, f in zip(self._adapters(), fpns, strict=True)]
         out = self._decode(x, adapters)
-        return out.view(b, n, *out.shape[-2:])
+        return out.reshape(b, n, *out.shape[-2:])
 
     # -- the fast path: shared per-image part + per-query part ---------------------------
     def image_features(self, features: Tensor, fpns: list[Tensor]) -> ImageFeatures:
@@ -141,6 +141,22 @@ class MaskHead(nn.Module):
         for adapted, lay, gn in zip(
             adapters, (self.lay3, self.lay4, self.lay5), (self.gn3, self.gn4, self.gn5), strict=True
         ):
-            x = adapted + F.interpolate(x, size=adapted.shape[-2:], mode="nearest")
+            x = upsample_add(x, adapted)
             x = F.relu(gn(lay(x)))
         return self.out_lay(x)
+
+
+def upsample_add(x: Tensor, skip: Tensor) -> Tensor:
+    """skip + nearest upsampling of x to skip's size. x: [Q, C, h, w]; skip: [1 or Q, C, H, W].
+
+    When H, W = 2h, 2w (the usual case) this is one broadcast add over 2x2 blocks, without
+    materialising the upsampled tensor; it equals `F.interpolate(x, size=(H, W))`, whose
+    nearest source index floor(i * h / H) is i // 2 then.
+    """
+    q, c, h, w = x.shape
+    big_h, big_w = skip.shape[-2:]
+    if (big_h, big_w) != (2 * h, 2 * w):
+        return skip + F.interpolate(x, size=(big_h, big_w), mode="nearest")
+    # splitting a dimension is a view in any memory layout (contiguous or channels-last)
+    blocks = skip.unflatten(2, (h, 2)).unflatten(4, (w, 2)) + x[:, :, :, None, :, None]
+    return blocks.reshape(max(q, skip.shape[0]), c, big_h, big_w)

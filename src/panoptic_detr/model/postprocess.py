@@ -67,23 +67,42 @@ def pil_nearest_indices(n_in: int, n_out: int) -> Tensor:
     return torch.tensor([min(int(c), n_in - 1) for c in coords], dtype=torch.int64)
 
 
+def _sampling_grid(h: int, w: int, H: int, W: int, device: torch.device):
+    """Where the nearest resize (h, w) -> (H, W) reads, to compute the argmax only there.
+
+    Returns (src [P] flat indices into h*w of the grid pixels, (gy, gx) grid shape,
+    inv_y [H] and inv_x [W] grid row/column read by each target row/column). The grid is the
+    target grid when shrinking and the input grid when enlarging (every input pixel is read).
+    """
+    ys, inv_y = torch.unique(pil_nearest_indices(h, H).to(device), return_inverse=True)
+    xs, inv_x = torch.unique(pil_nearest_indices(w, W).to(device), return_inverse=True)
+    src = (ys[:, None] * w + xs[None, :]).flatten()
+    return src, (int(ys.numel()), int(xs.numel())), inv_y, inv_x
+
+
 def _first_argmax_of_softmax(vals: Tensor, alive: Tensor) -> Tensor:
     """Per-pixel argmax over queries as the original computes it, on softmax probabilities.
 
     vals: [Q, P] mask logits, rows of removed queries set to -inf; alive: [Q] bool.
     Returns [P] int64 query indices.
 
-    The argmax of the logits equals the argmax of the softmax except where the softmax rounds
-    nearly equal logits to one probability (then the first of them wins); only those rare pixels
-    are resolved with the softmax itself, over the alive queries as the original does.
+    torch's argmax over dim 0 is a slow strided loop, amax a vectorised one: one amax, one
+    comparison with the maximum less a tolerance, and byte-sized reductions give the winner
+    where it is clear. Where another query comes within the tolerance (exact ties included),
+    the original's softmax may round both to one probability and then picks the first: those
+    rare pixels are resolved with the softmax itself, over the alive queries as it does.
     """
-    top, idx = vals.max(0)
-    tol = 128 * torch.finfo(vals.dtype).eps * top.abs().clamp(min=1)
-    near = (vals >= (top - tol)).sum(0) > 1
-    if bool(near.any()):
-        pix = torch.nonzero(near).flatten()
+    q = vals.shape[0]
+    top = vals.amax(0)  # P
+    near = (vals >= (top - 128 * torch.finfo(vals.dtype).eps)).view(torch.uint8)  # Q x P
+    # weight q - k, so the largest weight marks the first query that comes near the maximum
+    rank = torch.arange(q, 0, -1, device=vals.device).to(torch.uint8 if q < 256 else torch.int32)
+    idx = q - (near * rank[:, None]).amax(0).to(torch.int64)
+    tied = near.sum(0, dtype=torch.int32) > 1
+    if bool(tied.any()):
+        pix = torch.nonzero(tied).flatten()
         rows = torch.nonzero(alive).flatten()
-        sub = vals[rows][:, pix].t().contiguous()  # n x Q_alive, as the original's layout
+        sub = vals.index_select(1, pix).index_select(0, rows).t().contiguous()  # n x Q_alive
         idx[pix] = rows[sub.softmax(-1).argmax(-1)]
     return idx
 
@@ -135,26 +154,21 @@ def panoptic_postprocess(
     H, W = int(target_size[0]), int(target_size[1])
     h, w = int(input_size[0]), int(input_size[1])
     device = pred_logits.device
+    void = PanopticResult(torch.zeros((H, W), dtype=torch.int64, device=device), [])
     scores, labels = pred_logits.softmax(-1).max(-1)  # N
     keep = select_queries(pred_logits[None], threshold)[0]
     if keep.numel() == 0:
-        return PanopticResult(torch.zeros((H, W), dtype=torch.int64, device=device), [])
+        return void
     if query_idx is None:
         rows = keep
     else:
-        query_idx = query_idx.to(device)
-        match = query_idx[None, :] == keep[:, None]  # kept x Q
+        match = query_idx.to(device)[None, :] == keep[:, None]  # kept x Q
         if not bool(match.any(1).all()):
             raise ValueError("some confident queries have no mask logits in query_idx")
         rows = match.int().argmax(1)
     scores, labels = scores[keep], labels[keep]
     q = int(keep.numel())
 
-    # Sample the upsampled logits only where the nearest resize will read them: the target
-    # grid when shrinking, the input grid when enlarging (then every source pixel is read).
-    sy, sx = pil_nearest_indices(h, H).to(device), pil_nearest_indices(w, W).to(device)
-    ys, inv_y = torch.unique(sy, return_inverse=True)
-    xs, inv_x = torch.unique(sx, return_inverse=True)
     masks = mask_logits[rows]  # Q x hm x wm
     # Crop the padding away first: the image's own region of the stride-4 grid is its first
     # ceil(h/4) x ceil(w/4) cells (ResNet's C2), so the result depends only on those logits
@@ -164,14 +178,15 @@ def panoptic_postprocess(
     if w < int(padded_size[1]):
         masks = masks[:, :, : min(masks.shape[2], -(-w // MASK_STRIDE))]
     up = F.interpolate(masks[None], size=(h, w), mode="bilinear", align_corners=False)[0]  # Q x h x w
-    if ys.numel() != up.shape[1]:
-        up = up.index_select(1, ys)
-    if xs.numel() != up.shape[2]:
-        up = up.index_select(2, xs)
-    gy, gx = int(ys.numel()), int(xs.numel())
-    vals = up.reshape(q, gy * gx)  # Q x P, our own copy: rows of dropped queries get -inf
-    weight = (torch.bincount(inv_y, minlength=gy)[:, None] * torch.bincount(inv_x, minlength=gx)[None, :])
-    weight = weight.flatten().to(torch.float64)  # target pixels per grid pixel
+    # the argmax commutes with the nearest resize: take it only at the pixels the resize reads
+    src, (gy, gx), inv_y, inv_x = _sampling_grid(h, w, H, W, device)
+    identity_in = gy * gx == h * w
+    vals = up.view(q, h * w) if identity_in else up.view(q, h * w).index_select(1, src)  # Q x P
+    identity_out = (gy, gx) == (H, W)
+    weight = None  # target pixels per grid pixel, where the resize enlarges
+    if not identity_out:
+        weight = (torch.bincount(inv_y, minlength=gy)[:, None] * torch.bincount(inv_x, minlength=gx))
+        weight = weight.flatten().to(torch.float64)
 
     alive = torch.ones(q, dtype=torch.bool, device=device)
     ar = torch.arange(q, device=device)
@@ -182,43 +197,44 @@ def panoptic_postprocess(
         # pass is the same; "union" instead filters whole groups and so keeps them merged.
         rep = _stuff_representatives(labels, alive, is_thing)
         seg = rep[idx]
-        area = torch.bincount(seg, weights=weight, minlength=q).round().to(torch.int64)
+        area = torch.bincount(seg, weights=weight, minlength=q)
+        area = area.round().to(torch.int64) if weight is not None else area
         small = alive & ((area[rep] if stuff_merge == "union" else area) <= min_area)
         if not bool(small.any()):
             break
         alive &= ~small
         if not bool(alive.any()):
-            return PanopticResult(torch.zeros((H, W), dtype=torch.int64, device=device), [])
-        vals[small] = float("-inf")
+            return void
+        vals[small] = float("-inf")  # vals is ours: a fresh upsample or gather
 
     # segments: the alive representatives, numbered 1..S in query order
-    heads = alive & (rep == ar)
+    heads = torch.nonzero(alive & (rep == ar)).flatten()
     lut = torch.zeros(q, dtype=torch.int64, device=device)
-    lut[heads] = torch.arange(1, int(heads.sum()) + 1, device=device)
-    id_map = lut[seg].view(gy, gx)[inv_y][:, inv_x]  # H x W
-    head_idx = torch.nonzero(heads).flatten()
+    lut[heads] = torch.arange(1, int(heads.numel()) + 1, device=device)
+    grid_ids = lut[seg].view(gy, gx)
+    id_map = grid_ids if identity_out else grid_ids[inv_y[:, None], inv_x[None, :]]  # H x W
+    # boxes on the grid, mapped to the first/last target row and column reading each
+    _, box = segment_stats(grid_ids, lut[heads])
+    if not identity_out:
+        gx0, gy0, gw, gh = box.t().contiguous()
+        x0, y0 = torch.searchsorted(inv_x, gx0), torch.searchsorted(inv_y, gy0)
+        x1 = torch.searchsorted(inv_x, gx0 + gw - 1, right=True)
+        y1 = torch.searchsorted(inv_y, gy0 + gh - 1, right=True)
+        box = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)
     seg_scores = torch.zeros(q, dtype=scores.dtype, device=device)
     seg_scores.scatter_reduce_(0, rep[alive], scores[alive], "amax", include_self=False)
-    ids = lut[head_idx]
-    seg_area, seg_box = segment_stats(id_map.cpu(), ids.cpu())
 
     pred_xywh = None
     if pred_boxes is not None:
         xyxy = cxcywh_to_xyxy(pred_boxes[keep].float()) * torch.tensor([W, H, W, H], device=device)
-        pred_xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1).cpu()
+        pred_xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1).tolist()
 
     segments = []
-    for j, k in enumerate(head_idx.tolist()):
+    for j, (k, a, b) in enumerate(zip(heads.tolist(), area[heads].tolist(), box.tolist(), strict=True)):
         cat = int(labels[k])
-        info = {
-            "id": int(ids[j]),
-            "category_id": cat,
-            "isthing": bool(is_thing[cat]),
-            "area": int(seg_area[j]),
-            "score": float(seg_scores[k]),
-            "bbox": [int(v) for v in seg_box[j].tolist()],
-        }
+        info = {"id": j + 1, "category_id": cat, "isthing": bool(is_thing[cat]), "area": int(a),
+                "score": float(seg_scores[k]), "bbox": [int(v) for v in b]}
         if pred_xywh is not None:
-            info["pred_bbox"] = [round(float(v), 2) for v in pred_xywh[k].tolist()]
+            info["pred_bbox"] = [round(v, 2) for v in pred_xywh[k]]
         segments.append(info)
     return PanopticResult(id_map, segments)

@@ -188,6 +188,13 @@ def infer_config(sd: dict[str, Tensor], dilation: bool = False) -> DETRConfig:
     and `nheads` (taken equal to the mask heads, as in every DETR checkpoint). Returns the
     matching preset when there is one, so non-tensor settings (dropout) follow it too.
     """
+    required = ["input_proj.weight", "query_embed.weight", "class_embed.weight", "mask_head.lay1.weight"]
+    absent = [k for k in required if k not in sd]
+    if absent:
+        raise WeightsError(
+            f"not a DETR panoptic state dict: no {', '.join(absent)} "
+            f"(found {len(sd)} tensors, e.g. {', '.join(list(sd)[:3])})"
+        )
     try:
         bottleneck = "backbone.body.layer1.0.conv3.weight" in sd
         blocks = _count(sd, "backbone.body.layer3.")

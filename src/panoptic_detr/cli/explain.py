@@ -1,0 +1,66 @@
+"""`panoptic-detr explain`: an HTML report and PNG sheets of how the model segmented one image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _segments(text: str) -> str | list[int]:
+    """'all' or comma-separated segment ids."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        ids = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--segments takes 'all' or ids like 1,3,4, not {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("--segments needs at least one id (or 'all')")
+    return ids
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "explain",
+        help="explain a prediction: attention maps, mask logits, kept and dropped queries",
+        description="Run the model once on IMAGE and write DIR/report.html (self-contained, opens "
+        "offline), DIR/sheet.png, DIR/overview.png, DIR/path.png, DIR/segments/segment_<id>.png "
+        "and DIR/queries.json: each segment's box, per-head attention maps, mask logits and "
+        "final pixels, and why every other query was dropped.",
+    )
+    p.add_argument("image", help="image file (any format Pillow reads)")
+    p.add_argument("--weights", default="demo",
+                   help="'demo' (bundled), an original checkpoint name, or a checkpoint path (default demo)")
+    p.add_argument("--preset", default=None, help="architecture for checkpoints that do not record one")
+    p.add_argument("--segments", type=_segments, default="all", metavar="all|IDS",
+                   help="segments to explain: 'all' (default) or ids like 1,3")
+    p.add_argument("--path-segment", type=int, default=None, metavar="ID",
+                   help="segment of the path figure (default: the most confident one)")
+    p.add_argument("--threshold", type=float, default=0.85,
+                   help="confidence a query needs to be kept, as for predict (default 0.85)")
+    p.add_argument("--near-misses", type=int, default=3, metavar="N",
+                   help="also show the masks of the N dropped queries with the best class scores (default 3)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.images import ImageError
+    from ..explain import explain
+    from ..explain_report import check_out_dir, write_report
+    from ..loading import WeightsError, load_pretrained
+
+    try:
+        check_out_dir(args.out, args.overwrite)
+        pretrained = load_pretrained(args.weights, preset=args.preset, device=args.device)
+        expl = explain(pretrained, args.image, threshold=args.threshold, top_dropped=args.near_misses)
+        files = write_report(expl, args.out, segments=args.segments, path_segment=args.path_segment,
+                             overwrite=args.overwrite)
+    except (ImageError, WeightsError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    kept, dropped = len(expl.result.segments_info), len(expl.dropped())
+    print(f"wrote {files.html}: {kept} segment{'s' * (kept != 1)}, {dropped} dropped queries")
+    return 0

@@ -1,0 +1,48 @@
+"""`panoptic-detr predict`: images, folders or globs in; COCO panoptic PNGs, overlays and
+predictions.json out (see predictor.predict_files)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="panoptic segmentation of images into COCO panoptic files and overlays",
+        description="Writes OUT/<stem>.png (COCO panoptic ids), OUT/<stem>_overlay.png, "
+        "OUT/records/<stem>.json and OUT/predictions.json. Images already done in OUT are "
+        "skipped (re-run an interrupted run as it was); --overwrite redoes them.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--weights", default="demo",
+                   help="'demo', an original checkpoint name (detr_r50_panoptic, ...) or a .pth path")
+    p.add_argument("--preset", default=None, help="architecture, when --weights is a file that does not say")
+    p.add_argument("--threshold", type=float, default=0.85, help="class confidence to keep a query (0.85)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per network batch (1)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    p.add_argument("--size", type=int, default=800, help="shortest side fed to the network (800)")
+    p.add_argument("--max-size", type=int, default=1333, help="longest side cap (1333)")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..predictor import WeightsError, predict_files
+
+    try:
+        summary = predict_files(
+            args.images, args.out, weights=args.weights, preset=args.preset, threshold=args.threshold,
+            batch_size=args.batch_size, device=args.device, size=args.size, max_size=args.max_size,
+            overwrite=args.overwrite, progress=not args.quiet,
+        )
+    except (WeightsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in summary.failed:
+        print(f"error: {line}", file=sys.stderr)
+    print(summary.line())
+    return 1 if summary.failed else 0

@@ -1,0 +1,216 @@
+"""Scoring COCO-panoptic prediction files against ground truth (the file side of eval/pq.py).
+
+`evaluate_files` pairs the GT and prediction annotations by image id and streams the PNG
+pairs through a pool of worker processes (chunks of images each); a worker decodes the two
+PNGs, scores them with `pq_image` and returns the summed `PQStat` of its chunk, so memory
+stays flat whatever the dataset size. Workers need only numpy, PIL and eval/pq.py, not
+torch, whose import alone costs ~700 MB per process.
+
+Every problem with the prediction (no annotation for an image, a missing or unreadable PNG,
+a size mismatch, ids in a PNG absent from the JSON or the reverse, unknown categories) is
+collected as one line naming the file, all images are still checked, and then
+`EvaluationError` carries the list: a partly wrong prediction gives no score.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .pq import PanopticFormatError, PQStat, pq_image, pq_results
+
+Task = tuple[str, list[dict], str, list[dict]]  # gt png, gt segments, pred png, pred segments
+
+
+class EvaluationError(Exception):
+    """Problems found in the prediction files; `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def read_id_map(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode a COCO panoptic PNG to an [H, W] uint32 id map (id = R + 256 G + 256^2 B).
+
+    PIL decodes (the fastest well-kept decoder here, see benchmarks/bench_png_decode.py);
+    converting to RGBX in C and viewing the 4 bytes of each pixel as one little-endian
+    uint32 avoids building the id from three planes.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "RGBA", "RGBX"):
+            raise ValueError(f"expected an RGB panoptic PNG, got mode {im.mode}")
+        rgbx = np.asarray(im.convert("RGBX"))  # [H, W, 4] uint8, read-only
+    return rgbx.view("<u4")[..., 0] & np.uint32(0xFFFFFF)  # drop the padding byte
+
+
+def _score_pair(task: Task, categories: frozenset[int]) -> tuple[PQStat | None, list[str]]:
+    gt_png, gt_segments, pred_png, pred_segments = task
+    try:
+        pred = read_id_map(pred_png)
+    except FileNotFoundError:
+        return None, [f"{pred_png}: PNG missing"]
+    except Exception as e:  # a broken file is a problem of the input, reported with the rest
+        return None, [f"{pred_png}: cannot read the PNG ({e})"]
+    try:
+        gt = read_id_map(gt_png)
+    except Exception as e:
+        return None, [f"{gt_png}: cannot read the ground-truth PNG ({e})"]
+    try:
+        return pq_image(gt, gt_segments, pred, pred_segments, categories), []
+    except PanopticFormatError as e:
+        return None, [f"{pred_png}: {p}" for p in e.problems]
+
+
+def _score_chunk(args: tuple[list[Task], frozenset[int]]) -> tuple[PQStat, list[str], int]:
+    tasks, categories = args
+    stat, problems = PQStat(), []
+    for task in tasks:
+        s, p = _score_pair(task, categories)
+        if s is not None:
+            stat += s
+        problems += p
+    return stat, problems, len(tasks)
+
+
+def load_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise EvaluationError([f"{path}: {what} JSON missing"]) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EvaluationError([f"{path}: not valid JSON ({e})"]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise EvaluationError([f"{path}: no 'annotations' list, not a COCO panoptic {what} JSON"])
+    return data
+
+
+def pair_annotations(gt: Mapping[str, Any], pred: Mapping[str, Any], gt_dir: Path, pred_dir: Path,
+                     pred_json: str | os.PathLike[str]) -> tuple[list[Task], list[str]]:
+    """Match GT and predicted annotations by image id, as the API does (extra predictions
+    are ignored). Returns the tasks and a problem line per GT image without a prediction."""
+    by_image = {a.get("image_id"): a for a in pred["annotations"]}
+    tasks, problems = [], []
+    for g in gt["annotations"]:
+        p = by_image.get(g["image_id"])
+        if p is None:
+            problems.append(f"{pred_json}: no prediction for image id {g['image_id']} ({g['file_name']})")
+            continue
+        if "file_name" not in p or "segments_info" not in p:
+            problems.append(f"{pred_json}: the annotation of image id {g['image_id']} lacks "
+                            f"{'file_name' if 'file_name' not in p else 'segments_info'}")
+            continue
+        tasks.append((str(gt_dir / g["file_name"]), g["segments_info"],
+                      str(pred_dir / p["file_name"]), p["segments_info"]))
+    return tasks, problems
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # Forking starts a worker in milliseconds, spawning in ~0.3 s. But a parent that holds
+    # torch would make every forked child count its ~700 MB as resident (and forking after
+    # torch started its threads is unsafe), so then the workers start fresh.
+    if "torch" not in sys.modules and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _chunks(tasks: list[Task], size: int, categories: frozenset[int]
+            ) -> Iterator[tuple[list[Task], frozenset[int]]]:
+    for i in range(0, len(tasks), size):
+        yield tasks[i: i + size], categories
+
+
+def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[str] | None,
+                   pred_json: str | os.PathLike[str], pred_dir: str | os.PathLike[str] | None,
+                   workers: int = 2, chunk_size: int = 16, progress: bool = False) -> dict[str, Any]:
+    """PQ/SQ/RQ of a COCO-panoptic prediction against its ground truth.
+
+    gt_dir / pred_dir default to the JSON path without ".json" (the API's convention).
+    workers: processes decoding and scoring (0 or 1: in this process).
+    Returns the API's results dict (All/Things/Stuff pq, sq, rq, n; per_class) plus
+    "images", the number of images scored, and "counts", {category_id: {tp, fp, fn, iou}}
+    for the categories with any GT or prediction. Raises EvaluationError listing every problem.
+    """
+    gt_dir = Path(gt_dir) if gt_dir is not None else Path(str(gt_json).removesuffix(".json"))
+    pred_dir = Path(pred_dir) if pred_dir is not None else Path(str(pred_json).removesuffix(".json"))
+    gt = load_json(gt_json, "ground-truth")
+    pred = load_json(pred_json, "prediction")
+    categories = gt.get("categories") or []
+    if not categories:
+        raise EvaluationError([f"{gt_json}: no 'categories'"])
+    for folder, what in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
+        if not folder.is_dir():
+            raise EvaluationError([f"{folder}: {what} PNG folder missing"])
+    tasks, problems = pair_annotations(gt, pred, gt_dir, pred_dir, pred_json)
+    cat_ids = frozenset(int(c["id"]) for c in categories)
+
+    stat = PQStat()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc="PQ", unit="img", leave=False)
+    chunks = _chunks(tasks, max(1, chunk_size), cat_ids)
+    if workers <= 1 or len(tasks) <= chunk_size:
+        results: Iterator = map(_score_chunk, chunks)
+        pool = None
+    else:
+        pool = _pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)))
+        results = pool.imap(_score_chunk, chunks)  # ordered: the float sums are reproducible
+    try:
+        for s, p, n in results:
+            stat += s
+            problems += p
+            if bar is not None:
+                bar.update(n)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    if problems:
+        raise EvaluationError(problems)
+    out = pq_results(stat, categories)
+    out["images"] = len(tasks)
+    out["counts"] = {cat: {"tp": s.tp, "fp": s.fp, "fn": s.fn, "iou": s.iou}
+                     for cat, s in sorted(stat.per_class.items()) if s.tp + s.fp + s.fn}
+    return out
+
+
+def format_table(results: Mapping[str, Any], categories: Sequence[Mapping[str, Any]] | None = None,
+                 per_class: bool = False) -> str:
+    """The API's PQ/SQ/RQ/N table (in %) for All, Things, Stuff; with `per_class`, a row per
+    category (named from `categories`) with GT or predictions."""
+    lines = [f"{'':10s}| {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s} {'N':>5s}", "-" * 38]
+    for name in ("All", "Things", "Stuff"):
+        r = results[name]
+        pq, sq, rq = (100 * r[m] for m in ("pq", "sq", "rq"))
+        lines.append(f"{name:10s}| {pq:5.1f}  {sq:5.1f}  {rq:5.1f} {r['n']:5d}")
+    if per_class:
+        names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories or []}
+        kinds = {int(c["id"]): "thing" if c.get("isthing") == 1 else "stuff" for c in categories or []}
+        lines += ["", f"{'class':24s} {'kind':5s} | {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s}", "-" * 50]
+        for cat, r in results["per_class"].items():
+            cat = int(cat)
+            if r["pq"] == r["sq"] == r["rq"] == 0 and not _seen(results, cat):
+                continue
+            lines.append(f"{names.get(cat, str(cat))[:24]:24s} {kinds.get(cat, '?'):5s} | "
+                         f"{100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f}")
+    return "\n".join(lines)
+
+
+def _seen(results: Mapping[str, Any], cat: int) -> bool:
+    counts = results.get("counts", {})
+    c = counts.get(cat) or counts.get(str(cat))
+    return bool(c and (c["tp"] + c["fp"] + c["fn"]))

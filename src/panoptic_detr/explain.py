@@ -1,0 +1,305 @@
+"""Explain one prediction: what every object query saw, predicted and became.
+
+DETR's panoptic head is explainable by construction. Each of the N object queries gives
+class scores and a box; the mask head's attention turns it into M attention maps over the
+encoder output (H/32 x W/32, one per head, softmax joint over heads and positions); an
+FPN-style head turns those into mask logits at H/4; post-processing keeps the confident
+queries and takes the per-pixel argmax of their masks. `explain` runs the network once
+(`detect(..., return_attention=True)`, then the mask head for the kept queries only) and
+returns all of it as tensors, plus why each dropped query was dropped. Drawing and files
+live in `explain_report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .ops.boxes import cxcywh_to_xyxy
+from .structures import Categories, PaddedBatch, PanopticResult
+
+KEPT = "kept"
+NO_OBJECT = "no-object"
+BELOW_THRESHOLD = "below threshold"
+SMALL_AREA = "<= 4 pixels"
+DUPLICATED_STUFF = "duplicated stuff"
+DROP_REASONS = (NO_OBJECT, BELOW_THRESHOLD, SMALL_AREA, DUPLICATED_STUFF)
+"""Why a query has no segment of its own, in the order post-processing checks."""
+
+
+@dataclass
+class QueryInfo:
+    """What one object query predicted and what became of it."""
+
+    index: int
+    """Query index in 0..N-1."""
+    status: str
+    """"kept" or one of `DROP_REASONS`."""
+    segment_id: int | None
+    """Id in `PanopticResult.id_map` of the segment this query made (or, for a duplicated
+    stuff query, the segment it was merged into); None otherwise."""
+    label: int
+    """Arg-max class index over the K+1 logits (K = no-object)."""
+    score: float
+    """Softmax probability of `label`."""
+    best_class: int
+    """Arg-max over the K real classes: what the query would be if it were an object."""
+    best_score: float
+    """Softmax probability of `best_class`."""
+    box: tuple[float, float, float, float]
+    """Predicted box (x0, y0, x1, y1) in pixels of the original image."""
+
+    @property
+    def kept(self) -> bool:
+        return self.status == KEPT
+
+
+@dataclass
+class Explanation:
+    """Everything `explain` found for one image; tensors on the CPU, float32."""
+
+    image: np.ndarray
+    """[H, W, 3] uint8, the input image at its original size."""
+    input_size: tuple[int, int]
+    """(h, w) the network saw after resizing (no padding for a single image)."""
+    c5_norm: Tensor
+    """[h/32, w/32] L2 norm over channels of the backbone's last stage (C5); h/16 for DC5."""
+    pred_logits: Tensor
+    """[N, K+1] class logits of every query (index K = no-object)."""
+    pred_boxes: Tensor
+    """[N, 4] normalised (cx, cy, w, h) boxes of every query."""
+    attention_maps: Tensor
+    """[N, M, h/32, w/32] mask-head attention of every query over the encoder output;
+    sums to 1 over heads x positions for each query."""
+    mask_queries: Tensor
+    """[Q] int64, the queries whose mask logits are in `mask_logits` (the ones kept by the
+    confidence threshold first, in increasing order, then any extra asked for)."""
+    mask_logits: Tensor
+    """[Q, h/4, w/4] mask logits before the per-pixel argmax."""
+    result: PanopticResult
+    """The final panoptic segmentation at the original image size (what `predict` gives)."""
+    queries: list[QueryInfo]
+    """One per query, index order."""
+    categories: Categories
+    threshold: float
+    """Confidence threshold used to keep queries."""
+    c5_stride: int = 32
+    """Input pixels per cell of the C5 / attention grid (16 for dilated "DC5" models)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Free-form provenance (weights source, preset, image path) for reports."""
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.attention_maps.shape[1])
+
+    def kept(self) -> list[QueryInfo]:
+        """Queries that made a segment, in the order of their segment ids."""
+        return sorted((q for q in self.queries if q.kept), key=lambda q: q.segment_id or 0)
+
+    def dropped(self) -> list[QueryInfo]:
+        return [q for q in self.queries if not q.kept]
+
+    def query_of_segment(self, segment_id: int) -> QueryInfo:
+        for q in self.queries:
+            if q.kept and q.segment_id == segment_id:
+                return q
+        raise KeyError(f"no kept query made segment {segment_id}")
+
+    def segment_info(self, segment_id: int) -> dict[str, Any]:
+        for s in self.result.segments_info:
+            if int(s["id"]) == segment_id:
+                return s
+        raise KeyError(f"no segment {segment_id}")
+
+    def mask_logits_of(self, query: int) -> Tensor | None:
+        """[h/4, w/4] mask logits of `query`, or None when its mask was not computed."""
+        hit = (self.mask_queries == query).nonzero()
+        return self.mask_logits[int(hit[0, 0])] if len(hit) else None
+
+
+def _softmax_summary(pred_logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """[N, K+1] logits -> (score [N], label [N]) over all K+1 classes and (best_score [N],
+    best_class [N]) over the K real classes, as softmax probabilities."""
+    probs = pred_logits.float().softmax(-1)
+    score, label = probs.max(-1)
+    best_score, best_class = probs[:, :-1].max(-1)
+    return score, label, best_score, best_class
+
+
+def segment_queries(result: PanopticResult, selected: Tensor, mask_logits: Tensor,
+                    input_size: tuple[int, int], labels: Tensor) -> dict[int, int]:
+    """Which selected query made each segment of `result`.
+
+    Uses the segments' own `query` entries when post-processing records them. Otherwise the
+    pixels decide: each query claims the mask cells where its logits win the argmax over the
+    selected queries; a segment is matched, one to one and within its category, to the query
+    that claims most of its pixels (scipy's assignment, so two instances of one class never
+    share a query). A stuff segment merged from several queries goes to its largest one.
+
+    selected: [Q] query indices, mask_logits: [Q, h/4, w/4], labels: [N] class per query.
+    Returns segment id -> query index.
+    """
+    segs = result.segments_info
+    if not segs:
+        return {}
+    if all("query" in s for s in segs):
+        return {int(s["id"]): int(s["query"]) for s in segs}
+    from scipy.optimize import linear_sum_assignment
+
+    ih, iw = input_size
+    h4, w4 = -(-ih // 4), -(-iw // 4)  # the valid part of the stride-4 grid
+    win = mask_logits[:, :h4, :w4].argmax(0)  # h/4 x w/4, index into `selected`
+    H, W = result.size
+    ys = ((torch.arange(H) + 0.5) * ih / H / 4).long().clamp_(max=h4 - 1)
+    xs = ((torch.arange(W) + 0.5) * iw / W / 4).long().clamp_(max=w4 - 1)
+    claimed = win[ys[:, None], xs[None, :]]  # H x W: the query winning under each pixel
+    q = len(selected)
+    ids = torch.tensor([int(s["id"]) for s in segs])
+    # counts[s, j]: pixels of segment s under query j's winning cells
+    seg_index = torch.full((int(result.id_map.max()) + 1,), -1, dtype=torch.long)
+    seg_index[ids] = torch.arange(len(segs))
+    si = seg_index[result.id_map.clamp(min=0)]
+    valid = si >= 0
+    counts = torch.bincount(si[valid] * q + claimed[valid], minlength=len(segs) * q).view(len(segs), q)
+    cats = torch.tensor([int(s["category_id"]) for s in segs])
+    same = cats[:, None] == labels[selected][None, :]
+    cost = torch.where(same, -counts.double(), torch.tensor(1e12, dtype=torch.double))
+    rows, cols = linear_sum_assignment(cost.numpy())
+    return {int(ids[r]): int(selected[c]) for r, c in zip(rows, cols, strict=True) if bool(same[r, c])}
+
+
+def query_statuses(pred_logits: Tensor, pred_boxes: Tensor, selected: Tensor, result: PanopticResult,
+                   seg_of_query: dict[int, int], categories: Categories) -> list[QueryInfo]:
+    """Status of every query, in the order post-processing decides it.
+
+    - "no-object": the no-object class wins the softmax;
+    - "below threshold": a real class wins but the query was not selected;
+    - selected and matched to a segment: "kept";
+    - selected, a stuff class, and another selected query of that class made a segment:
+      "duplicated stuff" (post-processing merged its pixels into that segment);
+    - any other selected query: "<= 4 pixels" (it won too few pixels to stay).
+
+    pred_logits: [N, K+1], pred_boxes: [N, 4] normalised cxcywh scaled to the image by the
+    caller, selected: [Q] indices, seg_of_query: query -> segment id.
+    """
+    score, label, best_score, best_class = _softmax_summary(pred_logits)
+    no_object = pred_logits.shape[-1] - 1
+    chosen = set(selected.tolist())
+    seg_of_class = {}
+    for s in result.segments_info:
+        if not s.get("isthing", categories.isthing(int(s["category_id"]))):
+            seg_of_class.setdefault(int(s["category_id"]), int(s["id"]))
+    out = []
+    for i in range(pred_logits.shape[0]):
+        lab = int(label[i])
+        seg = None
+        if lab == no_object:
+            status = NO_OBJECT
+        elif i not in chosen:
+            status = BELOW_THRESHOLD
+        elif i in seg_of_query:
+            status, seg = KEPT, seg_of_query[i]
+        elif not categories.isthing(lab) and lab in seg_of_class:
+            status, seg = DUPLICATED_STUFF, seg_of_class[lab]
+        else:
+            status = SMALL_AREA
+        box = tuple(float(v) for v in pred_boxes[i].tolist())
+        out.append(QueryInfo(i, status, seg, lab, float(score[i]), int(best_class[i]), float(best_score[i]),
+                             box))  # type: ignore[arg-type]
+    return out
+
+
+def _resolve(source: Any, categories: Categories | None) -> tuple[Any, Categories, dict[str, Any]]:
+    """(model, categories, meta) from a Predictor or Pretrained (anything with `.model` and
+    `.categories`) or a bare model plus `categories`."""
+    model = getattr(source, "model", source)
+    cats = categories or getattr(source, "categories", None)
+    if cats is None:
+        raise ValueError("explain needs the categories: pass a Predictor/Pretrained or categories=")
+    if not hasattr(model, "detect") or not hasattr(model, "predict_masks"):
+        raise TypeError(f"explain needs a DETR panoptic model, got {type(model).__name__}")
+    meta = {"weights": str(getattr(source, "source", type(model).__name__))}
+    return model, cats, meta
+
+
+def _postprocess(det: dict[str, Any], selected: Tensor, masks: Tensor, input_size: tuple[int, int],
+                 padded_size: tuple[int, int], orig_size: tuple[int, int], categories: Categories,
+                 threshold: float) -> PanopticResult:
+    """The predictor's post-processing step, on the tensors of this one run."""
+    from .model.postprocess import panoptic_postprocess
+
+    is_thing = categories.thing_mask(det["pred_logits"].device)
+    return panoptic_postprocess(
+        det["pred_logits"][0], masks, input_size, padded_size, orig_size, is_thing,
+        threshold=threshold, query_idx=selected, pred_boxes=det["pred_boxes"][0],
+    )
+
+
+@torch.inference_mode()
+def explain(source: Any, image: np.ndarray | str, threshold: float = 0.85, *,
+            categories: Categories | None = None, short: int = 800, max_size: int = 1333,
+            extra_queries: list[int] | None = None, top_dropped: int = 0) -> Explanation:
+    """Run the network once on `image` and explain its panoptic prediction.
+
+    source: a Predictor or `loading.Pretrained` (or a bare DETRPanoptic with `categories`);
+    image: [H, W, 3] uint8 RGB or a path (read with `data.images.load_image`);
+    threshold: confidence a query's class must exceed to be kept, as in `predict`;
+    extra_queries: dropped queries whose mask logits should be computed too (for a look at
+    what they would have segmented); they do not enter the post-processing;
+    top_dropped: also compute them for this many of the queries the threshold dropped, those
+    with the highest best-class score (the near misses).
+
+    One `detect(..., return_attention=True)` gives classes, boxes, C5 and the attention maps
+    of all N queries; the mask head then runs for the selected queries only, exactly as in
+    `predict`, so the segments are `predict`'s.
+    """
+    from .data.images import load_image, preprocess
+    from .model.postprocess import select_queries
+
+    model, cats, meta = _resolve(source, categories)
+    if not isinstance(image, np.ndarray):
+        meta["image"] = str(image)
+        image = load_image(image)
+    device = next(model.parameters()).device
+    x = preprocess(image, short=short, max_size=max_size)  # 3 x h x w
+    input_size = (int(x.shape[1]), int(x.shape[2]))
+    batch = PaddedBatch.from_images([x]).to(device)
+    det = model.detect(batch, return_attention=True)
+    selected = select_queries(det["pred_logits"], threshold)[0]
+    masks = model.predict_masks(det, [selected])[0]  # Q x h/4 x w/4
+    padded_size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
+    result = _postprocess(det, selected, masks, input_size, padded_size, image.shape[:2], cats, threshold)
+
+    mask_queries, mask_logits = selected, masks
+    chosen = set(selected.tolist())
+    extra = [q for q in dict.fromkeys(extra_queries or []) if q not in chosen]
+    if top_dropped > 0:
+        best = det["pred_logits"][0].float().softmax(-1)[:, :-1].max(-1).values
+        near = [q for q in best.argsort(descending=True).tolist() if q not in chosen and q not in extra]
+        extra += near[:top_dropped]
+    if extra:  # a separate mask-head call: the selected queries' logits stay as predict has them
+        more = torch.as_tensor(extra, dtype=torch.long, device=device)
+        mask_queries = torch.cat([selected, more])
+        mask_logits = torch.cat([masks, model.predict_masks(det, [more])[0]])
+
+    logits = det["pred_logits"][0].float().cpu()
+    H, W = image.shape[:2]
+    boxes_px = cxcywh_to_xyxy(det["pred_boxes"][0].float().cpu()) * torch.tensor([W, H, W, H])
+    labels = logits.argmax(-1)
+    seg_of_query = {q: s for s, q in segment_queries(result, selected.cpu(), masks.float().cpu(),
+                                                       input_size, labels).items()}
+    queries = query_statuses(logits, boxes_px, selected.cpu(), result, seg_of_query, cats)
+    c5 = det["layer4"][0].float()  # C5 x h/32 x w/32
+    stride = 16 if getattr(getattr(model, "config", None), "dilation", False) else 32
+    return Explanation(
+        image=image, input_size=input_size, c5_norm=c5.norm(dim=0).cpu(),
+        pred_logits=logits, pred_boxes=det["pred_boxes"][0].float().cpu(),
+        attention_maps=det["attention_maps"][0].float().cpu(),
+        mask_queries=mask_queries.cpu(), mask_logits=mask_logits.float().cpu(),
+        result=result, queries=queries, categories=cats, threshold=threshold, c5_stride=stride,
+        meta=meta,
+    )

@@ -1,0 +1,9 @@
+"""Ground-truth building: annotated things + a source for everything else -> COCO panoptic.
+
+`compose` and `preview` are pure arrays; `sources` and `build` read and write files.
+"""
+
+from .build import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
+from .sources import SourceError, open_source
+
+__all__ = ["DEFAULT_MIN_AREA", "BuildError", "SourceError", "build_gt", "format_summary", "open_source"]

@@ -1,0 +1,461 @@
+"""`build_gt`: a COCO-panoptic dataset from instance annotations plus a source for the rest.
+
+Output folder layout:
+
+    OUT/panoptic.json        COCO panoptic: images, annotations (segments_info), categories
+    OUT/panoptic/*.png       id maps (id = R + 256 G + 256^2 B), named like the images
+    OUT/images/...           the images, hard-linked (copied where linking fails: another
+                             file system), so the folder is a self-contained dataset
+    OUT/previews/*.jpg       audit overlays (gt.preview)
+    OUT/report.json          what happened: images kept/skipped, pixel shares, overlaps, ...
+
+Nothing partial appears in OUT: the build runs in a hidden folder beside it
+(`.OUT.partial`), finished images are kept there (`parts/`), so an interrupted run resumes
+where it stopped, and the folder is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..data.files import atomic_write, write_json, write_png
+from ..data.instances import ORDERS, decode_annotations, instances_to_panoptic
+from ..data.taxonomy import Rule, Taxonomy, TaxonomyError
+from .compose import compose
+from .preview import draw_preview
+from .sources import ModelSource, Source, SourceError, open_source
+
+DEFAULT_MIN_AREA = 16
+REUSE_VERSION = 1  # bump when per-image outputs change meaning
+
+
+class BuildError(Exception):
+    """The build cannot start or finish; the message is one line per problem."""
+
+
+@dataclass
+class _Job:
+    """What every worker needs to build one image (picklable)."""
+
+    instances_json: str
+    images_dir: Path
+    work: Path
+    source: Any
+    rules: dict[int, Rule]
+    ann_targets: dict[int, int]
+    target_isthing: dict[int, bool]
+    colors: dict[int, list[int]]
+    order: str
+    min_area: int
+    previews: bool
+
+
+def build_gt(
+    instances_json: str | Path,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    stuff_from: str | Source | None = None,
+    taxonomy: str | Path | None = None,
+    order: str = "area",
+    min_area: int = DEFAULT_MIN_AREA,
+    skip_unannotated: bool = False,
+    overwrite: bool = False,
+    workers: int = 1,
+    previews: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Build the dataset into `out_dir` and return the report (also written to report.json).
+
+    Instances are resolved with `order` / `min_area` (see data.instances); pixels without an
+    annotation come from `stuff_from` (a spec that `gt.sources.open_source` reads, or a source
+    object, e.g. a `ModelSource` with its own predictor options), mapped through `taxonomy`
+    (a YAML file or bundled name; default: the source's own categories). Bad inputs are
+    logged one line each and the rest is built; BuildError means nothing could be built (bad
+    options, unreadable inputs, unloadable source).
+    """
+    log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+    if order not in ORDERS:
+        raise BuildError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+    instances_json, images_dir, out_dir = Path(instances_json), Path(images_dir), Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise BuildError(f"{out_dir}: exists (pass --overwrite to replace it)")
+    if not images_dir.is_dir():
+        raise BuildError(f"{images_dir}: image folder not found")
+    data = _read_instances(instances_json)
+    try:
+        source = open_source(stuff_from) if isinstance(stuff_from, str) else stuff_from
+    except SourceError as e:
+        raise BuildError(str(e)) from None
+    if isinstance(source, ModelSource) and workers > 1:
+        log(f"{source.spec}: one model in memory on its device: --workers ignored")
+        workers = 1
+    problems: list[str] = []
+
+    def warn(line: str) -> None:
+        problems.append(line)
+        log(line)
+
+    tax, rules = _targets(taxonomy, source, warn)
+    ann_targets = _annotation_targets(tax, data["categories"], instances_json, taxonomy is not None, warn)
+    by_image = _group_annotations(data, instances_json, warn)
+
+    work = out_dir.parent / f".{out_dir.name}.partial"
+    config = {"version": REUSE_VERSION, "instances": str(instances_json.resolve()),
+              "images": str(images_dir.resolve()), "stuff_from": source and source.spec, "order": order,
+              "min_area": min_area, "previews": previews, "categories": tax.targets,
+              "taxonomy": _digest(taxonomy)}
+    _prepare_work(work, config, log)
+    job = _Job(str(instances_json), images_dir, work, source, rules, ann_targets,
+               {int(t["id"]): bool(t["isthing"]) for t in tax.targets},
+               {int(t["id"]): t["color"] for t in tax.targets}, order, min_area, previews)
+
+    records, todo = _plan(data["images"], by_image, work, source, skip_unannotated, instances_json, warn)
+    records += _run(job, todo, workers, progress, warn)
+    report = _report(records, tax, problems, instances_json, source and source.spec)
+    _finish(work, out_dir, data, records, tax, report, overwrite)
+    return report
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _read_instances(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        images, anns, cats = data["images"], data.get("annotations", []), data["categories"]
+        for img in images:
+            img["id"], img["file_name"]  # noqa: B018 - required keys
+    except (OSError, ValueError) as e:
+        raise BuildError(f"{path}: cannot read the instances JSON ({' '.join(str(e).split())})") from None
+    except (KeyError, TypeError) as e:
+        raise BuildError(f"{path}: not COCO instances (missing {e})") from None
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def _targets(taxonomy: str | Path | None, source: Any, warn: Callable[[str], None]
+             ) -> tuple[Taxonomy, dict[int, Rule]]:
+    """The target categories and a rule per source category id."""
+    if taxonomy is None:
+        tax = Taxonomy.identity(source.categories if source else [])
+        return tax, tax.rule_by_id(source.categories) if source else {}
+    try:
+        tax = Taxonomy.load(taxonomy)
+        if source is None:
+            return tax, {}
+        for line in tax.check_source(source.categories, source.spec):
+            warn(line)
+    except TaxonomyError as e:
+        raise BuildError(str(e)) from None
+    return tax, tax.rule_by_id(source.categories)
+
+
+def _annotation_targets(tax: Taxonomy, categories: list[dict[str, Any]], path: Path, named: bool,
+                        warn: Callable[[str], None]) -> dict[int, int]:
+    """Annotated category id -> target id, matched by name; new names become thing targets."""
+    out, errors = {}, []
+    for c in categories:
+        name = str(c.get("name", c["id"]))
+        t = tax.by_name.get(name)
+        if t is None:
+            t = tax.add_target({**c, "isthing": 1})
+            if named:
+                warn(f"{path}: category {name!r} (id {c['id']}) is not in the taxonomy: added as a "
+                     f"thing class (id {t['id']})")
+            elif t["id"] != int(c["id"]):
+                warn(f"{path}: category {name!r}: id {c['id']} is taken by a source category, "
+                     f"renumbered {t['id']}")
+        elif not t["isthing"]:
+            errors.append(f"{path}: category {name!r} (id {c['id']}): annotated instances, but the "
+                          f"target {name!r} is stuff: target used as both thing and stuff")
+            continue
+        out[int(c["id"])] = int(t["id"])
+    if errors:
+        raise BuildError("\n".join(errors))
+    return out
+
+
+def _group_annotations(data: dict[str, Any], path: Path, warn: Callable[[str], None]
+                       ) -> dict[Any, list[dict[str, Any]]]:
+    image_ids = {img["id"] for img in data["images"]}
+    cat_ids = {int(c["id"]) for c in data["categories"]}
+    by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    orphans: Counter = Counter()
+    for k, ann in enumerate(data["annotations"]):
+        if ann.get("image_id") not in image_ids:
+            orphans[ann.get("image_id")] += 1
+        elif int(ann.get("category_id", -1)) not in cat_ids:
+            warn(f"{path}: annotation {ann.get('id', f'#{k}')}: category {ann.get('category_id')} is "
+                 "not in the categories list, skipped")
+        else:
+            by_image[ann["image_id"]].append(ann)
+    for image_id, n in orphans.items():
+        warn(f"{path}: {n} annotation(s) for image id {image_id}, which is not in the images list: skipped")
+    return by_image
+
+
+def _digest(path: str | Path | None) -> str | None:
+    if path is None or not Path(path).exists():
+        return None if path is None else str(path)
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _prepare_work(work: Path, config: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Reuse an unfinished build made with the same inputs and options; else start afresh."""
+    cfg = work / "config.json"
+    if work.exists():
+        same = cfg.exists() and json.loads(cfg.read_text()) == json.loads(json.dumps(config))
+        if same:
+            n = len(list((work / "parts").glob("*.json")))
+            log(f"{work}: resuming an unfinished build ({n} image(s) done)")
+            return
+        log(f"{work}: discarding an unfinished build made with other inputs or options")
+        shutil.rmtree(work)
+    (work / "parts").mkdir(parents=True)
+    write_json(cfg, config)
+
+
+def _plan(images: list[dict[str, Any]], by_image: dict[Any, list[dict[str, Any]]], work: Path, source: Any,
+          skip_unannotated: bool, instances_json: Path, warn: Callable[[str], None]
+          ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
+    """(records of images skipped or finished by an earlier run, (image, annotations) to build)."""
+    records, todo, names = [], [], {}
+    for img in images:
+        anns = by_image.get(img["id"], [])
+        first = names.setdefault(img["file_name"], img["id"])
+        if first != img["id"]:  # its output PNG would overwrite the first one's
+            why = (f"{instances_json}: image id {img['id']}: file name {img['file_name']} already used by "
+                   f"image id {first}, skipped")
+            warn(why)
+            records.append({"status": "skipped", "file_name": img["file_name"], "reason": why})
+        elif not anns and (skip_unannotated or source is None):
+            why = "no annotations (--skip-unannotated)" if source else "no annotations and no source"
+            records.append({"status": "skipped", "file_name": img["file_name"], "reason": why})
+        elif (work / "parts" / f"{img['id']}.json").exists():
+            rec = json.loads((work / "parts" / f"{img['id']}.json").read_text())
+            for line in rec["problems"]:  # they belong in this run's report too
+                warn(line)
+            records.append(rec | {"reused": True})
+        else:
+            todo.append((img, anns))
+    return records, todo
+
+
+def _run(job: _Job, todo: list, workers: int, progress: bool, warn: Callable[[str], None]
+         ) -> list[dict[str, Any]]:
+    """Build every image of `todo`, in `workers` processes; records in completion order."""
+    records = []
+    bar = tqdm(total=len(todo), desc="build-gt", unit="img", disable=not progress, file=sys.stderr)
+    if workers > 1 and len(todo) > 1:
+        with get_context().Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+            for rec in pool.imap_unordered(_worker, todo, chunksize=4):
+                records.append(_collect(rec, warn, bar))
+    else:
+        _init_worker(job)
+        for item in todo:
+            records.append(_collect(_worker(item), warn, bar))
+    bar.close()
+    return records
+
+
+# ---------------------------------------------------------------- one image (worker)
+
+_JOB: _Job | None = None
+
+
+def _init_worker(job: _Job) -> None:
+    global _JOB
+    _JOB = job
+
+
+def _worker(item: tuple[dict[str, Any], list[dict[str, Any]]]) -> dict[str, Any]:
+    img, anns = item
+    try:
+        return _build_one(_JOB, img, anns)
+    except SourceError as e:
+        return {"status": "failed", "file_name": img["file_name"], "reason": str(e)}
+    except (OSError, ValueError) as e:
+        return {"status": "failed", "file_name": img["file_name"],
+                "reason": f"{_JOB.images_dir / img['file_name']}: {' '.join(str(e).split())}"}
+
+
+def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> dict[str, Any]:
+    name = img["file_name"]
+    path = job.images_dir / name
+    if not path.exists():
+        reason = f"{path}: image not found" + (f" ({len(anns)} annotation(s) skipped)" if anns else "")
+        return {"status": "failed", "file_name": name, "reason": reason}
+    with Image.open(path) as im:
+        width, height = im.size
+    if (img.get("height"), img.get("width")) not in ((None, None), (height, width)):
+        return {"status": "failed", "file_name": name, "reason":
+                f"{path}: size {width}x{height} differs from the JSON's {img['width']}x{img['height']}"}
+    problems = []
+    masks, cats, crowd, _, issues = decode_annotations(anns, height, width)
+    problems += [f"{job.instances_json}: {name}: {p}" for p in issues]
+    ann_map, ann_segs, ann_report = instances_to_panoptic(
+        masks, [job.ann_targets[c] for c in cats], crowd, order=job.order, min_area=job.min_area)
+    if job.source is not None:
+        src_map, src_segs = job.source.labels(path, height, width)
+    else:
+        src_map, src_segs = None, []
+    comp = compose(ann_map, ann_segs, src_map, src_segs, job.rules, job.target_isthing, job.min_area)
+
+    png_name = str(Path(name).with_suffix(".png"))
+    # little-endian int32 bytes are R, G, B, 0: the COCO encoding without arithmetic
+    rgb = comp.id_map.astype("<i4").view(np.uint8).reshape(height, width, 4)[..., :3]
+    write_png(job.work / "panoptic" / png_name, rgb, fsync=False)
+    _link(path, job.work / "images" / name)
+    if job.previews:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        over = Image.fromarray(draw_preview(rgb, comp.id_map, comp.segments_info, comp.annotated, job.colors))
+        atomic_write(job.work / "previews" / Path(name).with_suffix(".jpg"),
+                     lambda f: over.save(f, format="JPEG", quality=85), fsync=False)
+    pixels: Counter = Counter()
+    for s in comp.segments_info:
+        pixels[str(s["category_id"])] += s["area"]
+    keys = ("category_id", "area", "full_area")
+    dropped = [{"file_name": name, "from": "annotation", **{k: d[k] for k in keys}}
+               for d in ann_report["dropped"]]
+    dropped += [{"file_name": name, "from": "source", **d} for d in comp.dropped]
+    record = {
+        "status": "ok", "file_name": name, "problems": problems,
+        "image": {"id": img["id"], "file_name": name, "height": height, "width": width},
+        "annotation": {"image_id": img["id"], "file_name": png_name, "segments_info": comp.segments_info},
+        "stats": {"pixels": height * width, "void": int((comp.id_map == 0).sum()),
+                  "annotated": int(comp.annotated.sum()), "ignored": comp.ignored_pixels,
+                  "class_pixels": dict(pixels), "overlap_pixels": ann_report["overlap_pixels"],
+                  "occluded": ann_report["occluded"], "annotations": len(anns), "dropped": dropped},
+    }
+    write_json(job.work / "parts" / f"{img['id']}.json", record, fsync=False)
+    return record
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst` (copy across file systems)."""
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def _collect(rec: dict[str, Any], warn: Callable[[str], None], bar: tqdm) -> dict[str, Any]:
+    for line in rec.get("problems", []):
+        warn(line)
+    if rec["status"] == "failed":
+        warn(rec["reason"])
+    bar.update(1)
+    return rec
+
+
+# ---------------------------------------------------------------- report and output
+
+
+def _report(records: list[dict[str, Any]], tax: Taxonomy, problems: list[str], instances_json: Path,
+            stuff_from: str | None) -> dict[str, Any]:
+    ok = [r for r in records if r["status"] == "ok"]
+    stats = [r["stats"] for r in ok]
+    total = sum(s["pixels"] for s in stats)
+    class_px: Counter = Counter()
+    for s in stats:
+        class_px.update({int(k): v for k, v in s["class_pixels"].items()})
+
+    def share(n: int) -> float:
+        return round(n / total, 6) if total else 0.0
+
+    return {
+        "instances": str(instances_json), "stuff_from": stuff_from,
+        "images": {"total": len(records), "processed": len(ok),
+                   "reused": sum(1 for r in ok if r.get("reused")),
+                   "skipped": [{"file_name": r["file_name"], "reason": r["reason"]}
+                               for r in records if r["status"] == "skipped"],
+                   "failed": [{"file_name": r["file_name"], "reason": r["reason"]}
+                              for r in records if r["status"] == "failed"]},
+        "pixels": {"total": total, "void": sum(s["void"] for s in stats),
+                   "void_share": share(sum(s["void"] for s in stats)),
+                   "annotated_share": share(sum(s["annotated"] for s in stats)),
+                   "ignored_share": share(sum(s["ignored"] for s in stats))},
+        "classes": [{"id": t["id"], "name": t["name"], "isthing": t["isthing"],
+                     "pixels": class_px.get(int(t["id"]), 0), "share": share(class_px.get(int(t["id"]), 0))}
+                    for t in tax.targets],
+        "overlaps": {"pixels": sum(s["overlap_pixels"] for s in stats),
+                     "occluded_instances": sum(s["occluded"] for s in stats),
+                     "images": sum(1 for s in stats if s["overlap_pixels"])},
+        "fragments_dropped": [d for s in stats for d in s["dropped"]],
+        "problems": problems,
+    }
+
+
+def _finish(work: Path, out_dir: Path, data: dict[str, Any], records: list[dict[str, Any]],
+            tax: Taxonomy, report: dict[str, Any], overwrite: bool) -> None:
+    ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: str(r["image"]["id"]))
+    dataset = {
+        "info": {"description": "built by panoptic-detr build-gt", "instances": report["instances"],
+                 "stuff_from": report["stuff_from"]},
+        "images": [r["image"] for r in ok],
+        "annotations": [r["annotation"] for r in ok],
+        "categories": tax.targets,
+    }
+    write_json(work / "panoptic.json", dataset, fsync=False)
+    write_json(work / "report.json", report, indent=1, fsync=False)
+    os.sync()  # one flush for every file of the build (they were written without fsync)
+    if (work / "parts").exists():
+        shutil.rmtree(work / "parts")
+    (work / "config.json").unlink(missing_ok=True)
+    for sub in ("panoptic", "images"):
+        (work / sub).mkdir(exist_ok=True)
+    old = None
+    if out_dir.exists():
+        if not overwrite:
+            raise BuildError(f"{out_dir}: appeared during the build; result left in {work}")
+        old = out_dir.parent / f".{out_dir.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+    os.replace(work, out_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def format_summary(report: dict[str, Any], top: int = 12) -> str:
+    """A readable summary of a build report."""
+    im, px = report["images"], report["pixels"]
+    lines = [f"images: {im['processed']} built ({im['reused']} reused from an interrupted run), "
+             f"{len(im['skipped'])} skipped, {len(im['failed'])} failed, of {im['total']}"]
+    for r in im["skipped"][:5] + im["failed"][:5]:
+        lines.append(f"  {r['file_name']}: {r['reason']}")
+    lines.append(f"pixels: {100 * px['annotated_share']:.1f}% annotated, {100 * px['void_share']:.1f}% "
+                 f"void ({100 * px['ignored_share']:.1f}% ignored by the taxonomy)")
+    ov = report["overlaps"]
+    lines.append(f"overlaps: {ov['pixels']} pixels in {ov['images']} image(s) resolved, "
+                 f"{ov['occluded_instances']} instance(s) occluded, "
+                 f"{len(report['fragments_dropped'])} fragment(s) dropped")
+    classes = sorted((c for c in report["classes"] if c["pixels"]), key=lambda c: -c["pixels"])
+    lines.append("pixel share per class:" + ("" if classes else " (none)"))
+    for c in classes[:top]:
+        lines.append(f"  {c['name']:<24} {'thing' if c['isthing'] else 'stuff'}  {100 * c['share']:6.2f}%")
+    if len(classes) > top:
+        lines.append(f"  ... {len(classes) - top} more in report.json")
+    if report["problems"]:
+        lines.append(f"{len(report['problems'])} problem(s), listed in report.json")
+    return "\n".join(lines)

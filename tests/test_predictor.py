@@ -1,0 +1,73 @@
+"""Predictor: batched == one by one, kept-only masks == full forward, checkpoint files."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from panoptic_detr.data.images import preprocess
+from panoptic_detr.model.postprocess import select_queries
+from panoptic_detr.predictor import Predictor
+from panoptic_detr.structures import PaddedBatch
+from predict_fixtures import picture, save_checkpoint, tiny_pretrained
+
+SMALL = {"size": 64, "max_size": 96, "threshold": 0.5}
+
+
+def assert_same_result(a, b):
+    assert torch.equal(a.id_map, b.id_map)
+    assert len(a.segments_info) == len(b.segments_info)
+    for sa, sb in zip(a.segments_info, b.segments_info, strict=True):
+        assert {k: v for k, v in sa.items() if k not in ("score", "pred_bbox")} == \
+               {k: v for k, v in sb.items() if k not in ("score", "pred_bbox")}
+        assert abs(sa["score"] - sb["score"]) < 1e-9
+
+
+def test_batched_equals_one_by_one():
+    pre = tiny_pretrained(torch.float64)
+    same = [picture(48, 72, seed=s) for s in range(3)]
+    batched = Predictor.from_pretrained(pre, batch_size=3, **SMALL).predict_batch(same)
+    alone = Predictor.from_pretrained(pre, batch_size=1, **SMALL)
+    assert sum(len(r.segments_info) for r in batched) > 3  # the test compares real segments
+    for image, result in zip(same, batched, strict=True):
+        assert result.size == (48, 72)
+        assert_same_result(result, alone.predict(image))
+    # mixed sizes: padding never reaches the largest image
+    big, small = picture(60, 90, seed=7), picture(40, 50, seed=8)
+    both = Predictor.from_pretrained(pre, batch_size=2, **SMALL).predict_batch([small, big])
+    assert both[0].size == (40, 50) and both[1].size == (60, 90)
+    assert_same_result(both[1], alone.predict(big))
+
+
+def test_kept_query_masks_equal_full_forward_masks():
+    pre = tiny_pretrained(torch.float64)
+    model = pre.model
+    x = [preprocess(picture(48, 72, seed=s), 64, 96).double() for s in (0, 1)]
+    batch = PaddedBatch.from_images([x[0], x[1][:, :48]])
+    with torch.inference_mode():
+        full = model(batch)["pred_masks"]
+        det = model.detect(batch)
+        keep = select_queries(det["pred_logits"], 0.5)
+        kept = model.predict_masks(det, keep)
+    assert any(len(k) for k in keep)
+    for i, k in enumerate(keep):
+        torch.testing.assert_close(kept[i], full[i, k], rtol=0, atol=1e-9)
+
+
+def test_predict_from_a_project_checkpoint(tmp_path):
+    pre = tiny_pretrained()
+    ckpt = save_checkpoint(tmp_path / "tiny.pth", pre)
+    image = picture(50, 70, seed=2)
+    Image.fromarray(image).save(tmp_path / "im.png")
+    predictor = Predictor(weights=ckpt, **SMALL)
+    assert predictor.categories.name(3) == "grass"
+    from_file = predictor.predict(tmp_path / "im.png")
+    from_array = Predictor.from_pretrained(pre, **SMALL).predict(image)
+    assert from_file.size == (50, 70)
+    assert from_file.segments_info, "the tiny model should find segments"
+    assert_same_result(from_file, from_array)
+    ids = {s["id"] for s in from_file.segments_info}
+    assert set(from_file.id_map.unique().tolist()) <= ids | {0}
+    assert {s["category_id"] for s in from_file.segments_info} <= {1, 2, 3, 4}
+    assert all(np.isfinite(s["score"]) for s in from_file.segments_info)
