@@ -155,3 +155,14 @@ def test_checkpoint_format(tmp_path):
     torch.save({"model": {"w": torch.ones(1)}}, path)
     with pytest.raises(ckpt_io.CheckpointError, match="not a panoptic-detr/1 checkpoint"):
         ckpt_io.load_checkpoint(path)
+
+
+def test_export_is_half_precision_without_train_state(tmp_path):
+    cfg = make_cfg(tmp_path / "r", steps=1, export=str(tmp_path / "small.pt"))
+    train(cfg, parts=make_parts(), progress=False)
+    full = ckpt_io.load_checkpoint(tmp_path / "r" / ckpt_io.LAST)
+    small = ckpt_io.load_checkpoint(tmp_path / "small.pt")
+    assert "train_state" not in small and small["config"] == full["config"]
+    for k, v in full["model"].items():
+        assert small["model"][k].dtype == torch.float16
+        torch.testing.assert_close(small["model"][k].float(), v, rtol=1e-3, atol=1e-4)

@@ -134,6 +134,9 @@ class TrainConfig:
     log_every: int = 10
     """Optimiser steps between metrics.jsonl lines."""
     out_dir: str = "runs/train"
+    export: str = ""
+    """At the end, also write the best (else last) checkpoint here without training state, in
+    float16 (a small file to ship, e.g. the demo's) ("" = no export)."""
     seed: int = 0
     device: str = "auto"
     """"auto" (cuda when available), "cpu", "cuda", "cuda:1", ..."""

@@ -351,6 +351,9 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         if done:
             break
     bar.close()
+    if cfg.export and info.is_main:
+        best = out / ckpt_io.BEST
+        ckpt_io.export_checkpoint(best if best.exists() else out / ckpt_io.LAST, cfg.export)
     return metrics
 
 
