@@ -1,4 +1,5 @@
-"""Decoding COCO panoptic PNGs to [H, W] id maps: PIL vs torchvision.io vs OpenCV.
+"""Decoding COCO panoptic PNGs to [H, W] id maps: ours (zlib-ng + libspng) vs PIL, pyspng,
+torchvision.io and OpenCV.
 
     PYTHONPATH=src python benchmarks/bench_png_decode.py DIR_OF_PNGS [--n 200]
 
@@ -37,10 +38,24 @@ def pil_rgbx(path: Path) -> np.ndarray:
     return a & np.uint32(0xFFFFFF)
 
 
-def evaluator(path: Path) -> np.ndarray:
-    from panoptic_detr.eval.evaluate import read_id_map
+def ours_fast(path: Path) -> np.ndarray:
+    from panoptic_detr.data.panoptic_png import fast_decoder_available, read_id_map
 
+    if not fast_decoder_available():
+        raise ImportError(name="zlib_ng/pyspng")
     return read_id_map(path)
+
+
+def ours_pil(path: Path) -> np.ndarray:
+    from panoptic_detr.data.panoptic_png import read_id_map
+
+    return read_id_map(path, fast=False)
+
+
+def pyspng_plain(path: Path) -> np.ndarray:
+    import pyspng
+
+    return ids_from_rgb(pyspng.load(path.read_bytes()))
 
 
 def torchvision_png(path: Path) -> np.ndarray:
@@ -56,7 +71,8 @@ def opencv(path: Path) -> np.ndarray:
     return ids_from_rgb(bgr[..., ::-1])
 
 
-DECODERS = {"PIL (RGB array)": pil_rgb, "PIL (RGBX view)": pil_rgbx, "evaluator (read_id_map)": evaluator,
+DECODERS = {"PIL (RGB array)": pil_rgb, "PIL (RGBX view)": pil_rgbx, "read_id_map(fast=False)": ours_pil,
+            "read_id_map (zlib-ng+spng)": ours_fast, "pyspng.load": pyspng_plain,
             "torchvision.io.decode_png": torchvision_png, "cv2.imread": opencv}
 
 

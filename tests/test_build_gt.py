@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from panoptic_detr.data.check import check_dataset
+from panoptic_detr.data.coco_panoptic import CocoPanoptic
 from panoptic_detr.data.files import read_panoptic_png, write_json
 from panoptic_detr.data.synth import make_dataset, make_scene, synth_categories
 from panoptic_detr.gt import BuildError, build_gt
@@ -57,8 +59,15 @@ def _segments(root: Path, json_name: str = "panoptic.json") -> dict[str, dict]:
 
 
 def _assert_valid(root: Path) -> dict:
-    """The COCO panoptic invariants: ids unique and listed, areas and boxes right, categories known."""
+    """The dataset passes `data.check` and CocoPanoptic reads it; the COCO panoptic invariants
+    (ids unique and listed, areas and boxes right, isthing as the category) checked here too."""
+    problems, stats = check_dataset(root, progress=False)
+    assert [str(p) for p in problems] == []
     data = json.loads((root / "panoptic.json").read_text())
+    assert stats["images"] == len(data["images"])
+    if data["images"]:
+        _, target = CocoPanoptic(root)[0]
+        assert len(target) == len(data["annotations"][0]["segments_info"])
     cats = {c["id"]: c for c in data["categories"]}
     assert len(cats) == len(data["categories"])
     images = {im["id"]: im for im in data["images"]}
@@ -185,6 +194,8 @@ def test_bad_inputs_each_give_a_line_and_the_rest_is_built(tmp_path):
     data["images"].append({"id": 7, "file_name": "missing.jpg", "height": h, "width": w})
     data["images"].append({"id": 8, "file_name": "extra.jpg", "height": h, "width": w})  # no annotations
     data["images"].append({"id": 9, "file_name": f"{_name(0)}.jpg", "height": h, "width": w})  # a duplicate
+    data["images"].append({"id": 10, "file_name": "wrong.jpg", "height": h + 2, "width": w})  # wrong size
+    (images / "wrong.jpg").write_bytes((images / f"{_name(0)}.jpg").read_bytes())
     (images / "extra.jpg").write_bytes((images / f"{_name(0)}.jpg").read_bytes())
     (semantic / "extra.png").write_bytes((semantic / f"{_name(0)}.png").read_bytes())
     data["annotations"] += [
@@ -209,8 +220,10 @@ def test_bad_inputs_each_give_a_line_and_the_rest_is_built(tmp_path):
     assert f"{images / 'missing.jpg'}: image not found (1 annotation(s) skipped)" in text
     assert f"{semantic / _name(2)}.png: no semantic PNG for {_name(2)}.jpg" in text
     assert f"{instances}: image id 9: file name {_name(0)}.jpg already used by image id 0, skipped" in text
-    assert len(lines) == 7 and report["problems"] == lines
-    assert sorted(f["file_name"] for f in report["images"]["failed"]) == [f"{_name(2)}.jpg", "missing.jpg"]
+    assert f"{images / 'wrong.jpg'}: size 64x48 differs from the JSON's 64x50" in text
+    assert len(lines) == 8 and report["problems"] == lines
+    assert sorted(f["file_name"] for f in report["images"]["failed"]) == [f"{_name(2)}.jpg", "missing.jpg",
+                                                                        "wrong.jpg"]
     data = _assert_valid(out)
     assert sorted(im["id"] for im in data["images"]) == [0, 1, 8]  # image 8 kept, source labels only
     seg8 = next(a for a in data["annotations"] if a["image_id"] == 8)["segments_info"]
@@ -304,26 +317,38 @@ def test_interrupted_build_leaves_no_output_and_resumes(tmp_path, monkeypatch):
 
 
 def test_preview_shows_annotations_solid_and_source_translucent(tmp_path):
+    import torch
+
+    from panoptic_detr.structures import Categories, PanopticResult
+    from panoptic_detr.viz import palette
+
     pan, instances, semantic = _export(tmp_path, n=1)
     out = tmp_path / "built"
     build_gt(instances, tmp_path / "orig" / "images", out, stuff_from=f"semantic:{semantic}", progress=False)
     image = np.asarray(Image.open(tmp_path / "orig" / "images" / f"{_name(0)}.jpg")).astype(float)
     prev = np.asarray(Image.open(out / "previews" / f"{_name(0)}.jpg")).astype(float)
-    colors = {c["id"]: np.array(c["color"]) for c in CATEGORIES}
-    scene, segs = _original(0)
+    data = json.loads((out / "panoptic.json").read_text())
+    segs = data["annotations"][0]["segments_info"]
+    id_map = read_panoptic_png(out / "panoptic" / data["annotations"][0]["file_name"])
+    pal = palette(PanopticResult(torch.from_numpy(id_map), segs), Categories(data["categories"]))
     h, w = SIZE
     inner = np.zeros(SIZE, bool)  # pixels whose 5x5 neighbourhood is one segment: no outline, no JPEG edge
-    inner[2:-2, 2:-2] = np.all([scene[2 + dy : h - 2 + dy, 2 + dx : w - 2 + dx] == scene[2:-2, 2:-2]
+    inner[2:-2, 2:-2] = np.all([id_map[2 + dy : h - 2 + dy, 2 + dx : w - 2 + dx] == id_map[2:-2, 2:-2]
                                 for dy in range(-2, 3) for dx in range(-2, 3)], axis=0)
+    checked = set()
     for s in segs:
-        region = (scene == s["id"]) & inner
+        region = (id_map == s["id"]) & inner
         if region.sum() < 4:
             continue
-        got = prev[region].mean(0)
-        if NAMES[s["category_id"]] in THING_NAMES:  # annotated: solid class colour
-            assert np.abs(got - colors[s["category_id"]]).max() < 12
-        else:  # source: the class colour over the photo
-            assert np.abs(got - (0.55 * image[region].mean(0) + 0.45 * colors[s["category_id"]])).max() < 12
+        got, color = prev[region].mean(0), np.array(pal[s["id"]])
+        if s["isthing"]:  # annotated: solid palette colour
+            assert np.abs(got - color).max() < 12
+        else:  # source: the colour over the photo
+            assert np.abs(got - (0.55 * image[region].mean(0) + 0.45 * color)).max() < 12
+        checked.add(s["isthing"])
+    assert checked == {0, 1}
+    edge = (id_map != np.roll(id_map, 1, axis=1)) & np.isin(id_map, [s["id"] for s in segs if s["isthing"]])
+    assert prev[edge].mean() > 200  # white outlines around the annotated instances
 
 
 def test_cli_build_gt_and_convert(tmp_path, capsys):
@@ -470,3 +495,50 @@ def test_coco_reference_things_as_instances_stuff_made_coarse(tmp_path, referenc
                           for s in built["segments_info"] if s["isthing"]}
         assert len({s["category_id"] for s in built["segments_info"] if not s["isthing"]}) == len(
             [s for s in built["segments_info"] if not s["isthing"]])  # stuff: one segment per class
+
+
+def test_model_source_with_a_real_tiny_checkpoint(tmp_path):
+    """The project's Predictor on a tiny checkpoint: annotated things exact, the model labels the
+    rest with its own classes, annotated classes whose ids the model uses are renumbered."""
+    from panoptic_detr.gt.sources import ModelSource, open_source
+    from predict_fixtures import CATEGORIES as MODEL_CATEGORIES
+    from predict_fixtures import save_checkpoint, tiny_pretrained
+
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_pretrained())
+    assert [c["name"] for c in open_source(f"model:{ckpt}@0.5").categories] == [
+        c["name"] for c in MODEL_CATEGORIES]
+    pan, instances, _ = _export(tmp_path, n=2)
+    lines: list[str] = []
+    out = tmp_path / "built"
+    source = ModelSource(str(ckpt), threshold=0.5, device="cpu", size=64, max_size=96)
+    report = build_gt(instances, tmp_path / "orig" / "images", out, stuff_from=source, progress=False,
+                      log=lines.append)
+    assert report["images"]["processed"] == 2
+    assert f"{instances}: category 'circle': id 1 is taken by a source category, renumbered 5" in lines
+    data = _assert_valid(out)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert sorted(names.values()) == sorted({c["name"] for c in MODEL_CATEGORIES} | THING_NAMES)
+    model_names = {c["name"] for c in MODEL_CATEGORIES}
+    for i in range(2):
+        scene, segs = _original(i)
+        ann = next(a for a in data["annotations"] if a["image_id"] == i)
+        id_map = read_panoptic_png(out / "panoptic" / ann["file_name"])
+        by_id = {s["id"]: names[s["category_id"]] for s in ann["segments_info"]}
+        thing_px = np.zeros(SIZE, bool)
+        for s in segs:
+            if NAMES[s["category_id"]] in THING_NAMES:
+                mask = scene == s["id"]
+                thing_px |= mask
+                assert len(np.unique(id_map[mask])) == 1 and by_id[id_map[mask][0]] == NAMES[s["category_id"]]
+        rest = {by_id.get(v, "void") for v in np.unique(id_map[~thing_px]).tolist()}
+        assert rest <= model_names | {"void"} and rest & model_names  # the model labelled something
+
+    # the same from the command line: the model resizes to --model-size
+    from panoptic_detr.cli import main
+
+    rc = main(["build-gt", "--instances", str(instances), "--images", str(tmp_path / "orig" / "images"),
+               "--out", str(tmp_path / "cli"), "--stuff-from", f"model:{ckpt}@0.5",
+               "--model-size", "64", "96", "--no-previews"])
+    assert rc == 0
+    a, b = _segments(out), _segments(tmp_path / "cli")
+    assert all(a[k][1].keys() == b[k][1].keys() for k in a)

@@ -105,6 +105,12 @@ def test_errors_name_the_file(synth_root, tmp_path):
         ds[1]
     with pytest.raises(IndexError):
         ds[3]
+    (root / "panoptic" / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ValueError, match="000002.png: unreadable panoptic PNG"):
+        ds.load_target(2)
+    (root / "panoptic" / "000002.png").unlink()
+    with pytest.raises(FileNotFoundError, match="000002.png: missing panoptic PNG"):
+        ds[2]
     with pytest.raises(FileNotFoundError, match="no panoptic.json"):
         CocoPanoptic(tmp_path / "broken" / "images")
     with pytest.raises(FileNotFoundError, match="no such dataset"):

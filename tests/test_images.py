@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,6 @@ from PIL import Image
 
 from panoptic_detr.data.images import (
     ImageError,
-    find_images,
     load_image,
     normalize,
     preprocess,
@@ -175,28 +172,17 @@ def test_missing_and_directory(tmp_path):
         load_image(tmp_path)
 
 
-def test_find_images(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "text").mkdir()
-    for name in ["b.JPG", "a.png", "c.jpeg"]:
-        Image.new("RGB", (2, 2)).save(tmp_path / "a" / name, format="PNG")
-    (tmp_path / "a" / "notes.txt").write_text("x")
-    (tmp_path / "text" / "readme.md").write_text("x")
-    (tmp_path / "a" / "sub").mkdir()
-    Image.new("RGB", (2, 2)).save(tmp_path / "a" / "sub" / "d.png")
-    explicit = tmp_path / "a" / "notes.txt"  # named explicitly: tried (load_image will judge it)
-    paths, problems = find_images([
-        tmp_path / "a", explicit, str(tmp_path / "a" / "*.png"), str(tmp_path / "**" / "d.png"),
-        tmp_path / "empty", tmp_path / "text", tmp_path / "missing.jpg", str(tmp_path / "*.gif"),
-    ])
-    names = [p.relative_to(tmp_path).as_posix() for p in paths]
-    assert names == ["a/a.png", "a/b.JPG", "a/c.jpeg", "a/notes.txt", "a/sub/d.png"]
-    assert [(Path(e.path).name, e.problem) for e in problems] == [
-        ("empty", "folder holds no image files"),
-        ("text", "folder holds no image files"),
-        ("missing.jpg", "no such file or folder"),
-        ("*.gif", "pattern matches no image files"),
-    ]
-    with pytest.raises(ImageError, match="notes.txt: not an image"):
-        load_image(explicit)
+
+def test_image_zoo(tmp_path):
+    """Every kind of file in the shared zoo: loads to RGB of the expected size, or fails with
+    one line naming the file."""
+    from image_zoo import write_image_zoo
+
+    for name, expected in write_image_zoo(tmp_path).items():
+        path = tmp_path / name
+        if expected is None:
+            with pytest.raises(ImageError) as e:
+                load_image(path)
+            assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+        else:
+            _check_rgb(load_image(path), expected)

@@ -7,6 +7,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from panoptic_detr.data.instances import (
+    crop_mask,
     decode_annotations,
     decode_segmentation,
     instances_to_panoptic,
@@ -70,6 +71,8 @@ def test_bad_polygons_and_rle_are_reported():
     assert m.sum() == 25 and m[:5, :5].all() and "clipped" in problems[0]
     m, problems = decode_segmentation([[1, 1, 4, 1], [2, 2, 6, 2, 6, 6, 2, 6]], h, w)
     assert m.sum() == 16 and "polygon 0: degenerate" in problems[0]
+    m, problems = decode_segmentation([[1, "x", 5, 1, 3, 1], "abc"], h, w)
+    assert m is None and "polygon 0: degenerate" in problems[0] and "polygon 1: degenerate" in problems[1]
     m, problems = decode_segmentation([[1, 1, 5, 1, 3, 1]], h, w)  # collinear
     assert m is None and "no pixel" in problems[0]
     m, problems = decode_segmentation([[20, 20, 30, 20, 30, 30]], h, w)  # all outside
@@ -150,6 +153,11 @@ def test_random_overlaps_every_pixel_owned_by_a_covering_instance():
         smallest = owners[areas[owners] == areas[owners].min()].max()  # ties: later on top
         assert id_map[y, x] == smallest + 1
     assert sum(s["area"] for s in segs) == covered.sum()
+    # the same from cropped masks (what build-gt uses to save memory)
+    cropped = [crop_mask(m) for m in masks]
+    id_map2, segs2, report2 = instances_to_panoptic(cropped, list(range(1, n + 1)), size=(h, w))
+    np.testing.assert_array_equal(id_map2, id_map)
+    assert segs2 == segs and report2 == report
     for s in segs:
         ys, xs = np.nonzero(id_map == s["id"])
         assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
@@ -158,6 +166,9 @@ def test_random_overlaps_every_pixel_owned_by_a_covering_instance():
 def test_no_instances_give_an_all_void_map():
     id_map, segs, report = instances_to_panoptic(np.zeros((0, 4, 5), bool), [], [], min_area=3)
     assert id_map.shape == (4, 5) and not id_map.any() and segs == [] and report["overlap_pixels"] == 0
+    assert not instances_to_panoptic([], [], size=(4, 5))[0].any()
+    with pytest.raises(ValueError, match="size"):
+        instances_to_panoptic([], [])
     assert panoptic_to_instances(id_map, segs, image_id=1) == []
 
 

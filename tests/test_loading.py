@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +64,23 @@ def test_state_dicts_infer_their_preset(tmp_path, tiny_sd, convert):
     assert p.config == PRESETS["tiny"]
     assert p.categories.num_classes == 5
     assert_weights_equal(p.model, tiny_sd)
+
+
+def test_training_checkpoint_of_the_original_code(tmp_path, tiny_sd):
+    """DETR's main.py also saves its argparse options and optimizer state."""
+    import argparse
+
+    path = tmp_path / "checkpoint.pth"
+    args = argparse.Namespace(lr=1e-4, backbone="resnet18", masks=True, output_dir="out")
+    torch.save({"model": to_original(tiny_sd), "optimizer": {"state": {}}, "epoch": 3, "args": args}, path)
+    assert_weights_equal(load_pretrained(path).model, tiny_sd)
+
+
+def test_pickled_objects_stay_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "x": Path("/etc")}, path)  # a class weights_only does not allow
+    with pytest.raises(WeightsError, match=r"evil\.pth: not a readable checkpoint"):
+        load_pretrained(path)
 
 
 def test_original_checkpoint_gets_coco_categories(tmp_path):
@@ -201,3 +219,12 @@ def test_named_checkpoint_with_another_preset(monkeypatch, hub):
 def test_pretrained_is_a_dataclass(project_ckpt):
     fields = [f.name for f in dataclasses.fields(load_pretrained(project_ckpt))]
     assert fields == ["model", "config", "categories", "source"]
+
+
+def test_dc5_is_read_from_the_file_name(tmp_path):
+    """DC5 weights have R50's shapes; the original file names say dc5."""
+    config = PRESETS["tiny"].with_overrides(backbone="resnet50")
+    sd = to_original(build_model(config).state_dict())
+    for name, dilation in (("detr-r50-dc5-panoptic-da08f1b1.pth", True), ("detr-r50.pth", False)):
+        torch.save({"model": sd}, tmp_path / name)
+        assert load_pretrained(tmp_path / name).config.dilation is dilation

@@ -214,3 +214,23 @@ def test_channels_last_gives_the_same_outputs():
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-10)
     for g, w in zip(got_fast, want_fast, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+def test_prepare_for_inference_keeps_the_outputs():
+    """Frozen BN folded into the convolutions, channels-last: the same function."""
+    model = tiny_model()
+    batch = PaddedBatch.from_images(images((64, 96), (40, 64)))
+    queries = [torch.tensor([3, 1]), torch.tensor([0, 5, 2])]
+    with torch.no_grad():
+        want = model(batch)
+        want_fast = model.predict_masks(model.detect(batch), queries)
+        model.prepare_for_inference()
+        model.prepare_for_inference()  # a second time changes nothing
+        got = model(batch)
+        got_fast = model.predict_masks(model.detect(batch), queries)
+    assert not any("bn" in k or "downsample.1" in k for k in model.state_dict())
+    assert model.backbone.body.layer2[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for key in ("layer4", "memory", "pred_logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-10)
+    for g, w in zip(got_fast, want_fast, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)

@@ -103,3 +103,30 @@ def test_reference_outputs_are_not_degenerate(official):
     assert masks.std((2, 3)).min() > 0.3  # every mask varies over the image
     assert masks.std(1).mean() > 5e-3  # and masks differ between queries (by ~1e-2, far above 1e-8)
     assert (official["pred_boxes"].std(1) > 0.01).all()
+
+
+def test_float32_channels_last_within_three_times_the_original_noise(checkpoint, official):
+    """Channels-last (the faster layout for CPU convolutions) stays within the same bounds."""
+    model = load_pretrained(checkpoint).model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = model(PaddedBatch(official["input"].float(), official["input_mask"]))
+    for key, noise in FLOAT32_NOISE.items():
+        assert max_error(out[key], official[key]) < 3 * noise
+
+
+def test_prepared_for_inference_matches_the_original(checkpoint, official):
+    """BN folded into the convolutions + channels-last: float64 within 1e-8 (detection and a
+    few masks, to keep the test short), float32 within 3x the original's noise."""
+    model = load_pretrained(checkpoint).model.to(torch.float64).prepare_for_inference()
+    queries = [torch.tensor([0, 50, 99]), torch.tensor([12])]
+    with torch.no_grad():
+        det = model.detect(PaddedBatch(official["input"], official["input_mask"]))
+        masks = model.predict_masks(det, queries)
+        for key in ("layer4", "memory", "hs", "pred_logits", "pred_boxes"):
+            assert max_error(det[key], official[key]) < 1e-8
+        for i, idx in enumerate(queries):
+            assert max_error(masks[i], official["pred_masks"][i, idx]) < 1e-8
+        model = load_pretrained(checkpoint).model.prepare_for_inference()  # folded in float32
+        out = model(PaddedBatch(official["input"].float(), official["input_mask"]))
+    for key, noise in FLOAT32_NOISE.items():
+        assert max_error(out[key], official[key]) < 3 * noise

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from panoptic_detr.data.files import read_panoptic_png
-from panoptic_detr.eval.pq import PanopticFormatError, PQStat, pair_counts, pq_image, pq_results
+from panoptic_detr.eval.pq import PanopticFormatError, PQStat, intersection_table, pq_image, pq_results
 
 CATS = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 1}, {"id": 3, "isthing": 0}, {"id": 4, "isthing": 0}]
 CAT_IDS = {c["id"] for c in CATS}
@@ -178,17 +178,22 @@ def test_image_order_and_split_merge_invariance():
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.3, 1.0])
-def test_pair_counts_equals_pixelwise_unique(noise):
+def test_intersection_table_equals_pixelwise_counts(noise):
     rng = np.random.default_rng(7)
     g, _ = random_scene(rng)
-    p = np.roll(g, 5, axis=1)
+    p = np.roll(g, 5, axis=1) * 10
     mask = rng.random(p.shape) < noise
-    p[mask] = rng.integers(0, 2**24, int(mask.sum()))
-    keys, counts = np.unique(g.astype(np.uint64) * 2**32 + p.astype(np.uint64), return_counts=True)
-    pg, pp, pc = pair_counts(g.astype(np.uint32), p.astype(np.uint32))
-    np.testing.assert_array_equal(pg, (keys // 2**32).astype(np.int64))
-    np.testing.assert_array_equal(pp, (keys % 2**32).astype(np.int64))
-    np.testing.assert_array_equal(pc, counts)
+    p[mask] = rng.integers(0, 200, int(mask.sum()))  # ids listed, unlisted and void, mixed
+    g_listed = np.array([3, 4, 5, 7, 9])  # some GT ids left unlisted on purpose
+    p_listed = np.unique(p[p > 0])[::2]
+    table = intersection_table(g.astype(np.uint32), p.astype(np.uint32), g_listed, p_listed)
+
+    def rows(ids, listed):  # boolean masks: each listed id, void, everything else
+        return [ids == i for i in listed] + [ids == 0, (ids != 0) & ~np.isin(ids, listed)]
+
+    want = np.array([[int((a & b).sum()) for b in rows(p, p_listed)] for a in rows(g, g_listed)])
+    np.testing.assert_array_equal(table, want)
+    assert table.sum() == g.size
 
 
 # ---------------------------------------------------------------- the rules on tiny maps

@@ -11,7 +11,7 @@ import torch
 from panoptic_detr.cli import main
 from panoptic_detr.data.files import read_panoptic_png
 from panoptic_detr.data.images import load_image
-from panoptic_detr.data.synth import make_dataset, make_scene, synth_categories
+from panoptic_detr.data.synth import _SHAPES, THINGS, make_dataset, make_scene, synth_categories
 from panoptic_detr.ops.panoptic import segment_stats
 
 STUFF_IDS = {c["id"] for c in synth_categories() if not c["isthing"]}
@@ -23,6 +23,21 @@ def test_categories_table():
     assert len(THING_IDS) >= 6 and len(STUFF_IDS) >= 4
     assert len({c["id"] for c in cats}) == len(cats) and all(len(c["color"]) == 3 for c in cats)
     assert max(THING_IDS) < min(STUFF_IDS)
+
+
+def test_shapes_are_bounded_with_their_areas():
+    """Each thing class, on a fine grid: inside the unit disc (so rotation never clips it) and
+    of its analytic area (radius 1)."""
+    g = np.linspace(-1.5, 1.5, 1201)
+    u, v = np.meshgrid(g, g)
+    px = (g[1] - g[0]) ** 2
+    star = 5 * 0.45 * np.sin(np.pi / 5)  # five kites between outer radius 1 and inner 0.45
+    expected = {"circle": np.pi, "square": 1.4**2, "triangle": 3 * np.sqrt(3) * 0.5**2, "star": star,
+                "ring": np.pi * 0.7, "cross": 2 * 0.6 * 1.9 - 0.6**2}
+    for name, inside in zip(THINGS, _SHAPES, strict=True):
+        m = inside(u, v)
+        assert not (m & (u * u + v * v > 1.0001)).any(), name
+        assert m.sum() * px == pytest.approx(expected[name], rel=0.01), name
 
 
 def test_deterministic_per_seed_and_index():

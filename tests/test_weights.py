@@ -147,3 +147,75 @@ def test_registry_records():
         assert w.preset == name and w.preset in PRESETS
         assert w.url.startswith("https://dl.fbaipublicfiles.com/detr/detr-")
         assert w.filename.endswith(f"-{w.hash_prefix}.pth")
+
+
+# Parameter names of transformers 5.17's DetrForSegmentation in memory (read from
+# `model.state_dict()` there, layer numbers as N), apart from the backbone's.
+HF5_PATTERNS = (
+    """
+bbox_attention.k_proj.bias bbox_attention.k_proj.weight
+bbox_attention.q_proj.bias bbox_attention.q_proj.weight
+detr.bbox_predictor.layers.N.bias detr.bbox_predictor.layers.N.weight detr.class_labels_classifier.bias
+detr.class_labels_classifier.weight detr.model.decoder.layernorm.bias detr.model.decoder.layernorm.weight
+detr.model.input_projection.bias detr.model.input_projection.weight
+detr.model.query_position_embeddings.weight
+mask_head.conv1.conv.bias mask_head.conv1.conv.weight mask_head.conv1.norm.bias mask_head.conv1.norm.weight
+mask_head.conv2.conv.bias mask_head.conv2.conv.weight mask_head.conv2.norm.bias mask_head.conv2.norm.weight
+mask_head.fpn_stages.N.fpn_adapter.bias mask_head.fpn_stages.N.fpn_adapter.weight
+mask_head.fpn_stages.N.refine.conv.bias mask_head.fpn_stages.N.refine.conv.weight
+mask_head.fpn_stages.N.refine.norm.bias mask_head.fpn_stages.N.refine.norm.weight
+mask_head.output_conv.bias mask_head.output_conv.weight
+""".split()
+    + [
+        f"detr.model.{part}.layers.N.{name}.{wb}"
+        for part, names in {
+            "encoder": ["self_attn_layer_norm", "final_layer_norm", "mlp.fc1", "mlp.fc2"],
+            "decoder": [
+                "self_attn_layer_norm",
+                "encoder_attn_layer_norm",
+                "final_layer_norm",
+                "mlp.fc1",
+                "mlp.fc2",
+            ],
+        }.items()
+        for name in names
+        + [
+            f"{a}.{p}"
+            for a in (["self_attn"] if part == "encoder" else ["self_attn", "encoder_attn"])
+            for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+        ]
+        for wb in ("weight", "bias")
+    ]
+)
+
+
+def hf4_to_hf5(key: str) -> str:
+    """The renames transformers 5 applies when it loads Hub weights (for this test only)."""
+    import re
+
+    key = key.replace("backbone.conv_encoder.model.", "backbone.model.").replace(".out_proj.", ".o_proj.")
+    key = re.sub(r"\.(fc[12])\.", r".mlp.\1.", key)
+    key = re.sub(r"^bbox_attention\.([qk])_linear\.", r"bbox_attention.\1_proj.", key)
+    key = re.sub(r"^mask_head\.lay([12])\.", r"mask_head.conv\1.conv.", key)
+    key = re.sub(r"^mask_head\.gn([12])\.", r"mask_head.conv\1.norm.", key)
+    key = re.sub(
+        r"^mask_head\.adapter(\d)\.", lambda m: f"mask_head.fpn_stages.{int(m[1]) - 1}.fpn_adapter.", key
+    )
+    key = re.sub(
+        r"^mask_head\.lay(\d)\.", lambda m: f"mask_head.fpn_stages.{int(m[1]) - 3}.refine.conv.", key
+    )
+    key = re.sub(r"^mask_head\.gn(\d)\.", lambda m: f"mask_head.fpn_stages.{int(m[1]) - 3}.refine.norm.", key)
+    return key.replace("mask_head.out_lay.", "mask_head.output_conv.")
+
+
+def test_transformers5_names():
+    import re
+
+    sd = random_state_dict()
+    hf5 = {hf4_to_hf5(k): v for k, v in to_hf(sd).items()}
+    patterns = {re.sub(r"\.\d+\.", ".N.", k) for k in hf5 if ".backbone." not in k}
+    assert patterns == set(HF5_PATTERNS)
+    assert "detr.model.backbone.model.layer1.0.conv1.weight" in hf5
+    back, layout = to_model_layout(hf5)
+    assert layout == "huggingface"
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)

@@ -7,9 +7,10 @@ expected and what to do.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ class Pretrained:
     categories: Categories
     source: str
     """Where the weights came from, for messages and logs."""
+    inference: dict[str, Any] = field(default_factory=dict)
+    """Inference settings the checkpoint recommends (`size`, `max_size`, `threshold`): a model
+    trained on small images should see small images. Empty for the original checkpoints."""
 
 
 def load_pretrained(
@@ -87,12 +91,13 @@ def load_pretrained(
     load_state_dict_strict(model, sd, what=f"the weights in {path}")
     model.to(device).eval()
     source = f"{name} ({path})" if name != os.fspath(path) else str(path)
-    return Pretrained(model, config, categories, source)
+    inference = dict(ckpt.get("inference") or {}) if isinstance(ckpt, dict) else {}
+    return Pretrained(model, config, categories, source, inference)
 
 
 def demo_path() -> Path:
     """Where the bundled demo checkpoint lives (a project checkpoint of a small preset)."""
-    return Path(str(resources.files("panoptic_detr.assets").joinpath("demo.pt")))
+    return Path(str(resources.files("panoptic_detr.assets").joinpath("demo", "demo.pt")))
 
 
 def cached_path(record: PretrainedWeights) -> Path:
@@ -135,7 +140,10 @@ def _read(path: Path) -> Any:
         "checkpoint ({'model': state_dict}) or a state dict"
     )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # DETR's training script stores its argparse options next to the weights; a Namespace
+        # of plain values is safe to rebuild, anything else stays refused by weights_only
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails in many ways on foreign bytes (even KeyError)
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         reason = f"{type(e).__name__}: {text}" if text else type(e).__name__

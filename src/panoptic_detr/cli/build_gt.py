@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="skip images without annotations (default: keep them with source labels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="processes")
+    p.add_argument("--model-size", type=int, nargs=2, metavar=("SHORT", "MAX"),
+                   help="a model source resizes images to this shortest side and longest-side cap "
+                        "(default 800 1333; use the size the model was trained at)")
     p.add_argument("--no-previews", dest="previews", action="store_false", help="skip preview overlays")
     p.set_defaults(func=run)
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         report = build_gt(args.instances, args.images, args.out, stuff_from=args.stuff_from,
                           taxonomy=args.taxonomy, order=args.order, min_area=args.min_area,
                           skip_unannotated=args.skip_unannotated, overwrite=args.overwrite,
-                          workers=args.workers, previews=args.previews)
+                          workers=args.workers, previews=args.previews,
+                          model_size=tuple(args.model_size) if args.model_size else None)
     except BuildError as e:
         print(e, file=sys.stderr)
         return 1

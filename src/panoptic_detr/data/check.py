@@ -245,7 +245,9 @@ def _run(jobs: list[tuple], workers: int, progress: bool) -> Iterator[list[Probl
     else:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as pool:
+        from ..parallel import pool_context
+
+        with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
             for r in pool.map(_check_job, jobs, chunksize=8):
                 bar.update()
                 yield r

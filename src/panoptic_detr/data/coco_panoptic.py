@@ -119,8 +119,18 @@ class CocoPanoptic(Dataset):
         return self.png_dir / self.annotations[index]["file_name"]
 
     def load_panoptic(self, index: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """(id_map [H, W] int64 with 0 = void, segments_info) of sample `index`."""
-        return read_panoptic_png(self.png_path(index)), self.annotations[index]["segments_info"]
+        """(id_map [H, W] int64 with 0 = void, segments_info) of sample `index`.
+
+        A missing PNG raises FileNotFoundError, an unreadable one ValueError, both "PATH: problem".
+        """
+        path = self.png_path(index)
+        try:
+            id_map = read_panoptic_png(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: missing panoptic PNG") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable panoptic PNG ({' '.join(str(e).split())})") from None
+        return id_map, self.annotations[index]["segments_info"]
 
     def load_target(self, index: int) -> Target:
         """The Target of sample `index` at the PNG's size (no image decoded)."""

@@ -7,20 +7,13 @@ callers can report it and go on with the other files.
 
 from __future__ import annotations
 
-import glob
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
-)
-"""Suffixes (lower case) taken from folders and globs; files named explicitly are always tried."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,37 +109,6 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             return _to_rgb(upright)
         except (OSError, ValueError) as e:
             raise ImageError(path, f"cannot convert {fmt} mode {upright.mode} to RGB ({e})") from None
-
-
-def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[ImageError]]:
-    """Expand files, folders (their image files, not recursive, sorted) and glob patterns
-    (`**` recurses) into a list of image paths, in order and without duplicates.
-
-    Returns (paths, problems): a missing path, a folder without images or a pattern that
-    matches no image is one `ImageError` each, so callers report it and go on. Whether a
-    file really is an image is left to `load_image`.
-    """
-    found: dict[Path, None] = {}
-    problems: list[ImageError] = []
-    for item in inputs:
-        text = str(item)
-        if any(c in text for c in "*?[") and not Path(text).exists():
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
-            if not files:
-                problems.append(ImageError(text, "pattern matches no image files"))
-            found.update(dict.fromkeys(files))
-        elif Path(text).is_dir():
-            files = sorted(p for p in Path(text).iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                problems.append(ImageError(text, "folder holds no image files"))
-            found.update(dict.fromkeys(files))
-        elif Path(text).is_file():
-            found[Path(text)] = None
-        else:
-            problems.append(ImageError(text, "no such file or folder"))
-    return list(found), problems
 
 
 def resize_shape(h: int, w: int, short: int, max_size: int | None) -> tuple[int, int]:

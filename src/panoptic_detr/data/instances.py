@@ -24,6 +24,8 @@ from pycocotools import mask as mask_utils
 
 ORDERS = ("area", "annotation")
 VOID = 255
+BoxMask = tuple[tuple[slice, slice], np.ndarray]
+"""A mask kept as its bounding box (row slice, column slice) and the bool crop inside it."""
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> tuple[np.ndarray | None, list[str]]:
@@ -52,7 +54,10 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> tuple[np.
         return None, [f"segmentation of type {type(segmentation).__name__} is neither polygons nor RLE"]
     polygons = []
     for k, poly in enumerate(segmentation):
-        pts = np.asarray(poly, dtype=np.float64).reshape(-1) if isinstance(poly, list) else np.zeros(0)
+        try:
+            pts = np.asarray(poly, dtype=np.float64).reshape(-1) if isinstance(poly, list) else np.zeros(0)
+        except (TypeError, ValueError):  # not a flat list of numbers
+            pts = np.zeros(0)
         if pts.size < 6 or pts.size % 2 or not np.isfinite(pts).all():
             problems.append(f"polygon {k}: degenerate ({pts.size // 2} points), skipped")
             continue
@@ -76,12 +81,14 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> tuple[np.
 
 
 def decode_annotations(
-    anns: Sequence[dict[str, Any]], height: int, width: int
-) -> tuple[np.ndarray, list[int], list[bool], list[int], list[str]]:
+    anns: Sequence[dict[str, Any]], height: int, width: int, cropped: bool = False
+) -> tuple[np.ndarray | list[BoxMask], list[int], list[bool], list[int], list[str]]:
     """Decode the COCO instance annotations of one image.
 
     Returns (masks [N, H, W] bool, category ids [N], iscrowd [N], annotation ids [N], problems):
     one line per problem, naming the annotation; annotations with nothing usable are skipped.
+    `cropped=True` gives the masks as `crop_mask` pairs instead: memory for the boxes only
+    (many instances on a large image).
     """
     masks, cats, crowd, ids, problems = [], [], [], [], []
     for k, ann in enumerate(anns):
@@ -91,12 +98,25 @@ def decode_annotations(
             problems.append(f"{name}: " + "; ".join(issues + ["no pixel left, annotation skipped"]))
             continue
         problems += [f"{name}: {p}" for p in issues]
-        masks.append(mask)
+        masks.append(crop_mask(mask) if cropped else mask)
         cats.append(int(ann["category_id"]))
         crowd.append(bool(ann.get("iscrowd", 0)))
         ids.append(ann.get("id", k))
+    if cropped:
+        return masks, cats, crowd, ids, problems
     arr = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
     return arr, cats, crowd, ids, problems
+
+
+def crop_mask(mask: np.ndarray) -> BoxMask:
+    """[H, W] bool -> (box, crop): box = (row slice, column slice) of its bounding box (empty
+    slices for an empty mask), crop = mask[box] (C-contiguous)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return (slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool)
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    box = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    return box, np.ascontiguousarray(mask[box], dtype=bool)
 
 
 def paint_order(areas: np.ndarray, iscrowd: np.ndarray, order: str = "area") -> np.ndarray:
@@ -115,33 +135,30 @@ def paint_order(areas: np.ndarray, iscrowd: np.ndarray, order: str = "area") -> 
 
 
 def instances_to_panoptic(
-    masks: np.ndarray | Sequence[np.ndarray],
+    masks: np.ndarray | Sequence[np.ndarray | BoxMask],
     categories: Sequence[int],
     iscrowd: Sequence[bool] | None = None,
     order: str = "area",
     min_area: int = 0,
+    size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
     """Resolve possibly overlapping instance masks into one panoptic id map.
 
-    masks: [N, H, W] bool (or a list of [H, W]); categories: [N] category ids.
+    masks: [N, H, W] bool, or a list of [H, W] bool masks or `crop_mask` pairs (then `size`
+    = (H, W) is needed); categories: [N] category ids.
     Returns (id_map [H, W] int32 with segment id = instance index + 1 and 0 = void,
     segments_info for the kept instances (id, category_id, iscrowd, isthing, area, bbox),
     report: `overlap_pixels` (pixels claimed by more than one instance), `occluded` (instances
     that lost pixels), `dropped` (fragments removed: index, category_id, area left, area)).
     """
-    masks = np.asarray(masks, dtype=bool)
     n = len(categories)
-    if masks.ndim != 3 or masks.shape[0] != n:
-        raise ValueError(f"masks must be [N, H, W] with N={n}, got {masks.shape}")
+    crops, (h, w) = _as_crops(masks, n, size)
     crowd = np.zeros(n, dtype=bool) if iscrowd is None else np.asarray(iscrowd, dtype=bool)
-    h, w = masks.shape[1:]
-    full = np.count_nonzero(masks, axis=(1, 2))  # masks may be Fortran-ordered (pycocotools)
+    full = np.array([np.count_nonzero(c) for _, c in crops], dtype=np.int64)
     bottom_up = paint_order(full, crowd, order)
-    boxes = [_slices(m) for m in masks]  # work inside each instance's box: most are small
-    coverage = np.zeros((h, w), np.uint16)
-    for m, box in zip(masks, boxes, strict=True):
-        if box is not None:
-            coverage[box] += m[box]
+    coverage = np.zeros((h, w), np.uint16)  # work inside each instance's box: most are small
+    for box, crop in crops:
+        coverage[box] += crop
     report: dict[str, Any] = {"overlap_pixels": int((coverage > 1).sum()), "occluded": 0, "dropped": []}
 
     alive = full > 0
@@ -149,7 +166,8 @@ def instances_to_panoptic(
         id_map = np.zeros((h, w), dtype=np.int32)
         for i in bottom_up:
             if alive[i]:
-                id_map[boxes[i]][masks[i][boxes[i]]] = i + 1
+                box, crop = crops[i]
+                id_map[box][crop] = i + 1
         visible = np.bincount(id_map.reshape(-1), minlength=n + 1)[1:]
         fragment = alive & (visible < full) & (visible < min_area)
         if not fragment.any():
@@ -163,25 +181,32 @@ def instances_to_panoptic(
     segments = []
     for i in range(n):
         if alive[i] and visible[i] > 0:
-            b = boxes[i]
-            box = _bbox(id_map[b] == i + 1)
-            box[0] += b[1].start
-            box[1] += b[0].start
+            rows, cols = crops[i][0]
+            x, y, bw, bh = _bbox(id_map[rows, cols] == i + 1)
             segments.append({"id": i + 1, "category_id": int(categories[i]), "iscrowd": int(crowd[i]),
-                             "isthing": 1, "area": int(visible[i]), "bbox": box})
+                             "isthing": 1, "area": int(visible[i]),
+                             "bbox": [x + cols.start, y + rows.start, bw, bh]})
         elif alive[i]:  # fully covered by instances above, nothing to drop
             report["dropped"].append({"index": int(i), "category_id": int(categories[i]),
                                       "area": 0, "full_area": int(full[i])})
     return id_map, segments, report
 
 
-def _slices(mask: np.ndarray) -> tuple[slice, slice] | None:
-    """(rows, cols) slices of the bounding box of a [H, W] bool mask, None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+def _as_crops(masks: Any, n: int, size: tuple[int, int] | None) -> tuple[list[BoxMask], tuple[int, int]]:
+    """The masks as `crop_mask` pairs, and the image size."""
+    if isinstance(masks, np.ndarray):
+        if masks.ndim != 3 or masks.shape[0] != n:
+            raise ValueError(f"masks must be [N, H, W] with N={n}, got {masks.shape}")
+        size = size or (int(masks.shape[1]), int(masks.shape[2]))
+    if len(masks) != n:
+        raise ValueError(f"{len(masks)} masks for {n} categories")
+    crops = [m if isinstance(m, tuple) else crop_mask(np.asarray(m, dtype=bool)) for m in masks]
+    if size is None:
+        dense = [m for m in masks if not isinstance(m, tuple)]
+        if not dense:
+            raise ValueError("instances_to_panoptic needs size=(H, W) for cropped masks")
+        size = dense[0].shape
+    return crops, (int(size[0]), int(size[1]))
 
 
 def _bbox(mask: np.ndarray) -> list[int]:

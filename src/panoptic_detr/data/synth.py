@@ -123,7 +123,7 @@ def _star_inside(u, v):
 _SHAPES = [
     lambda u, v: u * u + v * v <= 1,  # circle
     lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.7,  # square (corners stay inside radius 1)
-    lambda u, v: (v >= -0.5) & (0.866 * u - 0.5 * v <= 0.5) & (-0.866 * u - 0.5 * v <= 0.5),  # triangle
+    lambda u, v: (v >= -0.5) & (0.866 * u + 0.5 * v <= 0.5) & (-0.866 * u + 0.5 * v <= 0.5),  # triangle
     _star_inside,
     lambda u, v: (u * u + v * v <= 1) & (u * u + v * v >= 0.3),  # ring
     lambda u, v: ((np.abs(u) <= 0.3) | (np.abs(v) <= 0.3)) & (np.maximum(np.abs(u), np.abs(v)) <= 0.95),

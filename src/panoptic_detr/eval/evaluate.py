@@ -3,8 +3,9 @@
 `evaluate_files` pairs the GT and prediction annotations by image id and streams the PNG
 pairs through a pool of worker processes (chunks of images each); a worker decodes the two
 PNGs, scores them with `pq_image` and returns the summed `PQStat` of its chunk, so memory
-stays flat whatever the dataset size. Workers need only numpy, PIL and eval/pq.py, not
-torch, whose import alone costs ~700 MB per process.
+stays flat whatever the dataset size. PNGs are decoded by data/panoptic_png.py (zlib-ng +
+libspng with the `fast-png` extra, else PIL). Workers need only numpy, the decoder and
+eval/pq.py, not torch, whose import alone costs ~700 MB per process.
 
 Every problem with the prediction (no annotation for an image, a missing or unreadable PNG,
 a size mismatch, ids in a PNG absent from the JSON or the reverse, unknown categories) is
@@ -15,15 +16,13 @@ collected as one line naming the file, all images are still checked, and then
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..data.panoptic_png import read_id_map
+from ..parallel import pool_context
 from .pq import PanopticFormatError, PQStat, pq_image, pq_results
 
 Task = tuple[str, list[dict], str, list[dict]]  # gt png, gt segments, pred png, pred segments
@@ -35,22 +34,6 @@ class EvaluationError(Exception):
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
-
-
-def read_id_map(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a COCO panoptic PNG to an [H, W] uint32 id map (id = R + 256 G + 256^2 B).
-
-    PIL decodes (the fastest well-kept decoder here, see benchmarks/bench_png_decode.py);
-    converting to RGBX in C and viewing the 4 bytes of each pixel as one little-endian
-    uint32 avoids building the id from three planes.
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode not in ("RGB", "RGBA", "RGBX"):
-            raise ValueError(f"expected an RGB panoptic PNG, got mode {im.mode}")
-        rgbx = np.asarray(im.convert("RGBX"))  # [H, W, 4] uint8, read-only
-    return rgbx.view("<u4")[..., 0] & np.uint32(0xFFFFFF)  # drop the padding byte
 
 
 def _score_pair(task: Task, categories: frozenset[int]) -> tuple[PQStat | None, list[str]]:
@@ -115,13 +98,24 @@ def pair_annotations(gt: Mapping[str, Any], pred: Mapping[str, Any], gt_dir: Pat
     return tasks, problems
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # Forking starts a worker in milliseconds, spawning in ~0.3 s. But a parent that holds
-    # torch would make every forked child count its ~700 MB as resident (and forking after
-    # torch started its threads is unsafe), so then the workers start fresh.
-    if "torch" not in sys.modules and "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
+def _init_worker() -> None:
+    """Keep freed buffers in the heap for reuse instead of returning them to the OS.
+
+    Every image allocates several ~1 MB buffers (inflated rows, pixels, id maps); glibc
+    serves those with fresh mmaps by default, and the kernel's page faults and zeroing
+    then take ~40% of a worker's time. Raising the mmap and trim thresholds (glibc's
+    mallopt, M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1) recycles them. No-op elsewhere.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)
+        libc.mallopt(-1, 256 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 
 
 def _chunks(tasks: list[Task], size: int, categories: frozenset[int]
@@ -138,8 +132,9 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
     gt_dir / pred_dir default to the JSON path without ".json" (the API's convention).
     workers: processes decoding and scoring (0 or 1: in this process).
     Returns the API's results dict (All/Things/Stuff pq, sq, rq, n; per_class) plus
-    "images", the number of images scored, and "counts", {category_id: {tp, fp, fn, iou}}
-    for the categories with any GT or prediction. Raises EvaluationError listing every problem.
+    "images", the number of images scored, "counts", {category_id: {tp, fp, fn, iou}} for the
+    categories with any GT or prediction, and "categories" (id, name, isthing).
+    Raises EvaluationError listing every problem.
     """
     gt_dir = Path(gt_dir) if gt_dir is not None else Path(str(gt_json).removesuffix(".json"))
     pred_dir = Path(pred_dir) if pred_dir is not None else Path(str(pred_json).removesuffix(".json"))
@@ -155,18 +150,18 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
     cat_ids = frozenset(int(c["id"]) for c in categories)
 
     stat = PQStat()
+    chunks = _chunks(tasks, max(1, chunk_size), cat_ids)
+    if workers <= 1 or len(tasks) <= chunk_size:
+        results: Iterator = map(_score_chunk, chunks)
+        pool = None
+    else:  # before the progress bar, whose monitor thread would rule out forking
+        pool = pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)), initializer=_init_worker)
+        results = pool.imap(_score_chunk, chunks)  # ordered: the float sums are reproducible
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(tasks), desc="PQ", unit="img", leave=False)
-    chunks = _chunks(tasks, max(1, chunk_size), cat_ids)
-    if workers <= 1 or len(tasks) <= chunk_size:
-        results: Iterator = map(_score_chunk, chunks)
-        pool = None
-    else:
-        pool = _pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)))
-        results = pool.imap(_score_chunk, chunks)  # ordered: the float sums are reproducible
     try:
         for s, p, n in results:
             stat += s
@@ -185,6 +180,8 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
     out["images"] = len(tasks)
     out["counts"] = {cat: {"tp": s.tp, "fp": s.fp, "fn": s.fn, "iou": s.iou}
                      for cat, s in sorted(stat.per_class.items()) if s.tp + s.fp + s.fn}
+    out["categories"] = [{"id": c["id"], "name": c.get("name", str(c["id"])), "isthing": c.get("isthing", 0)}
+                         for c in categories]
     return out
 
 
@@ -200,17 +197,15 @@ def format_table(results: Mapping[str, Any], categories: Sequence[Mapping[str, A
     if per_class:
         names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories or []}
         kinds = {int(c["id"]): "thing" if c.get("isthing") == 1 else "stuff" for c in categories or []}
-        lines += ["", f"{'class':24s} {'kind':5s} | {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s}", "-" * 50]
+        counts = {int(k): v for k, v in results.get("counts", {}).items()}
+        head = f"{'class':24s} {'kind':5s} | " + "  ".join(f"{m:>5s}" for m in ("PQ", "SQ", "RQ")) + \
+            "".join(f" {m:>5s}" for m in ("TP", "FP", "FN"))
+        lines += ["", head, "-" * len(head)]
         for cat, r in results["per_class"].items():
-            cat = int(cat)
-            if r["pq"] == r["sq"] == r["rq"] == 0 and not _seen(results, cat):
+            c = counts.get(int(cat))
+            if c is None:  # no GT and no prediction: not in the averages either
                 continue
-            lines.append(f"{names.get(cat, str(cat))[:24]:24s} {kinds.get(cat, '?'):5s} | "
-                         f"{100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f}")
+            pq, sq, rq = (100 * r[m] for m in ("pq", "sq", "rq"))
+            lines.append(f"{names.get(int(cat), str(cat))[:24]:24s} {kinds.get(int(cat), '?'):5s} | "
+                         f"{pq:5.1f}  {sq:5.1f}  {rq:5.1f} {c['tp']:5d} {c['fp']:5d} {c['fn']:5d}")
     return "\n".join(lines)
-
-
-def _seen(results: Mapping[str, Any], cat: int) -> bool:
-    counts = results.get("counts", {})
-    c = counts.get(cat) or counts.get(str(cat))
-    return bool(c and (c["tp"] + c["fp"] + c["fn"]))

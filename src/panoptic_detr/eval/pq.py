@@ -15,8 +15,9 @@ PQ = SQ x RQ per class (Kirillov et al., 2019); the rules are those of panoptica
 
 No files, printing or torch here: `eval/evaluate.py` decodes PNGs and feeds id maps in.
 The one pass over pixels is vectorised: the pixels are run-length encoded jointly on
-(GT id, predicted id) along rows, and one `np.unique` over the runs gives the whole
-GT x prediction intersection table; loops run over segments only.
+(GT id, predicted id) along the rows, the runs' ids mapped to segment indices, and one
+`np.bincount` over the combined indices gives the whole GT x prediction intersection
+table (void and unknown ids included); loops run over segments only.
 """
 
 from __future__ import annotations
@@ -136,31 +137,42 @@ def pq_results(stat: PQStat, categories: Mapping[int, Mapping[str, Any]] | Itera
     return results
 
 
-def pair_counts(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every distinct (GT id, predicted id) pixel pair and its pixel count.
+def intersection_table(gt_ids: np.ndarray, pred_ids: np.ndarray, gt_segment_ids: np.ndarray,
+                       pred_segment_ids: np.ndarray) -> np.ndarray:
+    """Pixel counts of every (GT segment, predicted segment) pair, void and unknown ids included.
 
     gt_ids, pred_ids: [H, W] non-negative integer id maps (< 2^32).
-    Returns (gt [P] int64, pred [P] int64, count [P] int64), sorted by (gt, pred).
+    gt_segment_ids [S], pred_segment_ids [T]: the listed ids, sorted, without 0.
+    Returns [S + 2, T + 2] int64: row i < S / column j < T is the i-th / j-th listed segment,
+    row S / column T is void (id 0), row S + 1 / column T + 1 any id not listed.
     """
     g = np.ascontiguousarray(gt_ids).reshape(-1)
     p = np.ascontiguousarray(pred_ids).reshape(-1)
+    s, t = len(gt_segment_ids), len(pred_segment_ids)
     n = g.size
     if n == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, e
+        return np.zeros((s + 2, t + 2), np.int64)
     # Runs of equal (gt, pred) along the raster order: id maps are piecewise constant, so
-    # there are far fewer runs than pixels and sorting the runs is cheap (the API sorts
-    # every pixel). Any map works, at worst one run per pixel.
+    # there are ~100x fewer runs than pixels (any map works, at worst a run per pixel).
     change = np.empty(n, dtype=bool)
     change[0] = True
     np.not_equal(g[1:], g[:-1], out=change[1:])
     change[1:] |= p[1:] != p[:-1]
     starts = np.flatnonzero(change)
     lengths = np.diff(starts, append=n)
-    key = (g[starts].astype(np.uint64) << np.uint64(32)) | p[starts].astype(np.uint64)
-    keys, inverse = np.unique(key, return_inverse=True)
-    counts = np.bincount(inverse.reshape(-1), weights=lengths, minlength=keys.size).astype(np.int64)
-    return (keys >> np.uint64(32)).astype(np.int64), (keys & np.uint64(0xFFFFFFFF)).astype(np.int64), counts
+    row = _compact(g[starts], gt_segment_ids)  # [R] in 0..S+1
+    col = _compact(p[starts], pred_segment_ids)  # [R] in 0..T+1
+    table = np.bincount(row * (t + 2) + col, weights=lengths, minlength=(s + 2) * (t + 2))
+    return table.astype(np.int64).reshape(s + 2, t + 2)
+
+
+def _compact(values: np.ndarray, listed: np.ndarray) -> np.ndarray:
+    """[R] ids -> their index in sorted `listed` [K]; K for 0 (void), K + 1 for others."""
+    k = len(listed)
+    if k == 0:
+        return np.where(values == VOID, 0, 1)
+    idx = np.searchsorted(listed, values).clip(max=k - 1)
+    return np.where(listed[idx] == values, idx, np.where(values == VOID, k, k + 1))
 
 
 def _check_ids(ids: np.ndarray, name: str) -> np.ndarray:
@@ -190,58 +202,42 @@ def pq_image(gt_ids: np.ndarray, gt_segments: Sequence[Segment], pred_ids: np.nd
     if gt_ids.shape != pred_ids.shape:
         raise PanopticFormatError([f"prediction size {pred_ids.shape[1]}x{pred_ids.shape[0]} differs "
                                    f"from the ground truth's {gt_ids.shape[1]}x{gt_ids.shape[0]}"])
-    pair_gt, pair_pred, pair_n = pair_counts(gt_ids, pred_ids)
+    # The API keeps the last entry of a repeated id (a dict); so do these.
+    pred_by_id = {int(seg["id"]): seg for seg in pred_segments}
+    gt_by_id = {int(seg["id"]): seg for seg in gt_segments}
+    gt_by_id.pop(VOID, None)
+    p_ids = np.array(sorted(pred_by_id.keys() - {VOID}), dtype=np.int64)  # [T]
+    g_listed = np.array(list(gt_by_id), dtype=np.int64)  # [S], JSON order
+    g_order = np.argsort(g_listed, kind="stable")
+    table = intersection_table(gt_ids, pred_ids, g_listed[g_order], p_ids)  # [S+2, T+2]
+    s, t = g_listed.size, p_ids.size
+    table[:s] = table[:s][np.argsort(g_order)]  # rows back in JSON order
+    p_area = table[:, :t].sum(0)  # [T]
 
-    # Predicted segments: areas from the PNG, checked against the JSON.
-    present, inv = np.unique(pair_pred, return_inverse=True)
-    present_area = np.bincount(inv.reshape(-1), weights=pair_n).astype(np.int64)
-    pred_by_id = {int(s["id"]): s for s in pred_segments}
     problems = []
-    in_png = {int(i) for i in present if i != VOID}
     if VOID in pred_by_id:
         problems.append(f"segment id {VOID} is listed in the JSON but id {VOID} means void")
-    if missing := sorted(in_png - pred_by_id.keys()):
+    if table[:, t + 1].any():  # the error path: find which ids
+        known = np.concatenate([p_ids, [VOID]])
+        missing = np.unique(pred_ids[~np.isin(pred_ids, known)]).tolist()
         problems.append(f"segment ids {missing} are in the PNG but not in the JSON")
-    if absent := sorted(pred_by_id.keys() - in_png - {VOID}):
-        problems.append(f"segment ids {absent} are in the JSON but not in the PNG")
+    if (p_area == 0).any():
+        problems.append(f"segment ids {p_ids[p_area == 0].tolist()} are in the JSON but not in the PNG")
+    p_cat = np.array([int(pred_by_id[i]["category_id"]) for i in p_ids.tolist()], dtype=np.int64)
     if categories is not None:
-        unknown = sorted({(i, int(s["category_id"])) for i, s in pred_by_id.items()
-                          if int(s["category_id"]) not in categories})
-        for i, c in unknown:
-            problems.append(f"segment id {i} has unknown category_id {c}")
+        for i, c in zip(p_ids.tolist(), p_cat.tolist(), strict=True):
+            if c not in categories:
+                problems.append(f"segment id {i} has unknown category_id {c}")
     if problems:
         raise PanopticFormatError(problems)
 
-    p_ids = np.array(sorted(pred_by_id), dtype=np.int64)  # [T]
-    p_cat = np.array([int(pred_by_id[i]["category_id"]) for i in p_ids.tolist()], dtype=np.int64)
-    p_area = present_area[np.searchsorted(present, p_ids)] if p_ids.size else np.zeros(0, np.int64)
-
-    # GT segments: the API keeps the last entry of a repeated id and takes its JSON area.
-    gt_by_id = {int(s["id"]): s for s in gt_segments}
-    gt_by_id.pop(VOID, None)
-    g_ids = np.array(list(gt_by_id), dtype=np.int64)  # [S], in JSON order
-    g_order = np.argsort(g_ids, kind="stable")
-    g_sorted = g_ids[g_order]
-    g_cat = np.array([int(s["category_id"]) for s in gt_by_id.values()], dtype=np.int64)
-    g_crowd = np.array([int(s.get("iscrowd", 0)) == 1 for s in gt_by_id.values()], dtype=bool)
-    gt_pixels = np.zeros(g_ids.size, np.int64)
-    g_area = np.array([s.get("area", -1) for s in gt_by_id.values()], dtype=np.int64)
-
-    # Intersection table [S, T] and the predictions' overlap with GT void [T].
-    inter = np.zeros((g_ids.size, p_ids.size), dtype=np.int64)
-    void = np.zeros(p_ids.size, dtype=np.int64)
-    pj = np.searchsorted(p_ids, pair_pred)
-    is_pred = pair_pred != VOID
-    on_void = is_pred & (pair_gt == VOID)
-    void[pj[on_void]] = pair_n[on_void]
-    if g_ids.size:
-        gs = np.searchsorted(g_sorted, pair_gt).clip(max=g_ids.size - 1)
-        is_gt = g_sorted[gs] == pair_gt
-        gi = g_order[gs]
-        np.add.at(gt_pixels, gi[is_gt], pair_n[is_gt])
-        both = is_gt & is_pred
-        inter[gi[both], pj[both]] = pair_n[both]
-    g_area = np.where(g_area < 0, gt_pixels, g_area)  # no JSON area: count the pixels
+    gt = list(gt_by_id.values())
+    g_cat = np.array([int(seg["category_id"]) for seg in gt], dtype=np.int64)
+    g_crowd = np.array([int(seg.get("iscrowd", 0)) == 1 for seg in gt], dtype=bool)
+    g_area = np.array([seg.get("area", -1) for seg in gt], dtype=np.int64)
+    g_area = np.where(g_area < 0, table[:s].sum(1), g_area)  # no JSON area: count the pixels
+    inter = table[:s, :t]
+    void = table[s, :t]  # each prediction's pixels on GT void
 
     stat = PQStat()
     # Matches: same category, GT not crowd, IoU > 0.5 (unique by construction).
@@ -250,23 +246,21 @@ def pq_image(gt_ids: np.ndarray, gt_segments: Sequence[Segment], pred_ids: np.nd
     iou = np.divide(inter, union, out=np.zeros(inter.shape), where=ok)
     gm, pm = np.nonzero(iou > 0.5)
     for i, j in zip(gm.tolist(), pm.tolist(), strict=True):
-        s = stat[int(g_cat[i])]
-        s.tp += 1
-        s.iou += float(iou[i, j])
-    g_matched = np.zeros(g_ids.size, bool)
+        c = stat[int(g_cat[i])]
+        c.tp += 1
+        c.iou += float(iou[i, j])
+    g_matched = np.zeros(s, bool)
     g_matched[gm] = True
-    p_matched = np.zeros(p_ids.size, bool)
+    p_matched = np.zeros(t, bool)
     p_matched[pm] = True
 
     # Missed GT; crowd regions by category (the last listed wins, as in the API).
     crowd_of: dict[int, int] = {}
-    for i in range(g_ids.size):
-        if g_matched[i]:
-            continue
+    for i in np.flatnonzero(~g_matched).tolist():
         if g_crowd[i]:
             crowd_of[int(g_cat[i])] = i
-            continue
-        stat[int(g_cat[i])].fn += 1
+        else:
+            stat[int(g_cat[i])].fn += 1
 
     # False positives, unless more than half lies on void + the crowd region of the class.
     for j in np.flatnonzero(~p_matched).tolist():

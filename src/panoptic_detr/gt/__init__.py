@@ -3,7 +3,8 @@
 `compose` and `preview` are pure arrays; `sources` and `build` read and write files.
 """
 
-from .build import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
+from .build import DEFAULT_MIN_AREA, BuildError, build_gt
+from .report import format_summary
 from .sources import SourceError, open_source
 
 __all__ = ["DEFAULT_MIN_AREA", "BuildError", "SourceError", "build_gt", "format_summary", "open_source"]

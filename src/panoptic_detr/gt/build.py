@@ -24,7 +24,6 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,11 @@ from tqdm import tqdm
 from ..data.files import atomic_write, write_json, write_png
 from ..data.instances import ORDERS, decode_annotations, instances_to_panoptic
 from ..data.taxonomy import Rule, Taxonomy, TaxonomyError
+from ..parallel import pool_context
+from ..structures import Categories
 from .compose import compose
 from .preview import draw_preview
+from .report import make_report
 from .sources import ModelSource, Source, SourceError, open_source
 
 DEFAULT_MIN_AREA = 16
@@ -58,7 +60,7 @@ class _Job:
     rules: dict[int, Rule]
     ann_targets: dict[int, int]
     target_isthing: dict[int, bool]
-    colors: dict[int, list[int]]
+    categories: Categories
     order: str
     min_area: int
     previews: bool
@@ -76,6 +78,7 @@ def build_gt(
     overwrite: bool = False,
     workers: int = 1,
     previews: bool = True,
+    model_size: tuple[int, int] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -86,7 +89,8 @@ def build_gt(
     object, e.g. a `ModelSource` with its own predictor options), mapped through `taxonomy`
     (a YAML file or bundled name; default: the source's own categories). Bad inputs are
     logged one line each and the rest is built; BuildError means nothing could be built (bad
-    options, unreadable inputs, unloadable source).
+    options, unreadable inputs, unloadable source). `model_size` = (shortest side, longest
+    side cap) a model source resizes images to (default DETR's 800, 1333).
     """
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
     if order not in ORDERS:
@@ -98,7 +102,8 @@ def build_gt(
         raise BuildError(f"{images_dir}: image folder not found")
     data = _read_instances(instances_json)
     try:
-        source = open_source(stuff_from) if isinstance(stuff_from, str) else stuff_from
+        options = {"size": model_size[0], "max_size": model_size[1]} if model_size else {}
+        source = open_source(stuff_from, **options) if isinstance(stuff_from, str) else stuff_from
     except SourceError as e:
         raise BuildError(str(e)) from None
     if isinstance(source, ModelSource) and workers > 1:
@@ -116,17 +121,17 @@ def build_gt(
 
     work = out_dir.parent / f".{out_dir.name}.partial"
     config = {"version": REUSE_VERSION, "instances": str(instances_json.resolve()),
-              "images": str(images_dir.resolve()), "stuff_from": source and source.spec, "order": order,
-              "min_area": min_area, "previews": previews, "categories": tax.targets,
-              "taxonomy": _digest(taxonomy)}
+              "images": str(images_dir.resolve()), "stuff_from": source and source.spec,
+              "model_size": model_size and list(model_size), "order": order, "min_area": min_area,
+              "previews": previews, "categories": tax.targets, "taxonomy": _digest(taxonomy)}
     _prepare_work(work, config, log)
     job = _Job(str(instances_json), images_dir, work, source, rules, ann_targets,
                {int(t["id"]): bool(t["isthing"]) for t in tax.targets},
-               {int(t["id"]): t["color"] for t in tax.targets}, order, min_area, previews)
+               Categories(tax.targets), order, min_area, previews)
 
     records, todo = _plan(data["images"], by_image, work, source, skip_unannotated, instances_json, warn)
     records += _run(job, todo, workers, progress, warn)
-    report = _report(records, tax, problems, instances_json, source and source.spec)
+    report = make_report(records, tax.targets, problems, instances_json, source and source.spec)
     _finish(work, out_dir, data, records, tax, report, overwrite)
     return report
 
@@ -261,7 +266,7 @@ def _run(job: _Job, todo: list, workers: int, progress: bool, warn: Callable[[st
     records = []
     bar = tqdm(total=len(todo), desc="build-gt", unit="img", disable=not progress, file=sys.stderr)
     if workers > 1 and len(todo) > 1:
-        with get_context().Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        with pool_context().Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
             for rec in pool.imap_unordered(_worker, todo, chunksize=4):
                 records.append(_collect(rec, warn, bar))
     else:
@@ -305,10 +310,11 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
         return {"status": "failed", "file_name": name, "reason":
                 f"{path}: size {width}x{height} differs from the JSON's {img['width']}x{img['height']}"}
     problems = []
-    masks, cats, crowd, _, issues = decode_annotations(anns, height, width)
+    masks, cats, crowd, _, issues = decode_annotations(anns, height, width, cropped=True)
     problems += [f"{job.instances_json}: {name}: {p}" for p in issues]
     ann_map, ann_segs, ann_report = instances_to_panoptic(
-        masks, [job.ann_targets[c] for c in cats], crowd, order=job.order, min_area=job.min_area)
+        masks, [job.ann_targets[c] for c in cats], crowd, order=job.order, min_area=job.min_area,
+        size=(height, width))
     if job.source is not None:
         src_map, src_segs = job.source.labels(path, height, width)
     else:
@@ -323,7 +329,8 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
     if job.previews:
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
-        over = Image.fromarray(draw_preview(rgb, comp.id_map, comp.segments_info, comp.annotated, job.colors))
+        over = Image.fromarray(draw_preview(rgb, comp.id_map, comp.segments_info, comp.annotated,
+                                            job.categories))
         atomic_write(job.work / "previews" / Path(name).with_suffix(".jpg"),
                      lambda f: over.save(f, format="JPEG", quality=85), fsync=False)
     pixels: Counter = Counter()
@@ -371,41 +378,6 @@ def _collect(rec: dict[str, Any], warn: Callable[[str], None], bar: tqdm) -> dic
 # ---------------------------------------------------------------- report and output
 
 
-def _report(records: list[dict[str, Any]], tax: Taxonomy, problems: list[str], instances_json: Path,
-            stuff_from: str | None) -> dict[str, Any]:
-    ok = [r for r in records if r["status"] == "ok"]
-    stats = [r["stats"] for r in ok]
-    total = sum(s["pixels"] for s in stats)
-    class_px: Counter = Counter()
-    for s in stats:
-        class_px.update({int(k): v for k, v in s["class_pixels"].items()})
-
-    def share(n: int) -> float:
-        return round(n / total, 6) if total else 0.0
-
-    return {
-        "instances": str(instances_json), "stuff_from": stuff_from,
-        "images": {"total": len(records), "processed": len(ok),
-                   "reused": sum(1 for r in ok if r.get("reused")),
-                   "skipped": [{"file_name": r["file_name"], "reason": r["reason"]}
-                               for r in records if r["status"] == "skipped"],
-                   "failed": [{"file_name": r["file_name"], "reason": r["reason"]}
-                              for r in records if r["status"] == "failed"]},
-        "pixels": {"total": total, "void": sum(s["void"] for s in stats),
-                   "void_share": share(sum(s["void"] for s in stats)),
-                   "annotated_share": share(sum(s["annotated"] for s in stats)),
-                   "ignored_share": share(sum(s["ignored"] for s in stats))},
-        "classes": [{"id": t["id"], "name": t["name"], "isthing": t["isthing"],
-                     "pixels": class_px.get(int(t["id"]), 0), "share": share(class_px.get(int(t["id"]), 0))}
-                    for t in tax.targets],
-        "overlaps": {"pixels": sum(s["overlap_pixels"] for s in stats),
-                     "occluded_instances": sum(s["occluded"] for s in stats),
-                     "images": sum(1 for s in stats if s["overlap_pixels"])},
-        "fragments_dropped": [d for s in stats for d in s["dropped"]],
-        "problems": problems,
-    }
-
-
 def _finish(work: Path, out_dir: Path, data: dict[str, Any], records: list[dict[str, Any]],
             tax: Taxonomy, report: dict[str, Any], overwrite: bool) -> None:
     ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: str(r["image"]["id"]))
@@ -435,27 +407,3 @@ def _finish(work: Path, out_dir: Path, data: dict[str, Any], records: list[dict[
     os.replace(work, out_dir)
     if old is not None:
         shutil.rmtree(old)
-
-
-def format_summary(report: dict[str, Any], top: int = 12) -> str:
-    """A readable summary of a build report."""
-    im, px = report["images"], report["pixels"]
-    lines = [f"images: {im['processed']} built ({im['reused']} reused from an interrupted run), "
-             f"{len(im['skipped'])} skipped, {len(im['failed'])} failed, of {im['total']}"]
-    for r in im["skipped"][:5] + im["failed"][:5]:
-        lines.append(f"  {r['file_name']}: {r['reason']}")
-    lines.append(f"pixels: {100 * px['annotated_share']:.1f}% annotated, {100 * px['void_share']:.1f}% "
-                 f"void ({100 * px['ignored_share']:.1f}% ignored by the taxonomy)")
-    ov = report["overlaps"]
-    lines.append(f"overlaps: {ov['pixels']} pixels in {ov['images']} image(s) resolved, "
-                 f"{ov['occluded_instances']} instance(s) occluded, "
-                 f"{len(report['fragments_dropped'])} fragment(s) dropped")
-    classes = sorted((c for c in report["classes"] if c["pixels"]), key=lambda c: -c["pixels"])
-    lines.append("pixel share per class:" + ("" if classes else " (none)"))
-    for c in classes[:top]:
-        lines.append(f"  {c['name']:<24} {'thing' if c['isthing'] else 'stuff'}  {100 * c['share']:6.2f}%")
-    if len(classes) > top:
-        lines.append(f"  ... {len(classes) - top} more in report.json")
-    if report["problems"]:
-        lines.append(f"{len(report['problems'])} problem(s), listed in report.json")
-    return "\n".join(lines)

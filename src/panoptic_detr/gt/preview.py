@@ -1,8 +1,9 @@
 """Audit overlays of built ground truth: annotated pixels vs pixels labelled by the source.
 
-Annotated segments are painted in solid class colour with a white outline around each
-instance; source pixels get a translucent fill of their class colour over the photo; void
-pixels show the photo darkened. A glance tells what a person drew and what a model guessed.
+Annotated segments are painted in solid colour with a white outline around each instance;
+source pixels get a translucent fill of their colour over the photo; void pixels show the
+photo darkened. A glance tells what a person drew and what a model guessed. Colours and
+outlines are those of `viz` (the class colour, shaded apart for instances of one class).
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+
+from ..structures import Categories, PanopticResult
+from ..viz import outlines, palette
 
 SOURCE_ALPHA = 0.45
 VOID_DIM = 0.5
@@ -22,35 +27,30 @@ def draw_preview(
     id_map: np.ndarray,
     segments_info: Sequence[dict[str, Any]],
     annotated: np.ndarray,
-    colors: dict[int, Sequence[int]],
+    categories: Categories,
 ) -> np.ndarray:
-    """image [H, W, 3] uint8, id_map [H, W] (0 = void), annotated [H, W] bool,
-    colors: category id -> (r, g, b). Returns [H, W, 3] uint8."""
+    """image [H, W, 3] uint8, id_map [H, W] (0 = void), annotated [H, W] bool.
+    Colours are `viz.palette`'s: the class colour, shaded apart for instances of one class.
+    Returns [H, W, 3] uint8."""
+    pal = palette(PanopticResult(torch.from_numpy(np.asarray(id_map)), list(segments_info)), categories)
     lut = np.zeros((int(id_map.max(initial=0)) + 1, 3), dtype=np.uint8)
-    for s in segments_info:
-        lut[int(s["id"])] = colors.get(int(s["category_id"]), (255, 0, 255))
+    for seg_id, rgb in pal.items():
+        lut[seg_id] = rgb
     photo = Image.fromarray(np.ascontiguousarray(image))
-    color = Image.fromarray(lut[id_map])
+    if len(lut) <= 256:  # the usual case: a palette image, coloured in C
+        color = Image.fromarray(id_map.astype(np.uint8))
+        color.putpalette(lut.reshape(-1).tolist())  # L -> P
+        color = color.convert("RGB")
+    else:
+        color = Image.fromarray(lut[id_map])
     # PIL's C loops: translucent everywhere, then solid where annotated, dimmed where void
     out = Image.blend(photo, color, SOURCE_ALPHA)
     out.paste(color, mask=_mask(annotated))
     out.paste(photo.point(lambda v: int(v * VOID_DIM)), mask=_mask(id_map == 0))
     arr = np.asarray(out).copy()
-    arr[_outline(np.where(annotated, id_map, 0)) & annotated] = 255
+    arr[outlines(np.where(annotated, id_map, 0)) & annotated] = 255
     return arr
 
 
 def _mask(m: np.ndarray) -> Image.Image:
     return Image.fromarray(m.astype(np.uint8) * 255)
-
-
-def _outline(ids: np.ndarray) -> np.ndarray:
-    """[H, W] bool: pixels with a 4-neighbour of another id."""
-    edge = np.zeros(ids.shape, dtype=bool)
-    dy = ids[1:] != ids[:-1]
-    dx = ids[:, 1:] != ids[:, :-1]
-    edge[1:] |= dy
-    edge[:-1] |= dy
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    return edge

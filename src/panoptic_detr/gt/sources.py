@@ -208,8 +208,11 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def open_source(spec: str) -> SemanticSource | PanopticSource | ModelSource:
-    """Parse `semantic:DIR[:MAP]`, `panoptic:JSON_OR_DIR` or `model:WEIGHTS[@THRESHOLD]`."""
+def open_source(spec: str, **model_options: Any) -> SemanticSource | PanopticSource | ModelSource:
+    """Parse `semantic:DIR[:MAP]`, `panoptic:JSON_OR_DIR` or `model:WEIGHTS[@THRESHOLD]`.
+
+    model_options: `Predictor` options for a model source (size, max_size, device, ...).
+    """
     kind, _, rest = spec.partition(":")
     if not rest:
         raise SourceError(f"{spec!r}: expected semantic:DIR[:LABELMAP], panoptic:JSON_OR_DIR or "
@@ -225,5 +228,5 @@ def open_source(spec: str) -> SemanticSource | PanopticSource | ModelSource:
             threshold = float(thr) if thr else None
         except ValueError:
             raise SourceError(f"{spec!r}: threshold {thr!r} is not a number") from None
-        return ModelSource(weights, threshold)
+        return ModelSource(weights, threshold, **model_options)
     raise SourceError(f"{spec!r}: unknown source kind {kind!r} (semantic, panoptic or model)")

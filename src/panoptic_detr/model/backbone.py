@@ -8,6 +8,7 @@ under `detr.backbone.0.body`.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -50,6 +51,44 @@ class Backbone(nn.Module):
             feats.append(x)
         masks = [downsample_mask(mask, f.shape[-2:]) for f in feats]
         return feats, masks
+
+    @torch.no_grad()
+    def fuse_batchnorm(self) -> None:
+        """Fold every frozen batch norm into the convolution before it (inference only).
+
+        A frozen BN is an affine map per channel, so conv then BN equals one conv with scaled
+        weights and a bias: the same function up to rounding, one pass over each feature map
+        fewer. The state dict changes (the BN tensors are gone), so do this after loading and
+        never on a model that is trained or saved.
+        """
+        b = self.body
+        pairs = [(b, "conv1", "bn1")]
+        for block in (*b.layer1, *b.layer2, *b.layer3, *b.layer4):
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+        for parent, conv_name, bn_name in pairs:
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            if not isinstance(bn, FrozenBatchNorm2d):
+                continue  # already fused
+            scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+            fused = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                bias=True,
+                device=conv.weight.device,
+                dtype=conv.weight.dtype,
+            )
+            fused.weight.copy_(conv.weight * scale[:, None, None, None])
+            fused.bias.copy_(bn.bias - bn.running_mean * scale)
+            fused.weight.requires_grad_(False)
+            fused.bias.requires_grad_(False)
+            setattr(parent, conv_name, fused)
+            setattr(parent, bn_name, nn.Identity())
 
 
 def downsample_mask(mask: Tensor, size: tuple[int, int] | list[int]) -> Tensor:

@@ -59,10 +59,6 @@ class ImageFeatures:
     adapters: list[Tensor]
     """[B, d/2, H/16, W/16], [B, d/4, H/8, W/8], [B, d/8, H/4, W/4]: adapted C4, C3, C2."""
 
-    def image(self, i: int) -> ImageFeatures:
-        """The features of image `i` with a batch dimension of 1 (views, no copies)."""
-        return ImageFeatures(self.lay1_features[i : i + 1], [a[i : i + 1] for a in self.adapters])
-
 
 class MaskHead(nn.Module):
     """FPN-style conv head: cat(projected C5, attention maps) -> 5 x (3x3 conv, GroupNorm,
@@ -120,8 +116,8 @@ class MaskHead(nn.Module):
         return ImageFeatures(lay1, adapters)
 
     def query_masks(self, shared: ImageFeatures, attention: Tensor) -> Tensor:
-        """Masks of Q queries of one image. shared: `image_features(...).image(i)`;
-        attention: [Q, M, h, w] -> [Q, H/4, W/4] mask logits."""
+        """Masks of Q queries of one image. shared: `image_features` of that image alone
+        (batch 1, broadcast over the queries); attention: [Q, M, h, w] -> [Q, H/4, W/4]."""
         size = shared.adapters[-1].shape[-2:]
         if attention.shape[0] == 0:
             return attention.new_zeros((0, *size))

@@ -185,7 +185,7 @@ def panoptic_postprocess(
     identity_out = (gy, gx) == (H, W)
     weight = None  # target pixels per grid pixel, where the resize enlarges
     if not identity_out:
-        weight = (torch.bincount(inv_y, minlength=gy)[:, None] * torch.bincount(inv_x, minlength=gx))
+        weight = torch.bincount(inv_y, minlength=gy)[:, None] * torch.bincount(inv_x, minlength=gx)
         weight = weight.flatten().to(torch.float64)
 
     alive = torch.ones(q, dtype=torch.bool, device=device)
@@ -232,8 +232,14 @@ def panoptic_postprocess(
     segments = []
     for j, (k, a, b) in enumerate(zip(heads.tolist(), area[heads].tolist(), box.tolist(), strict=True)):
         cat = int(labels[k])
-        info = {"id": j + 1, "category_id": cat, "isthing": bool(is_thing[cat]), "area": int(a),
-                "score": float(seg_scores[k]), "bbox": [int(v) for v in b]}
+        info = {
+            "id": j + 1,
+            "category_id": cat,
+            "isthing": bool(is_thing[cat]),
+            "area": int(a),
+            "score": float(seg_scores[k]),
+            "bbox": [int(v) for v in b],
+        }
         if pred_xywh is not None:
             info["pred_bbox"] = [round(v, 2) for v in pred_xywh[k]]
         segments.append(info)

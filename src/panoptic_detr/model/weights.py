@@ -9,11 +9,15 @@ Layouts (an R50 tensor as example):
                 mask_head.* (the same names behind a prefix, so the mapping is a rename)
 - Hugging Face: detr.model.backbone.conv_encoder.model.layer1.0.conv1.weight (timm backbone),
                 detr.model.encoder.layers.0.self_attn.q_proj/k_proj/v_proj (split in_proj), ...
+                as stored on the Hub (facebook/detr-resnet-50-panoptic) and by transformers 4;
+                transformers 5 renames modules in memory (mlp.fc1, o_proj, mask_head.conv1.conv,
+                fpn_stages, backbone.model), and `from_hf` reads those names too.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -148,12 +152,34 @@ def to_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+# transformers 5's in-memory names -> the Hub's (transformers 4) names, as (pattern, replacement)
+_HF5_TO_HF4: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
+    (r"^detr\.model\.backbone\.model\.", "detr.model.backbone.conv_encoder.model."),
+    (r"\.(self_attn|encoder_attn)\.o_proj\.", r".\1.out_proj."),
+    (r"\.mlp\.(fc[12])\.", r".\1."),
+    (r"^bbox_attention\.([qk])_proj\.", r"bbox_attention.\1_linear."),
+    (r"^mask_head\.conv([12])\.conv\.", r"mask_head.lay\1."),
+    (r"^mask_head\.conv([12])\.norm\.", r"mask_head.gn\1."),
+    (r"^mask_head\.fpn_stages\.(\d)\.fpn_adapter\.", lambda m: f"mask_head.adapter{int(m[1]) + 1}."),
+    (r"^mask_head\.fpn_stages\.(\d)\.refine\.conv\.", lambda m: f"mask_head.lay{int(m[1]) + 3}."),
+    (r"^mask_head\.fpn_stages\.(\d)\.refine\.norm\.", lambda m: f"mask_head.gn{int(m[1]) + 3}."),
+    (r"^mask_head\.output_conv\.", "mask_head.out_lay."),
+]
+
+
+def _hf4_name(key: str) -> str:
+    for pattern, replacement in _HF5_TO_HF4:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
 def from_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """`DetrForSegmentation.state_dict()` -> this model's names (q/k/v joined into in_proj)."""
+    """`DetrForSegmentation` weights (Hub / transformers 4 names, or transformers 5's) -> this
+    model's names (q/k/v joined into in_proj)."""
     out: dict[str, Tensor] = {}
     qkv: dict[str, dict[str, Tensor]] = {}
     for k, v in sd.items():
-        k = _rename(k, to_hf=False)
+        k = _rename(_hf4_name(k), to_hf=False)
         m = re.match(r"^(.*)\.([qkv])_proj\.(weight|bias)$", k)
         if m:
             qkv.setdefault(f"{m[1]}.in_proj_{m[3]}", {})[m[2]] = v
