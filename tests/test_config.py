@@ -8,11 +8,15 @@ import pytest
 
 from panoptic_detr.train.config import ConfigError, TrainConfig, load_config, model_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+# the configs in the repo, and the demo's (it ships with the package, beside its checkpoint)
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src/panoptic_detr/assets/demo/demo.yaml"]
 
 
 def test_there_are_configs():
-    assert {"synth_small.yaml", "two_stage.yaml", "finetune_coco_r50.yaml"} <= {p.name for p in CONFIGS}
+    names = {p.name for p in CONFIGS}
+    expected = {"synth_small.yaml", "two_stage.yaml", "finetune_coco_r50.yaml", "learning_cpu.yaml", "demo.yaml"}
+    assert expected <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
