@@ -15,7 +15,8 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src/panoptic_detr
 
 def test_there_are_configs():
     names = {p.name for p in CONFIGS}
-    expected = {"synth_small.yaml", "two_stage.yaml", "finetune_coco_r50.yaml", "learning_cpu.yaml", "demo.yaml"}
+    expected = {"synth_small.yaml", "two_stage.yaml", "finetune_coco_r50.yaml", "learning_cpu.yaml",
+                "demo.yaml"}
     assert expected <= names
 
 
