@@ -283,12 +283,14 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     started = t0
     metrics: dict[str, Any] = {}
     model.train()
+    # images in the model's precision (float64 models train too: tests check exactness with them)
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     while state["step"] < steps:
         micro_batches = [next(stream) for _ in range(cfg.grad_accum)]
         # the loss normalisers count the whole step, so accumulated micro-batches add up to it
         counts = [int((~t.iscrowd.bool()).sum()) for _, ts in micro_batches for t in ts]
         for micro, (batch, targets) in enumerate(micro_batches):
-            batch = batch.to(device)
+            batch = batch.to(device=device, dtype=dtype)
             targets = [t.to(device) for t in targets]
             sync = micro == cfg.grad_accum - 1 or not isinstance(step_module, DistributedDataParallel)
             with (contextlib.nullcontext() if sync else step_module.no_sync()):
