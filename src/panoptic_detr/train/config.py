@@ -67,6 +67,9 @@ class DataSection:
     crop_max: int = 600
     val_size: int = 800
     """Shortest side for validation images (and training ones without augmentation)."""
+    check: bool = True
+    """Check the datasets (`panoptic-detr check`'s rules, images not decoded) before training,
+    and stop with the first problem if any; turn off for a large dataset already checked."""
     num_workers: int = 0
     """DataLoader worker processes (augmentation is seeded per sample: results do not depend
     on this)."""

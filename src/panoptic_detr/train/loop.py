@@ -41,6 +41,7 @@ from .distributed import (
     DistInfo,
     ResumableSampler,
     barrier,
+    broadcast_object,
     cleanup_distributed,
     init_distributed,
     reduce_mean,
@@ -105,6 +106,11 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
                 make_dataset(root, n, seed=seed, size=(synth.size, synth.size), crowd_prob=synth.crowd_prob,
                              progress=False)
     barrier(info)
+    if cfg.data.check:
+        problem = _check_data([cfg.data.train, cfg.data.val], cfg.data.num_workers) if info.is_main else None
+        problem = broadcast_object(problem, info)
+        if problem:
+            raise TrainError(problem)
     train_set = CocoPanoptic(cfg.data.train)
     val_set = CocoPanoptic(cfg.data.val) if cfg.data.val else None
     categories = train_set.categories
@@ -116,6 +122,18 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
 
         report = init_from(model, cfg.init, reinit_class_head=cfg.schedule == "finetune")
     return RunParts(model, dataclasses.asdict(mcfg), categories, train_set, val_set, report)
+
+
+def _check_data(roots: list[str], workers: int) -> str | None:
+    """One line about the first dataset that fails the check, or None."""
+    from ..data.check import check_dataset
+
+    for root in filter(None, roots):
+        problems, _ = check_dataset(root, decode_images=False, progress=False, workers=max(workers, 1))
+        if problems:
+            return (f"{root}: dataset check failed with {len(problems)} problem(s), the first: {problems[0]} "
+                    f"(`panoptic-detr check {root}` lists them all; data.check=false skips the check)")
+    return None
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[str, Any]]:
