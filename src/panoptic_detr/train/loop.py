@@ -269,11 +269,14 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             from .finetune import summary
 
             tqdm.write(f"init from {cfg.init}: {summary(parts.init_report)}")
-            atomic_write(out / "init_report.json",
-                                 lambda f: f.write(json.dumps(parts.init_report, indent=1).encode()))
+            report = json.dumps(parts.init_report, indent=1).encode()
+            atomic_write(out / "init_report.json", lambda f: f.write(report))
 
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad or (
-        cfg.optim.train_stem and n.startswith("backbone."))}
+    # what the model itself leaves trainable, recorded once: stages change requires_grad later
+    if not hasattr(model, "_trainable_at_start"):
+        model._trainable_at_start = {n for n, p in model.named_parameters() if p.requires_grad}
+    backbone = {n for n, _ in model.named_parameters() if n.startswith("backbone.")}
+    trainable = model._trainable_at_start | (backbone if cfg.optim.train_stem else set())
     stage = configure_stage(model, cfg, state["step"], trainable)
     step_module = _wrap(ModelWithLoss(model, criterion, cfg.all_query_masks), info, device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
