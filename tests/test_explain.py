@@ -215,7 +215,7 @@ def test_explained_segments_equal_full_forward_postprocess(tiny_model):
 
 def test_explained_segments_equal_predict(tiny_model, tmp_path):
     """Same checkpoint file, same image: explain's segments are predict's, whichever way the
-    model is handed over (the Predictor itself, or the loaded weights plus its settings)."""
+    model is handed over (a Predictor loading the file, or loaded weights plus settings)."""
     from panoptic_detr.loading import load_pretrained
     from panoptic_detr.predictor import Predictor
 
@@ -223,10 +223,12 @@ def test_explained_segments_equal_predict(tiny_model, tmp_path):
     image = _image(60, 90, 4)
     pre = load_pretrained(ckpt)
     threshold = _spread_threshold(pre, image)
-    predictor = Predictor(ckpt, threshold=threshold, size=64, max_size=96)
-    expected = predictor.predict(image)
-    assert expected.segments_info, "the threshold should keep some queries"
-    for got in (explain(predictor, image), explain(pre, image, threshold=threshold, **SMALL)):
+    from_file = Predictor(ckpt, threshold=threshold, size=64, max_size=96)
+    from_loaded = Predictor(pre, threshold=threshold, size=64, max_size=96)
+    for predictor, got in [(from_file, explain(from_file, image)),
+                           (from_loaded, explain(pre, image, threshold=threshold, **SMALL))]:
+        expected = predictor.predict(image)
+        assert expected.segments_info, "the threshold should keep some queries"
         assert torch.equal(got.result.id_map, expected.id_map)
         assert got.result.segments_info == expected.segments_info
         assert any(not q.kept for q in got.queries) and got.threshold == threshold
