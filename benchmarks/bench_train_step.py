@@ -2,7 +2,9 @@
 
 One step = detect + matching + mask head + losses (with aux) + backward + AdamW step, on
 random images with `--segments` ground-truth segments each (random ellipses), R50 panoptic
-preset (100 queries) at `--size` px. Prints images/s of both modes and the speed-up.
+preset (100 queries) at `--size` px. "All queries" is the original trainer's way: the full
+forward computes every query's mask (the model's direct formulation), the loss selects the
+matched ones. Prints images/s of both modes and the speed-up.
 
     PYTHONPATH=src python benchmarks/bench_train_step.py --device cuda --batch 8 --size 512
 """
@@ -44,7 +46,7 @@ def throughput(preset: str, all_queries: bool, args: argparse.Namespace) -> floa
     torch.manual_seed(0)
     cfg = PRESETS[preset]
     model = build_model(cfg).to(device).train()
-    step = ModelWithLoss(model, SetCriterion(cfg.num_classes, all_query_masks=all_queries))
+    step = ModelWithLoss(model, SetCriterion(cfg.num_classes), all_query_masks=all_queries)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=1e-4)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size, generator=g)

@@ -55,7 +55,7 @@ def main() -> None:
     best: dict[str, float] = {}
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        expl = explain(source, image, threshold=threshold, short=args.short, max_size=args.max_size)
+        expl = explain(source, image, threshold=threshold, size=args.short, max_size=args.max_size)
         t1 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             write_report(expl, out)

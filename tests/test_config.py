@@ -8,11 +8,16 @@ import pytest
 
 from panoptic_detr.train.config import ConfigError, TrainConfig, load_config, model_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+# the configs in the repo, and the demo's (it ships with the package, beside its checkpoint)
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src/panoptic_detr/assets/demo/demo.yaml"]
 
 
 def test_there_are_configs():
-    assert {"synth_small.yaml", "two_stage.yaml", "finetune_coco_r50.yaml"} <= {p.name for p in CONFIGS}
+    names = {p.name for p in CONFIGS}
+    expected = {"synth_small.yaml", "two_stage.yaml", "finetune_coco_r50.yaml", "learning_cpu.yaml",
+                "demo.yaml"}
+    assert expected <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -64,3 +69,15 @@ def test_bad_configs_name_file_and_key(tmp_path, text, overrides, message):
 def test_missing_file():
     with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
         load_config("nope.yaml")
+
+
+def test_cli_train_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    from panoptic_detr.cli import main
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("optim: {lr: fast}\n")
+    assert main(["train", "--config", str(p)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {p}: optim.lr: expected a number, got 'fast'"
+    assert main(["train", "--config", str(p), "--resume", "optim.lr=1e-4", f"out_dir={tmp_path}/run"]) == 1
+    assert "checkpoint_last.pt: checkpoint not found" in capsys.readouterr().err

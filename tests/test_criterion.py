@@ -48,7 +48,7 @@ def test_matched_only_masks_equal_all_queries_loss_and_grads(make_model):
     results = []
     for all_queries in (False, True):
         model.zero_grad()
-        step = ModelWithLoss(model, SetCriterion(num_classes=4, all_query_masks=all_queries))
+        step = ModelWithLoss(model, SetCriterion(num_classes=4), all_query_masks=all_queries)
         losses = step(batch, targets)
         losses["loss"].backward()
         results.append(({k: v.detach() for k, v in losses.items()}, _grads(model)))

@@ -39,7 +39,7 @@ CATS = Categories(
     ],
     num_classes=5,
 )
-SMALL = {"short": 64, "max_size": 96}  # network input sizes for the tests
+SMALL = {"size": 64, "max_size": 96}  # network input sizes for the tests
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -81,7 +81,7 @@ def test_padding_gets_zero_attention_and_valid_part_matches_single(tiny_model):
     torch.testing.assert_close(att.sum(dim=(2, 3, 4)), torch.ones(att.shape[:2]))
     # the unpadded image of the batch gets what explain gives for it alone (the padded one does
     # not: the backbone's activations in the padding reach its border cells, as in the original)
-    e = explain(tiny_model, _image(96, 128, 2), threshold=0.0, categories=CATS, short=96, max_size=128)
+    e = explain(tiny_model, _image(96, 128, 2), threshold=0.0, categories=CATS, size=96, max_size=128)
     torch.testing.assert_close(e.attention_maps, att[1], atol=1e-5, rtol=1e-4)
 
 
@@ -130,14 +130,23 @@ class Designed(torch.nn.Module):
         return [self.masks[q] for q in queries]
 
 
-def test_every_drop_reason_on_designed_outputs():
-    e = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64)
+@pytest.mark.parametrize("stuff_merge", ["original", "union"])
+def test_every_drop_reason_on_designed_outputs(stuff_merge):
+    from panoptic_detr.loading import Pretrained
+    from panoptic_detr.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(Pretrained(Designed(), None, CATS, "designed"), threshold=0.85,
+                                          size=64, max_size=64, stuff_merge=stuff_merge)
+    e = explain(predictor, _image(16, 16))
     status = [q.status for q in e.queries]
     assert status == [KEPT, KEPT, DUPLICATED_STUFF, NO_OBJECT, BELOW_THRESHOLD, SMALL_AREA, NO_OBJECT]
     segs = {s["id"]: s for s in e.result.segments_info}
     q0, q1, q2 = e.queries[:3]
     assert segs[q0.segment_id]["category_id"] == 1 and segs[q1.segment_id]["category_id"] == 3
     assert q2.segment_id == q1.segment_id  # merged into the first sky segment
+    # the sky covers the right half: the duplicate's quarter went to q1, by argmax or by union
+    sky = e.result.id_map == q1.segment_id
+    assert sky[:, 8:].all() and not sky[:, :8].any()
     assert e.queries[4].best_class in (1, 2) and abs(e.queries[4].best_score - 0.5) < 1e-3
     assert e.queries[3].label == CATS.num_classes and e.queries[3].best_score < 1e-3
     # the selected queries (and only they) have mask logits, in query order
@@ -147,14 +156,14 @@ def test_every_drop_reason_on_designed_outputs():
 
 
 def test_extra_queries_get_masks_without_changing_the_result():
-    base = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64)
-    more = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64,
+    base = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, size=64, max_size=64)
+    more = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, size=64, max_size=64,
                    extra_queries=[4, 0])
     assert more.mask_queries.tolist() == [0, 1, 2, 5, 4]
     assert torch.equal(more.result.id_map, base.result.id_map)
     torch.testing.assert_close(more.mask_logits_of(4), Designed().masks[4])
     # the near miss: the unselected query with the best real-class score is q4 (p = 0.5)
-    near = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64,
+    near = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, size=64, max_size=64,
                    top_dropped=2)
     assert near.mask_queries.tolist()[:5] == [0, 1, 2, 5, 4] and len(near.mask_queries) == 6
 
@@ -183,7 +192,7 @@ def test_explained_segments_equal_full_forward_postprocess(tiny_model):
 
     image = _image(60, 90, 4)
     threshold = _spread_threshold(tiny_model, image)
-    x = preprocess(image, **SMALL)
+    x = preprocess(image, SMALL["size"], SMALL["max_size"])
     batch = PaddedBatch.from_images([x])
     with torch.no_grad():
         out = tiny_model(batch)
@@ -205,20 +214,22 @@ def test_explained_segments_equal_full_forward_postprocess(tiny_model):
 
 
 def test_explained_segments_equal_predict(tiny_model, tmp_path):
+    """Same checkpoint file, same image: explain's segments are predict's, whichever way the
+    model is handed over (the Predictor itself, or the loaded weights plus its settings)."""
     from panoptic_detr.loading import load_pretrained
+    from panoptic_detr.predictor import Predictor
 
-    predictor_mod = pytest.importorskip("panoptic_detr.predictor", reason="predictor.py not merged yet")
     ckpt = _save_checkpoint(tiny_model, tmp_path / "tiny.pt")
     image = _image(60, 90, 4)
     pre = load_pretrained(ckpt)
     threshold = _spread_threshold(pre, image)
-    predictor = predictor_mod.Predictor(pre, threshold=threshold, size=SMALL["short"],
-                                        max_size=SMALL["max_size"])
+    predictor = Predictor(ckpt, threshold=threshold, size=64, max_size=96)
     expected = predictor.predict(image)
-    got = explain(predictor, image, threshold=threshold, **SMALL)
-    assert torch.equal(got.result.id_map, expected.id_map)
-    assert got.result.segments_info == expected.segments_info
-    assert expected.segments_info and any(not q.kept for q in got.queries)
+    assert expected.segments_info, "the threshold should keep some queries"
+    for got in (explain(predictor, image), explain(pre, image, threshold=threshold, **SMALL)):
+        assert torch.equal(got.result.id_map, expected.id_map)
+        assert got.result.segments_info == expected.segments_info
+        assert any(not q.kept for q in got.queries) and got.threshold == threshold
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -226,19 +237,19 @@ def test_explained_segments_equal_predict(tiny_model, tmp_path):
 
 def _embedded_images(html: str) -> list[Image.Image]:
     srcs = re.findall(r'<img src="([^"]*)"', html)
-    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert srcs and all(re.match(r"data:image/(png|jpeg);base64,", s) for s in srcs)
     return [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) for s in srcs]
 
 
 def test_dilated_c5_is_drawn_at_stride_16(tmp_path):
-    e = explain(Designed(dc5=True), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64)
+    e = explain(Designed(dc5=True), _image(16, 16), threshold=0.85, categories=CATS, size=64, max_size=64)
     assert e.c5_stride == 16 and e.attention_maps.shape[-2:] == (4, 4) == e.c5_norm.shape
     html = write_report(e, tmp_path).html.read_text()
     assert "W/16 x H/16" in html
 
 
 def test_report_files_are_self_contained(tmp_path):
-    e = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64)
+    e = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, size=64, max_size=64)
     files = write_report(e, tmp_path / "r")
     html = files.html.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", html)  # nothing to fetch
@@ -258,7 +269,7 @@ def test_report_files_are_self_contained(tmp_path):
 
 def test_report_without_segments_says_so_and_lists_dropped(tmp_path):
     e = explain(Designed(no_segment=True), _image(16, 16), threshold=0.85, categories=CATS,
-                short=64, max_size=64)
+                size=64, max_size=64)
     assert not e.result.segments_info and all(q.status == NO_OBJECT for q in e.queries)
     files = write_report(e, tmp_path)
     html = files.html.read_text()
@@ -287,7 +298,7 @@ def _console_errors(log: str) -> list[str]:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_opens_in_headless_chromium(tmp_path):
-    e = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, short=64, max_size=64)
+    e = explain(Designed(), _image(16, 16), threshold=0.85, categories=CATS, size=64, max_size=64)
     files = write_report(e, tmp_path / "r")
     shot, log = _screenshot(files.html, tmp_path)
     assert _console_errors(log) == []
@@ -309,12 +320,13 @@ def test_cli_writes_report_and_rejects_bad_input(tiny_model, tmp_path, capsys):
     img = tmp_path / "scene.png"
     Image.fromarray(_image(48, 64, 5)).save(img)
     out = tmp_path / "report"
-    argv = ["explain", str(img), "--weights", str(ckpt), "--threshold", "0", "--out", str(out)]
+    argv = ["explain", str(img), "--weights", str(ckpt), "--threshold", "0", "--size", "64",
+            "--out", str(out)]
     assert main(argv) == 0
     assert (out / "report.html").is_file() and (out / "queries.json").is_file()
     assert "wrote" in capsys.readouterr().out
     # again without --overwrite: one line naming the file, non-zero
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "report.html" in err and "--overwrite" in err
     bad = tmp_path / "broken.jpg"
@@ -322,6 +334,21 @@ def test_cli_writes_report_and_rejects_bad_input(tiny_model, tmp_path, capsys):
     assert main(["explain", str(bad), "--weights", str(ckpt), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "broken.jpg" in err
+    missing = tmp_path / "nope.pt"
+    assert main(["explain", str(img), "--weights", str(missing), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.pt" in err
     assert main([*argv, "--overwrite", "--segments", "99"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "99" in err
+
+
+def test_heat_colours_match_matplotlib():
+    from matplotlib import colormaps
+
+    from panoptic_detr.explain_figures import heat
+
+    v = np.random.default_rng(0).random((40, 40))
+    for name in ("inferno", "viridis"):
+        ref = colormaps[name](v, bytes=True)[..., :3].astype(int)
+        assert np.abs(heat(v, 0.0, 1.0, name).astype(int) - ref).max() <= 7

@@ -155,3 +155,31 @@ def test_checkpoint_format(tmp_path):
     torch.save({"model": {"w": torch.ones(1)}}, path)
     with pytest.raises(ckpt_io.CheckpointError, match="not a panoptic-detr/1 checkpoint"):
         ckpt_io.load_checkpoint(path)
+
+
+def test_export_is_half_precision_without_train_state(tmp_path):
+    cfg = make_cfg(tmp_path / "r", steps=1, export=str(tmp_path / "small.pt"))
+    train(cfg, parts=make_parts(), progress=False)
+    full = ckpt_io.load_checkpoint(tmp_path / "r" / ckpt_io.LAST)
+    small = ckpt_io.load_checkpoint(tmp_path / "small.pt")
+    assert "train_state" not in small and small["config"] == full["config"]
+    for k, v in full["model"].items():
+        assert small["model"][k].dtype == torch.float16
+        torch.testing.assert_close(small["model"][k].float(), v, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("train_stem", [False, True])
+def test_backbone_stem_frozen_unless_asked(tmp_path, train_stem):
+    from panoptic_detr.model import PRESETS, build_model
+
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"].with_overrides(num_classes=4))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    parts = RunParts(model, {"preset": "tiny"}, CATS, ToyScenes(4, h=64, w=64))
+    cfg = make_cfg(tmp_path, steps=1, data={"augment": False, "val_size": 64, "max_size": 64},
+                   optim={"train_stem": train_stem})
+    train(cfg, parts=parts, progress=False)
+    end = model.state_dict()
+    stem, layer2 = "backbone.body.conv1.weight", "backbone.body.layer2.0.conv1.weight"
+    assert torch.equal(start[stem], end[stem]) != train_stem
+    assert not torch.equal(start[layer2], end[layer2])

@@ -3,6 +3,9 @@ PQ, checkpoints in the project format; fine-tuning keeps all but the class head.
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 
 from panoptic_detr.model import PRESETS, build_model
@@ -51,3 +54,18 @@ def test_finetune_keeps_everything_but_the_class_head(tmp_path):
     # same classes, no re-initialisation asked: everything kept
     same = build_model(PRESETS["tiny"].with_overrides(num_classes=5))
     assert transfer_weights(same, src, reinit_class_head=False)["reinitialised"] == []
+
+
+def test_dataset_that_fails_the_check_stops_the_run(tmp_path):
+    from panoptic_detr.data.synth import make_dataset
+    from panoptic_detr.train.loop import TrainError
+
+    root = tmp_path / "data"
+    make_dataset(root, 2, seed=0, size=(32, 32), progress=False)
+    data = json.loads((root / "panoptic.json").read_text())
+    data["annotations"][1]["segments_info"].append({"id": 999999, "category_id": 1, "iscrowd": 0})
+    (root / "panoptic.json").write_text(json.dumps(data))
+    cfg = config_from_dict({"model": {"preset": "tiny"}, "data": {"train": str(root)}, "steps": 1,
+                            "out_dir": str(tmp_path / "run"), "device": "cpu"})
+    with pytest.raises(TrainError, match=r"data: dataset check failed with 1 problem\(s\).*999999"):
+        train(cfg, progress=False)

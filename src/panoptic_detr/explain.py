@@ -13,7 +13,7 @@ live in `explain_report`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch import Tensor
 
 from .ops.boxes import cxcywh_to_xyxy
 from .structures import Categories, PaddedBatch, PanopticResult
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
 
 KEPT = "kept"
 NO_OBJECT = "no-object"
@@ -183,8 +186,8 @@ def query_statuses(pred_logits: Tensor, pred_boxes: Tensor, selected: Tensor, re
       "duplicated stuff" (post-processing merged its pixels into that segment);
     - any other selected query: "<= 4 pixels" (it won too few pixels to stay).
 
-    pred_logits: [N, K+1], pred_boxes: [N, 4] normalised cxcywh scaled to the image by the
-    caller, selected: [Q] indices, seg_of_query: query -> segment id.
+    pred_logits: [N, K+1]; pred_boxes: [N, 4] (x0, y0, x1, y1) in image pixels; selected: [Q]
+    query indices kept by the threshold; seg_of_query: query -> segment id.
     """
     score, label, best_score, best_class = _softmax_summary(pred_logits)
     no_object = pred_logits.shape[-1] - 1
@@ -207,72 +210,80 @@ def query_statuses(pred_logits: Tensor, pred_boxes: Tensor, selected: Tensor, re
             status, seg = DUPLICATED_STUFF, seg_of_class[lab]
         else:
             status = SMALL_AREA
-        box = tuple(float(v) for v in pred_boxes[i].tolist())
+        x0, y0, x1, y1 = (float(v) for v in pred_boxes[i].tolist())
         out.append(QueryInfo(i, status, seg, lab, float(score[i]), int(best_class[i]), float(best_score[i]),
-                             box))  # type: ignore[arg-type]
+                             (x0, y0, x1, y1)))
     return out
 
 
-def _resolve(source: Any, categories: Categories | None) -> tuple[Any, Categories, dict[str, Any]]:
-    """(model, categories, meta) from a Predictor or Pretrained (anything with `.model` and
-    `.categories`) or a bare model plus `categories`."""
-    model = getattr(source, "model", source)
-    cats = categories or getattr(source, "categories", None)
-    if cats is None:
-        raise ValueError("explain needs the categories: pass a Predictor/Pretrained or categories=")
-    if not hasattr(model, "detect") or not hasattr(model, "predict_masks"):
-        raise TypeError(f"explain needs a DETR panoptic model, got {type(model).__name__}")
-    meta = {"weights": str(getattr(source, "source", type(model).__name__))}
-    return model, cats, meta
+def as_predictor(source: Any, categories: Categories | None = None, **settings: Any) -> Predictor:
+    """A `Predictor` from a Predictor, a `loading.Pretrained` or a bare model (+ categories).
 
+    settings: Predictor settings (threshold, size, max_size, stuff_merge) to set; None values
+    are left as the source has them (a new Predictor's defaults for a Pretrained or a model).
+    """
+    from .loading import Pretrained
+    from .predictor import Predictor
 
-def _postprocess(det: dict[str, Any], selected: Tensor, masks: Tensor, input_size: tuple[int, int],
-                 padded_size: tuple[int, int], orig_size: tuple[int, int], categories: Categories,
-                 threshold: float) -> PanopticResult:
-    """The predictor's post-processing step, on the tensors of this one run."""
-    from .model.postprocess import panoptic_postprocess
-
-    is_thing = categories.thing_mask(det["pred_logits"].device)
-    return panoptic_postprocess(
-        det["pred_logits"][0], masks, input_size, padded_size, orig_size, is_thing,
-        threshold=threshold, query_idx=selected, pred_boxes=det["pred_boxes"][0],
-    )
+    given = {k: v for k, v in settings.items() if v is not None}
+    if isinstance(source, Predictor):
+        if not given:
+            return source
+        base = {k: getattr(source, k) for k in ("threshold", "size", "max_size", "stuff_merge")}
+        return Predictor.from_pretrained(source.pretrained, **{**base, **given})
+    if not isinstance(source, Pretrained):
+        model = getattr(source, "model", source)
+        cats = categories or getattr(source, "categories", None)
+        if cats is None:
+            raise ValueError("explain needs the categories: pass a Predictor/Pretrained or categories=")
+        if not hasattr(model, "detect") or not hasattr(model, "predict_masks"):
+            raise TypeError(f"explain needs a DETR panoptic model, got {type(model).__name__}")
+        source = Pretrained(model, getattr(model, "config", None), cats,
+                            str(getattr(source, "source", type(model).__name__)))
+    return Predictor.from_pretrained(source, **given)
 
 
 @torch.inference_mode()
-def explain(source: Any, image: np.ndarray | str, threshold: float = 0.85, *,
-            categories: Categories | None = None, short: int = 800, max_size: int = 1333,
+def explain(source: Any, image: np.ndarray | str, threshold: float | None = None, *,
+            categories: Categories | None = None, size: int | None = None, max_size: int | None = None,
             extra_queries: list[int] | None = None, top_dropped: int = 0) -> Explanation:
     """Run the network once on `image` and explain its panoptic prediction.
 
-    source: a Predictor or `loading.Pretrained` (or a bare DETRPanoptic with `categories`);
+    source: a `Predictor` (its threshold, resize and stuff merging are used), a
+    `loading.Pretrained`, or a bare DETRPanoptic with `categories`;
     image: [H, W, 3] uint8 RGB or a path (read with `data.images.load_image`);
-    threshold: confidence a query's class must exceed to be kept, as in `predict`;
+    threshold, size, max_size: override the predictor's (defaults 0.85, 800, 1333);
     extra_queries: dropped queries whose mask logits should be computed too (for a look at
     what they would have segmented); they do not enter the post-processing;
     top_dropped: also compute them for this many of the queries the threshold dropped, those
     with the highest best-class score (the near misses).
 
     One `detect(..., return_attention=True)` gives classes, boxes, C5 and the attention maps
-    of all N queries; the mask head then runs for the selected queries only, exactly as in
-    `predict`, so the segments are `predict`'s.
+    of all N queries; the mask head then runs for the selected queries only and the
+    predictor's post-processing makes the result, step for step as `Predictor.predict_arrays`
+    does, so the segments are `predict`'s.
     """
     from .data.images import load_image, preprocess
-    from .model.postprocess import select_queries
+    from .model.postprocess import panoptic_postprocess, select_queries
 
-    model, cats, meta = _resolve(source, categories)
+    pred = as_predictor(source, categories, threshold=threshold, size=size, max_size=max_size)
+    model, cats = pred.model, pred.categories
+    meta: dict[str, Any] = {"weights": pred.pretrained.source}
     if not isinstance(image, np.ndarray):
         meta["image"] = str(image)
         image = load_image(image)
-    device = next(model.parameters()).device
-    x = preprocess(image, short=short, max_size=max_size)  # 3 x h x w
+    x = preprocess(image, pred.size, pred.max_size)  # 3 x h x w
     input_size = (int(x.shape[1]), int(x.shape[2]))
-    batch = PaddedBatch.from_images([x]).to(device)
+    batch = PaddedBatch.from_images([x]).to(pred.device, pred.dtype)
     det = model.detect(batch, return_attention=True)
-    selected = select_queries(det["pred_logits"], threshold)[0]
+    selected = select_queries(det["pred_logits"], pred.threshold)[0]
     masks = model.predict_masks(det, [selected])[0]  # Q x h/4 x w/4
-    padded_size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
-    result = _postprocess(det, selected, masks, input_size, padded_size, image.shape[:2], cats, threshold)
+    result = panoptic_postprocess(
+        det["pred_logits"][0], masks, input_size, tuple(batch.images.shape[-2:]), image.shape[:2],
+        pred.is_thing, threshold=pred.threshold, stuff_merge=pred.stuff_merge, query_idx=selected,
+        pred_boxes=det["pred_boxes"][0],
+    )
+    result = PanopticResult(result.id_map.cpu(), result.segments_info)
 
     mask_queries, mask_logits = selected, masks
     chosen = set(selected.tolist())
@@ -282,7 +293,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float = 0.85, *,
         near = [q for q in best.argsort(descending=True).tolist() if q not in chosen and q not in extra]
         extra += near[:top_dropped]
     if extra:  # a separate mask-head call: the selected queries' logits stay as predict has them
-        more = torch.as_tensor(extra, dtype=torch.long, device=device)
+        more = torch.as_tensor(extra, dtype=torch.long, device=pred.device)
         mask_queries = torch.cat([selected, more])
         mask_logits = torch.cat([masks, model.predict_masks(det, [more])[0]])
 
@@ -293,6 +304,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float = 0.85, *,
     seg_of_query = {q: s for s, q in segment_queries(result, selected.cpu(), masks.float().cpu(),
                                                        input_size, labels).items()}
     queries = query_statuses(logits, boxes_px, selected.cpu(), result, seg_of_query, cats)
+    threshold = pred.threshold
     c5 = det["layer4"][0].float()  # C5 x h/32 x w/32
     stride = 16 if getattr(getattr(model, "config", None), "dilation", False) else 32
     return Explanation(

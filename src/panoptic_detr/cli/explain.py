@@ -36,11 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="segments to explain: 'all' (default) or ids like 1,3")
     p.add_argument("--path-segment", type=int, default=None, metavar="ID",
                    help="segment of the path figure (default: the most confident one)")
-    p.add_argument("--threshold", type=float, default=0.85,
-                   help="confidence a query needs to be kept, as for predict (default 0.85)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence a query needs to be kept (default: predict's, 0.85)")
     p.add_argument("--near-misses", type=int, default=3, metavar="N",
                    help="also show the masks of the N dropped queries with the best class scores (default 3)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--size", type=int, default=None, help="shortest side fed to the network (predict's, 800)")
+    p.add_argument("--max-size", type=int, default=None, help="longest side cap (predict's, 1333)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
     p.set_defaults(func=run)
@@ -50,15 +52,22 @@ def run(args: argparse.Namespace) -> int:
     from ..data.images import ImageError
     from ..explain import explain
     from ..explain_report import check_out_dir, write_report
-    from ..loading import WeightsError, load_pretrained
+    from ..predictor import Predictor, WeightsError
 
     try:
         check_out_dir(args.out, args.overwrite)
-        pretrained = load_pretrained(args.weights, preset=args.preset, device=args.device)
-        expl = explain(pretrained, args.image, threshold=args.threshold, top_dropped=args.near_misses)
+        # settings not given stay the Predictor's defaults, so explain segments as predict does
+        given = {k: v for k, v in (("threshold", args.threshold), ("size", args.size),
+                                   ("max_size", args.max_size)) if v is not None}
+        predictor = Predictor(args.weights, preset=args.preset, device=args.device, **given)
+    except (WeightsError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        expl = explain(predictor, args.image, top_dropped=args.near_misses)
         files = write_report(expl, args.out, segments=args.segments, path_segment=args.path_segment,
                              overwrite=args.overwrite)
-    except (ImageError, WeightsError, FileExistsError, ValueError) as e:
+    except (ImageError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     kept, dropped = len(expl.result.segments_info), len(expl.dropped())

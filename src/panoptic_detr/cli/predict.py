@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="shortest side fed to the network (the checkpoint's advice, else 800)")
     p.add_argument("--max-size", type=int, default=None, help="longest side cap (advice, else 1333)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument("--no-prepare", action="store_true",
+                   help="run the model as loaded: no BN folding or channels-last (slower; scores "
+                        "equal to the Python API's default to the last digit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         summary = predict_files(
             args.images, args.out, weights=args.weights, preset=args.preset, threshold=args.threshold,
             batch_size=args.batch_size, device=args.device, size=args.size, max_size=args.max_size,
-            overwrite=args.overwrite, progress=not args.quiet,
+            overwrite=args.overwrite, progress=not args.quiet, prepare=not args.no_prepare,
         )
     except (WeightsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="YAML training config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from out_dir/checkpoint_last.pt (or the CHECKPOINT given)")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint_last.pt")
+    p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint instead")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an out_dir that holds a run")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (overrides the config's device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     try:
         cfg = load_config(args.config, overrides)
-        metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        resume = args.resume_from or args.resume
+        metrics = train(cfg, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     except (ConfigError, CheckpointError, TrainError, ImageError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -91,3 +91,12 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
         first = str(e).splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise CheckpointError(f"{path}: weights do not fit the model ({detail})") from None
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """A copy of checkpoint `src` for shipping: no training state, floating-point weights cast to
+    `dtype` (half the size; loading casts them back to the model's dtype)."""
+    ckpt = load_checkpoint(src)
+    ckpt.pop("train_state", None)
+    ckpt["model"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    return save_checkpoint(dst, ckpt["config"], ckpt["categories"], ckpt["model"])

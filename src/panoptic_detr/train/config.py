@@ -67,6 +67,9 @@ class DataSection:
     crop_max: int = 600
     val_size: int = 800
     """Shortest side for validation images (and training ones without augmentation)."""
+    check: bool = True
+    """Check the datasets (`panoptic-detr check`'s rules, images not decoded) before training,
+    and stop with the first problem if any; turn off for a large dataset already checked."""
     num_workers: int = 0
     """DataLoader worker processes (augmentation is seeded per sample: results do not depend
     on this)."""
@@ -79,6 +82,9 @@ class OptimSection:
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     """Gradient norm clipping (0 = off)."""
+    train_stem: bool = False
+    """Also train the backbone's stem and layer1, which DETR keeps frozen because they come
+    pretrained; for a backbone trained from scratch."""
     lr_drop: int = 0
     """Optimiser step after which every learning rate is multiplied by `lr_gamma` (0 = never)."""
     lr_gamma: float = 0.1
@@ -113,6 +119,9 @@ class TrainConfig:
     steps: int = 0
     """Optimiser steps in all (0: from `epochs`)."""
     epochs: int = 1
+    time_limit: float = 0.0
+    """Minutes of training after which the run ends as if `steps` were reached (0 = none);
+    the final evaluation and checkpoint follow."""
     batch_size: int = 2
     """Images per process per forward pass."""
     grad_accum: int = 1
@@ -128,6 +137,9 @@ class TrainConfig:
     log_every: int = 10
     """Optimiser steps between metrics.jsonl lines."""
     out_dir: str = "runs/train"
+    export: str = ""
+    """At the end, also write the best (else last) checkpoint here without training state, in
+    float16 (a small file to ship, e.g. the demo's) ("" = no export)."""
     seed: int = 0
     device: str = "auto"
     """"auto" (cuda when available), "cpu", "cuda", "cuda:1", ..."""

@@ -109,17 +109,13 @@ class SetCriterion(nn.Module):
         weights: LossWeights = LossWeights(),
         costs: MatchCosts | None = None,
         masks: bool = True,
-        all_query_masks: bool = False,
     ) -> None:
-        """num_classes: K (logits have K+1, the last is no-object). masks: add the mask losses.
-        all_query_masks: run the mask head for every query and select the matched ones (the
-        original's way; for comparison only, same loss)."""
+        """num_classes: K (logits have K+1, the last is no-object). masks: add the mask losses."""
         super().__init__()
         self.num_classes = num_classes
         self.weights = weights
         self.costs = costs or MatchCosts()
         self.masks = masks
-        self.all_query_masks = all_query_masks
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = weights.eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -128,7 +124,9 @@ class SetCriterion(nn.Module):
         self, model: nn.Module, det: dict, targets: list[Target], step_counts: list[int] | None = None
     ) -> dict[str, Tensor]:
         """model: the DETRPanoptic whose `detect` produced `det` (used for `predict_masks`).
-        det: pred_logits [B, N, K+1], pred_boxes [B, N, 4], aux_outputs, mask-head inputs.
+        det: pred_logits [B, N, K+1], pred_boxes [B, N, 4], aux_outputs, mask-head inputs;
+        with pred_masks [B, N, H/4, W/4] (the full forward) the matched masks are selected
+        from it instead of computed.
         targets: one `Target` per image, on the model's device.
         step_counts: non-crowd segments per image of the whole optimiser step when it is split
         into micro-batches (see `normalizers`); default: this batch's."""
@@ -196,10 +194,8 @@ class SetCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         device = det["pred_logits"].device
         queries = [q.to(device) for q, _ in indices]
-        if self.all_query_masks:
-            n = det["pred_logits"].shape[1]
-            every = [torch.arange(n, device=device)] * len(queries)
-            masks = [m[q] for m, q in zip(model.predict_masks(det, every), queries, strict=True)]
+        if "pred_masks" in det:  # every query's mask was computed (the original's way)
+            masks = [m[q] for m, q in zip(det["pred_masks"], queries, strict=True)]
         else:
             masks = model.predict_masks(det, queries)  # list of Q_i x H/4 x W/4
         src = torch.cat(masks)  # T x h x w
@@ -213,7 +209,9 @@ class SetCriterion(nn.Module):
             ]
         ).to(device=device, dtype=src.dtype)  # T x H x W
         if src.shape[0] == 0:
-            zero = src.sum() * 0.0
+            # no segment anywhere in the batch: a zero that still reaches every trainable
+            # parameter, so DDP sees the same gradients ready on every process
+            zero = sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad) * 0.0
             return {"loss_mask": zero, "loss_dice": zero}
         src = F.interpolate(src[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         src, tgt = src.flatten(1), tgt.flatten(1)
@@ -224,13 +222,16 @@ class ModelWithLoss(nn.Module):
     """The model and its criterion as one module, so that one `forward` (the one DDP wraps and
     synchronises) runs detection, matching, the mask head on matched queries and the losses."""
 
-    def __init__(self, model: nn.Module, criterion: SetCriterion) -> None:
+    def __init__(self, model: nn.Module, criterion: SetCriterion, all_query_masks: bool = False) -> None:
+        """all_query_masks: run the full forward (masks of all N queries, the original's way)
+        and select the matched ones; the same loss, for comparison only."""
         super().__init__()
         self.model = model
         self.criterion = criterion
+        self.all_query_masks = all_query_masks
 
     def forward(
         self, batch, targets: list[Target], step_counts: list[int] | None = None
     ) -> dict[str, Tensor]:
-        det = self.model.detect(batch)
+        det = self.model(batch) if self.all_query_masks else self.model.detect(batch)
         return self.criterion(self.model, det, targets, step_counts)

@@ -69,6 +69,15 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's `obj` on every process (identity for one process)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def reduce_mean(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
     """Average scalar metrics over all processes (identity for one process)."""
     if not info.enabled or not values:

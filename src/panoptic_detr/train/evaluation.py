@@ -58,9 +58,11 @@ def make_evaluator(categories: Categories, threshold: float = 0.85, batch_size: 
     ) -> dict[str, float]:
         mine = Subset(val_set, range(info.rank, len(val_set), info.world_size))  # type: ignore[arg-type]
         stat = PQStat()
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         for batch, targets in DataLoader(mine, batch_size=batch_size, collate_fn=collate_padded):
             sizes = [t.size for t in targets]
-            results = predict_panoptic(model, batch.to(device), sizes, categories, threshold)
+            batch = batch.to(device=device, dtype=dtype)
+            results = predict_panoptic(model, batch, sizes, categories, threshold)
             for result, target in zip(results, targets, strict=True):
                 gt_ids, gt_segments = target_panoptic(target)
                 pred_ids = result.id_map.cpu().numpy()

@@ -41,6 +41,7 @@ from .distributed import (
     DistInfo,
     ResumableSampler,
     barrier,
+    broadcast_object,
     cleanup_distributed,
     init_distributed,
     reduce_mean,
@@ -105,6 +106,11 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
                 make_dataset(root, n, seed=seed, size=(synth.size, synth.size), crowd_prob=synth.crowd_prob,
                              progress=False)
     barrier(info)
+    if cfg.data.check:
+        problem = _check_data([cfg.data.train, cfg.data.val], cfg.data.num_workers) if info.is_main else None
+        problem = broadcast_object(problem, info)
+        if problem:
+            raise TrainError(problem)
     train_set = CocoPanoptic(cfg.data.train)
     val_set = CocoPanoptic(cfg.data.val) if cfg.data.val else None
     categories = train_set.categories
@@ -116,6 +122,18 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
 
         report = init_from(model, cfg.init, reinit_class_head=cfg.schedule == "finetune")
     return RunParts(model, dataclasses.asdict(mcfg), categories, train_set, val_set, report)
+
+
+def _check_data(roots: list[str], workers: int) -> str | None:
+    """One line about the first dataset that fails the check, or None."""
+    from ..data.check import check_dataset
+
+    for root in filter(None, roots):
+        problems, _ = check_dataset(root, decode_images=False, progress=False, workers=max(workers, 1))
+        if problems:
+            return (f"{root}: dataset check failed with {len(problems)} problem(s), the first: {problems[0]} "
+                    f"(`panoptic-detr check {root}` lists them all; data.check=false skips the check)")
+    return None
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[str, Any]]:
@@ -217,7 +235,6 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     criterion = SetCriterion(
         num_classes=parts.categories.num_classes,
         weights=LossWeights(**vars(cfg.loss)),
-        all_query_masks=cfg.all_query_masks,
     )
     train_set = Augmented(parts.train_set, _train_transform(cfg), cfg.seed)
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
@@ -252,12 +269,16 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             from .finetune import summary
 
             tqdm.write(f"init from {cfg.init}: {summary(parts.init_report)}")
-            atomic_write(out / "init_report.json",
-                                 lambda f: f.write(json.dumps(parts.init_report, indent=1).encode()))
+            report = json.dumps(parts.init_report, indent=1).encode()
+            atomic_write(out / "init_report.json", lambda f: f.write(report))
 
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    # what the model itself leaves trainable, recorded once: stages change requires_grad later
+    if not hasattr(model, "_trainable_at_start"):
+        model._trainable_at_start = {n for n, p in model.named_parameters() if p.requires_grad}
+    backbone = {n for n, _ in model.named_parameters() if n.startswith("backbone.")}
+    trainable = model._trainable_at_start | (backbone if cfg.optim.train_stem else set())
     stage = configure_stage(model, cfg, state["step"], trainable)
-    step_module = _wrap(ModelWithLoss(model, criterion), info, device)
+    step_module = _wrap(ModelWithLoss(model, criterion, cfg.all_query_masks), info, device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
     def batches():
@@ -280,14 +301,17 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
                desc="train", unit="step", dynamic_ncols=True)
     sums: dict[str, float] = {}
     images, t0 = 0, time.perf_counter()
+    started = t0
     metrics: dict[str, Any] = {}
     model.train()
+    # images in the model's precision (float64 models train too: tests check exactness with them)
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     while state["step"] < steps:
         micro_batches = [next(stream) for _ in range(cfg.grad_accum)]
         # the loss normalisers count the whole step, so accumulated micro-batches add up to it
         counts = [int((~t.iscrowd.bool()).sum()) for _, ts in micro_batches for t in ts]
         for micro, (batch, targets) in enumerate(micro_batches):
-            batch = batch.to(device)
+            batch = batch.to(device=device, dtype=dtype)
             targets = [t.to(device) for t in targets]
             sync = micro == cfg.grad_accum - 1 or not isinstance(step_module, DistributedDataParallel)
             with (contextlib.nullcontext() if sync else step_module.no_sync()):
@@ -308,9 +332,10 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
 
         if cfg.schedule == "two_stage" and configure_stage(model, cfg, step, trainable) != stage:
             stage = configure_stage(model, cfg, step, trainable)
-            step_module = _wrap(ModelWithLoss(model, criterion), info, device)  # DDP: new trainable set
+            # DDP registers the trainable parameters when wrapping: wrap again for the new set
+            step_module = _wrap(ModelWithLoss(model, criterion, cfg.all_query_masks), info, device)
 
-        done = step == steps
+        done = step == steps or (cfg.time_limit > 0 and _out_of_time(started, cfg.time_limit, info, device))
         if step % cfg.log_every == 0 or done:
             n = step % cfg.log_every or cfg.log_every
             elapsed = time.perf_counter() - t0
@@ -346,8 +371,19 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             _save(files, cfg, info, device, parts, model, optimizer, scheduler, state, out)
         if info.is_main and (done or step % cfg.log_every == 0):
             plot_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png", title=cfg.out_dir)
+        if done:
+            break
     bar.close()
+    if cfg.export and info.is_main:
+        best = out / ckpt_io.BEST
+        ckpt_io.export_checkpoint(best if best.exists() else out / ckpt_io.LAST, cfg.export)
     return metrics
+
+
+def _out_of_time(started: float, minutes: float, info: DistInfo, device: torch.device) -> bool:
+    """Whether the time budget is spent (decided the same on every rank)."""
+    elapsed = reduce_mean({"t": time.perf_counter() - started}, info, device)["t"]
+    return elapsed > minutes * 60
 
 
 def _train_transform(cfg: TrainConfig) -> PanopticTransform:
