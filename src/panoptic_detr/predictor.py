@@ -299,6 +299,7 @@ def predict_files(
     progress: bool = True,
     predictor: Predictor | None = None,
     prepare: bool = True,
+    stuff_merge: StuffMerge = "original",
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
     <stem>.png (COCO panoptic), <stem>_overlay.png, records/<stem>.json (the image's entry,
@@ -313,7 +314,8 @@ def predict_files(
     files, summary.failed = expand_inputs(inputs)
     if predictor is None:
         predictor = Predictor(weights, preset=preset, threshold=threshold, device=device, size=size,
-                              max_size=max_size, batch_size=batch_size, prepare=prepare)
+                              max_size=max_size, batch_size=batch_size, prepare=prepare,
+                              stuff_merge=stuff_merge)
     stems = _output_stems(files)
     todo = []
     for f, stem in zip(files, stems, strict=True):
