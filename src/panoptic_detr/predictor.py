@@ -49,8 +49,8 @@ class Predictor:
     threshold, size / max_size (DETR's resize: shortest side, longest side cap): None takes the
     checkpoint's recommendation, else `DEFAULTS`.
     stuff_merge: see `panoptic_postprocess`; mask_chunk: queries per mask-head call (memory).
-    prepare: `model.prepare_for_inference()` (frozen BN folded, channels-last: ~25 % faster on
-    CPUs; same outputs up to float32 rounding, see the model's parity tests, so scores may
+    prepare: `model.prepare_for_inference()` (frozen BN folded, channels-last: faster on CPUs;
+    same outputs up to float32 rounding, see the model's parity tests, so scores may
     differ in the last digits from an unprepared model's). Changes a passed-in model in place.
     """
 
@@ -70,14 +70,7 @@ class Predictor:
         if isinstance(weights, Pretrained):  # an already loaded model (changed if prepare)
             self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare)
             return
-        try:
-            pretrained = load_pretrained(weights, preset=preset, device=device)
-        except WeightsError:
-            raise
-        except Exception as e:  # e.g. torch.load's unpickler on arbitrary bytes (IndexError)
-            raise WeightsError(
-                f"{os.fspath(weights)}: not a usable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-                "expected a panoptic-detr or original DETR checkpoint") from None
+        pretrained = load_pretrained(weights, preset=preset, device=device)
         self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare)
 
     @classmethod
