@@ -302,6 +302,9 @@ def predict_files(
     each, in the summary; a weights problem raises `WeightsError` before any image is read.
     prepare: see `Predictor` (on here: a command-line run wants speed).
     """
+    dev = torch.device(device)  # a malformed name raises ValueError/RuntimeError here
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is available here; use --device cpu")
     out = Path(out_dir)
     summary = RunSummary(out_dir=out)
     files, summary.failed = expand_inputs(inputs)

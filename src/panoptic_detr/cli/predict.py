@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, progress=not args.quiet, prepare=not args.no_prepare,
             stuff_merge=args.stuff_merge,
         )
-    except (WeightsError, ValueError) as e:
+    except (WeightsError, ValueError, RuntimeError) as e:  # weights or device: nothing ran yet
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line in summary.failed:
