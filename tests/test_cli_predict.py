@@ -123,7 +123,7 @@ def test_glob_inputs(tmp_path, checkpoint, capsys):
         Image.fromarray(picture(30, 40, seed=i)).save(tmp_path / f"p{i}.png")
     rc = main(["predict", str(tmp_path / "p*.png"), str(tmp_path / "nothing*.jpg"), "--out",
                str(tmp_path / "o"), "--weights", str(checkpoint), "--size", "32", "--max-size", "48",
-               "--quiet"])
+               "--stuff-merge", "union", "--quiet"])
     captured = capsys.readouterr()
     assert rc == 1 and "2 predicted" in captured.out
     assert "nothing*.jpg: no file matches" in captured.err

@@ -218,7 +218,7 @@ def test_named_checkpoint_with_another_preset(monkeypatch, hub):
 
 def test_pretrained_is_a_dataclass(project_ckpt):
     fields = [f.name for f in dataclasses.fields(load_pretrained(project_ckpt))]
-    assert fields == ["model", "config", "categories", "source"]
+    assert fields == ["model", "config", "categories", "source", "inference"]
 
 
 def test_dc5_is_read_from_the_file_name(tmp_path):

@@ -240,3 +240,14 @@ def test_near_tied_logits_resolved_like_the_softmax():
     assert classes == [3] and areas == [256]  # the first query wins everywhere
     assert [s["category_id"] for s in result.segments_info] == classes
     torch.testing.assert_close(result.id_map, ids + 1)
+
+
+def test_chunked_upsampling_gives_the_same_segments(monkeypatch):
+    from panoptic_detr.model import postprocess
+
+    logits, masks = random_outputs(11)
+    whole = panoptic_postprocess(logits, masks, (24, 32), (24, 32), (17, 29), SMALL_IS_THING)
+    monkeypatch.setattr(postprocess, "UPSAMPLE_CHUNK", 3)
+    chunked = panoptic_postprocess(logits, masks, (24, 32), (24, 32), (17, 29), SMALL_IS_THING)
+    assert len(select_queries(logits[None])[0]) > 3  # several chunks
+    assert torch.equal(whole.id_map, chunked.id_map) and whole.segments_info == chunked.segments_info

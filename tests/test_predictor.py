@@ -67,16 +67,15 @@ def test_predict_from_a_project_checkpoint(tmp_path):
     ckpt = save_checkpoint(tmp_path / "tiny.pth", pre)
     image = picture(50, 70, seed=2)
     Image.fromarray(image).save(tmp_path / "im.png")
-    predictor = Predictor(weights=ckpt, prepare=False, **SMALL)
+    predictor = Predictor(weights=ckpt, **SMALL)
     assert predictor.categories.name(3) == "grass"
     from_file = predictor.predict(tmp_path / "im.png")
     from_array = Predictor.from_pretrained(pre, **SMALL).predict(image)
     assert from_file.size == (50, 70)
     assert from_file.segments_info, "the tiny model should find segments"
     assert_same_result(from_file, from_array)
-    # prepared for inference (BN folded, channels-last) by default: float32 rounding apart,
-    # the same segmentation
-    fast = Predictor(weights=ckpt, **SMALL)
+    # prepared for inference (BN folded, channels-last): float32 rounding apart, the same
+    fast = Predictor(weights=ckpt, prepare=True, **SMALL)
     assert fast.model.backbone is not predictor.model.backbone
     prepared = fast.predict(image)
     agree = (prepared.id_map == from_file.id_map).float().mean()

@@ -49,9 +49,9 @@ class Predictor:
     threshold, size / max_size (DETR's resize: shortest side, longest side cap): None takes the
     checkpoint's recommendation, else `DEFAULTS`.
     stuff_merge: see `panoptic_postprocess`; mask_chunk: queries per mask-head call (memory).
-    prepare: `model.prepare_for_inference()` (frozen BN folded, channels-last; same outputs up
-    to float32 rounding, see the model's parity tests). Default: on for weights this predictor
-    loads, off for a `Pretrained` passed in (its model would change in place).
+    prepare: `model.prepare_for_inference()` (frozen BN folded, channels-last: faster on CPUs;
+    same outputs up to float32 rounding, see the model's parity tests, so scores may
+    differ in the last digits from an unprepared model's). Changes a passed-in model in place.
     """
 
     def __init__(
@@ -65,22 +65,13 @@ class Predictor:
         batch_size: int = 1,
         stuff_merge: StuffMerge = "original",
         mask_chunk: int | None = 10,
-        prepare: bool | None = None,
+        prepare: bool = False,
     ):
-        if isinstance(weights, Pretrained):  # an already loaded model: not changed unless asked
-            self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk,
-                        bool(prepare))
+        if isinstance(weights, Pretrained):  # an already loaded model (changed if prepare)
+            self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare)
             return
-        try:
-            pretrained = load_pretrained(weights, preset=preset, device=device)
-        except WeightsError:
-            raise
-        except Exception as e:  # e.g. torch.load's unpickler on arbitrary bytes (IndexError)
-            raise WeightsError(
-                f"{os.fspath(weights)}: not a usable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-                "expected a panoptic-detr or original DETR checkpoint") from None
-        self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk,
-                    prepare is not False)
+        pretrained = load_pretrained(weights, preset=preset, device=device)
+        self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare)
 
     @classmethod
     def from_pretrained(cls, pretrained: Pretrained, **kwargs: Any) -> Predictor:
@@ -96,7 +87,7 @@ class Predictor:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.pretrained = pretrained
         self.model: DETRPanoptic = pretrained.model.eval()
-        if prepare:  # BN folded into the convolutions, channels-last: ~1.6x faster on CPUs
+        if prepare:  # BN folded into the convolutions, channels-last: faster convolutions
             self.model.prepare_for_inference()
         self.categories: Categories = pretrained.categories
         # unset options: what the checkpoint recommends (a model trained on small images should
@@ -300,6 +291,8 @@ def predict_files(
     overwrite: bool = False,
     progress: bool = True,
     predictor: Predictor | None = None,
+    prepare: bool = True,
+    stuff_merge: StuffMerge = "original",
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
     <stem>.png (COCO panoptic), <stem>_overlay.png, records/<stem>.json (the image's entry,
@@ -307,13 +300,18 @@ def predict_files(
     done so far in this folder for these inputs). Finished images are skipped unless
     `overwrite`; nothing existing is replaced without it. Problems are collected, one line
     each, in the summary; a weights problem raises `WeightsError` before any image is read.
+    prepare: see `Predictor` (on here: a command-line run wants speed).
     """
+    dev = torch.device(device)  # a malformed name raises ValueError/RuntimeError here
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is available here; use --device cpu")
     out = Path(out_dir)
     summary = RunSummary(out_dir=out)
     files, summary.failed = expand_inputs(inputs)
     if predictor is None:
         predictor = Predictor(weights, preset=preset, threshold=threshold, device=device, size=size,
-                              max_size=max_size, batch_size=batch_size)
+                              max_size=max_size, batch_size=batch_size, prepare=prepare,
+                              stuff_merge=stuff_merge)
     stems = _output_stems(files)
     todo = []
     for f, stem in zip(files, stems, strict=True):

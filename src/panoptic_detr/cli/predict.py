@@ -27,7 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None,
                    help="shortest side fed to the network (the checkpoint's advice, else 800)")
     p.add_argument("--max-size", type=int, default=None, help="longest side cap (advice, else 1333)")
+    p.add_argument("--stuff-merge", choices=("original", "union"), default="original",
+                   help="duplicated stuff: 'original' reproduces DETR (extra queries of a stuff class "
+                        "dropped, their pixels to the next best query); 'union' merges them")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument("--no-prepare", action="store_true",
+                   help="run the model as loaded: no BN folding or channels-last (slower; scores "
+                        "equal to the Python API's default to the last digit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -39,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
         summary = predict_files(
             args.images, args.out, weights=args.weights, preset=args.preset, threshold=args.threshold,
             batch_size=args.batch_size, device=args.device, size=args.size, max_size=args.max_size,
-            overwrite=args.overwrite, progress=not args.quiet,
+            overwrite=args.overwrite, progress=not args.quiet, prepare=not args.no_prepare,
+            stuff_merge=args.stuff_merge,
         )
-    except (WeightsError, ValueError) as e:
+    except (WeightsError, ValueError, RuntimeError) as e:  # weights or device: nothing ran yet
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line in summary.failed:

@@ -38,6 +38,7 @@ from ..structures import PanopticResult
 
 StuffMerge = Literal["original", "union"]
 MASK_STRIDE = 4  # mask logits are at the stride of the backbone's C2 features
+UPSAMPLE_CHUNK = 16  # queries upsampled at once when shrinking to the target (bounds memory)
 
 
 def select_queries(pred_logits: Tensor, threshold: float = 0.85) -> list[Tensor]:
@@ -64,6 +65,12 @@ def pil_nearest_indices(n_in: int, n_out: int) -> Tensor:
     scale = n_in / n_out
     coords = itertools.accumulate(itertools.repeat(scale, n_out - 1), initial=scale * 0.5)
     return torch.tensor([min(int(c), n_in - 1) for c in coords], dtype=torch.int64)
+
+
+def _upsample(masks: Tensor, h: int, w: int) -> Tensor:
+    """[Q, hm, wm] -> [Q, h, w], bilinear as the original (each query's values do not depend
+    on the others', so chunks of queries give the same numbers)."""
+    return F.interpolate(masks[None], size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
 def _sampling_grid(h: int, w: int, H: int, W: int, device: torch.device):
@@ -209,11 +216,15 @@ def panoptic_postprocess(
         masks = masks[:, : min(masks.shape[1], -(-h // MASK_STRIDE))]
     if w < int(padded_size[1]):
         masks = masks[:, :, : min(masks.shape[2], -(-w // MASK_STRIDE))]
-    up = F.interpolate(masks[None], size=(h, w), mode="bilinear", align_corners=False)[0]  # Q x h x w
     # the argmax commutes with the nearest resize: take it only at the pixels the resize reads
     src, (gy, gx), inv_y, inv_x = _sampling_grid(h, w, H, W, device)
-    identity_in = gy * gx == h * w
-    vals = up.view(q, h * w) if identity_in else up.view(q, h * w).index_select(1, src)  # Q x P
+    if gy * gx == h * w:
+        vals = _upsample(masks, h, w).view(q, h * w)  # Q x P, P = h * w
+    else:  # a few queries at a time: only the sampled pixels of all of them are kept
+        vals = masks.new_empty((q, gy * gx))  # Q x P, P = gy * gx
+        for c in range(0, q, UPSAMPLE_CHUNK):
+            up = _upsample(masks[c : c + UPSAMPLE_CHUNK], h, w)
+            vals[c : c + UPSAMPLE_CHUNK] = up.view(-1, h * w).index_select(1, src)
     identity_out = (gy, gx) == (H, W)
     weight = None  # target pixels per grid pixel, where the resize enlarges
     if not identity_out:

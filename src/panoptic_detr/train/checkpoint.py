@@ -37,11 +37,17 @@ def save_checkpoint(
     categories: list[dict[str, Any]],
     model_state: dict[str, torch.Tensor],
     train_state: dict[str, Any] | None = None,
+    inference: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; on failure the previous file at `path` is intact."""
+    """Write a checkpoint atomically; on failure the previous file at `path` is intact.
+
+    inference: the settings predict should use with these weights by default (`size`,
+    `max_size`, `threshold`): the ones the model was validated with."""
     path = Path(path)
     ckpt = {"format": FORMAT, "config": dict(config), "categories": list(categories),
             "model": {k: v.detach().cpu() for k, v in model_state.items()}}
+    if inference:
+        ckpt["inference"] = dict(inference)
     if train_state is not None:
         ckpt["train_state"] = train_state
     # serialise first, so a failure to pickle never touches the disk
@@ -99,4 +105,5 @@ def export_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype = tor
     ckpt = load_checkpoint(src)
     ckpt.pop("train_state", None)
     ckpt["model"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    return save_checkpoint(dst, ckpt["config"], ckpt["categories"], ckpt["model"])
+    return save_checkpoint(dst, ckpt["config"], ckpt["categories"], ckpt["model"],
+                           inference=ckpt.get("inference"))

@@ -400,6 +400,11 @@ def _wrap(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     return DistributedDataParallel(module, device_ids=ids)
 
 
+def inference_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """What predict should use with this run's weights by default: its validation settings."""
+    return {"size": cfg.data.val_size, "max_size": cfg.data.max_size, "threshold": cfg.eval_threshold}
+
+
 def _save(files, cfg, info, device, parts, model, optimizer, scheduler, state, out) -> None:
     """Write checkpoint `files` (names in `out`): rank 0 writes, every rank gives its RNG state."""
     rng = _rng_state(device)
@@ -415,7 +420,7 @@ def _save(files, cfg, info, device, parts, model, optimizer, scheduler, state, o
                        "rng": rngs, "world_size": info.world_size, "train_config": cfg.to_dict()}
         for name in files:
             ckpt_io.save_checkpoint(out / name, parts.model_config, parts.categories.to_json(),
-                                    model.state_dict(), train_state)
+                                    model.state_dict(), train_state, inference_settings(cfg))
     barrier(info)
 
 
