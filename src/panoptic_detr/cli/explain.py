@@ -37,12 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--path-segment", type=int, default=None, metavar="ID",
                    help="segment of the path figure (default: the most confident one)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="confidence a query needs to be kept (default: predict's, 0.85)")
+                   help="confidence a query needs to be kept (default: as predict, the checkpoint's or 0.85)")
     p.add_argument("--near-misses", type=int, default=3, metavar="N",
                    help="also show the masks of the N dropped queries with the best class scores (default 3)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--size", type=int, default=None, help="shortest side fed to the network (predict's, 800)")
-    p.add_argument("--max-size", type=int, default=None, help="longest side cap (predict's, 1333)")
+    p.add_argument("--size", type=int, default=None, help="shortest side fed to the network (as predict)")
+    p.add_argument("--max-size", type=int, default=None, help="longest side cap (default: as predict)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
     p.set_defaults(func=run)
