@@ -24,3 +24,16 @@ def test_atomic_write_fsync_flag(tmp_path, monkeypatch, fsync):
     with pytest.raises(FileExistsError):
         atomic_write(path, lambda f: f.write(b"new"), overwrite=False, fsync=fsync)
     assert path.read_bytes() == b"abc"
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    from panoptic_detr.data.files import write_json
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -37,6 +37,8 @@ def atomic_write(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file private (0600); give it the mode open() would have
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             if fsync:
@@ -49,6 +51,12 @@ def atomic_write(
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj: Any, overwrite: bool = True, indent: int | None = None,
