@@ -33,6 +33,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--weights", default="demo")
     p.add_argument("--scene", type=int, default=1)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="instead of the checkpoint's (the sheet's title shows the one used)")
     args = p.parse_args()
     scene = DEMO_SCENES / f"scene_{args.scene:06d}.jpg"
     image = load_image(scene)
@@ -41,6 +43,8 @@ def main() -> None:
         rec = source.inference
         settings = {"threshold": rec.get("threshold", 0.7), "size": rec.get("size", 128),
                     "max_size": rec.get("max_size", 128)}
+        if args.threshold is not None:
+            settings["threshold"] = args.threshold
     except WeightsError as e:
         print(f"{e}; using a randomly initialised tiny model")
         from panoptic_detr.loading import Pretrained

@@ -90,9 +90,10 @@ def test_padding_gets_zero_attention_and_valid_part_matches_single(tiny_model):
 
 class Designed(torch.nn.Module):
     """Stands in for DETRPanoptic with outputs designed to give every status once:
-    q0 disc (left half), q1 sky (top right, second best bottom right), q2 sky again (bottom
-    right: a duplicate), q3 no-object, q4 square at p ~ 0.5, q5 square winning one mask cell,
-    q6 no-object. Input 64 x 64, so masks are 16 x 16 and C5 2 x 2."""
+    q0 disc (left half), q1 sky (top right, second best bottom right), q2 sky again (most of
+    the right half: a duplicate, merged into the first sky query q1), q3 no-object, q4 square
+    at p ~ 0.5, q5 square winning one mask cell, q6 no-object. Input 64 x 64, so masks are
+    16 x 16 and C5 2 x 2."""
 
     def __init__(self, no_segment: bool = False, dc5: bool = False):
         super().__init__()
@@ -112,7 +113,7 @@ class Designed(torch.nn.Module):
         m[0, :, :8] = 5
         m[1, :8, 8:] = 5
         m[1, 8:, 8:] = 3
-        m[2, 8:, 8:] = 5
+        m[2, 6:, 8:] = 6  # the duplicate wins more of the sky than the first sky query
         m[5, 3, 3] = 10
         self.masks = m
         gen = torch.Generator().manual_seed(3)

@@ -134,23 +134,37 @@ def _softmax_summary(pred_logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
 
 
 def segment_queries(result: PanopticResult, selected: Tensor, mask_logits: Tensor,
-                    input_size: tuple[int, int], labels: Tensor) -> dict[int, int]:
+                    input_size: tuple[int, int], labels: Tensor, is_thing: Tensor) -> dict[int, int]:
     """Which selected query made each segment of `result`.
 
-    Uses the segments' own `query` entries when post-processing records them. Otherwise the
-    pixels decide: each query claims the mask cells where its logits win the argmax over the
-    selected queries; a segment is matched, one to one and within its category, to the query
-    that claims most of its pixels (scipy's assignment, so two instances of one class never
-    share a query). A stuff segment merged from several queries goes to its largest one.
+    Uses the segments' own `query` entries when post-processing records them. Otherwise:
+    - a stuff segment belongs to the first selected query of its class: post-processing
+      merges duplicated stuff into that query (both of its `stuff_merge` modes), whichever
+      query won most of the pixels;
+    - thing segments are matched one to one, within their class, to the selected thing
+      queries by pixels: each query claims the mask cells where its logits win the argmax
+      over the selected queries, and a segment goes to the query claiming most of its pixels
+      (scipy's assignment, so two instances of one class never share a query).
 
-    selected: [Q] query indices, mask_logits: [Q, h/4, w/4], labels: [N] class per query.
-    Returns segment id -> query index.
+    selected: [Q] query indices (ascending), mask_logits: [Q, h/4, w/4], labels: [N] class
+    per query, is_thing: [K] bool per class. Returns segment id -> query index.
     """
     segs = result.segments_info
     if not segs:
         return {}
     if all("query" in s for s in segs):
         return {int(s["id"]): int(s["query"]) for s in segs}
+    sel_labels = labels[selected].tolist()
+    out: dict[int, int] = {}
+    things = []
+    for s in segs:
+        cat = int(s["category_id"])
+        if bool(is_thing[cat]):
+            things.append(s)
+        elif cat in sel_labels:
+            out[int(s["id"])] = int(selected[sel_labels.index(cat)])
+    if not things:
+        return out
     from scipy.optimize import linear_sum_assignment
 
     ih, iw = input_size
@@ -161,18 +175,19 @@ def segment_queries(result: PanopticResult, selected: Tensor, mask_logits: Tenso
     xs = ((torch.arange(W) + 0.5) * iw / W / 4).long().clamp_(max=w4 - 1)
     claimed = win[ys[:, None], xs[None, :]]  # H x W: the query winning under each pixel
     q = len(selected)
-    ids = torch.tensor([int(s["id"]) for s in segs])
-    # counts[s, j]: pixels of segment s under query j's winning cells
+    ids = torch.tensor([int(s["id"]) for s in things])
+    # counts[s, j]: pixels of thing segment s under query j's winning cells
     seg_index = torch.full((int(result.id_map.max()) + 1,), -1, dtype=torch.long)
-    seg_index[ids] = torch.arange(len(segs))
+    seg_index[ids] = torch.arange(len(things))
     si = seg_index[result.id_map.clamp(min=0)]
     valid = si >= 0
-    counts = torch.bincount(si[valid] * q + claimed[valid], minlength=len(segs) * q).view(len(segs), q)
-    cats = torch.tensor([int(s["category_id"]) for s in segs])
+    counts = torch.bincount(si[valid] * q + claimed[valid], minlength=len(things) * q).view(len(things), q)
+    cats = torch.tensor([int(s["category_id"]) for s in things])
     same = cats[:, None] == labels[selected][None, :]
     cost = torch.where(same, -counts.double(), torch.tensor(1e12, dtype=torch.double))
     rows, cols = linear_sum_assignment(cost.numpy())
-    return {int(ids[r]): int(selected[c]) for r, c in zip(rows, cols, strict=True) if bool(same[r, c])}
+    out.update({int(ids[r]): int(selected[c]) for r, c in zip(rows, cols, strict=True) if bool(same[r, c])})
+    return out
 
 
 def query_statuses(pred_logits: Tensor, pred_boxes: Tensor, selected: Tensor, result: PanopticResult,
@@ -303,7 +318,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     boxes_px = cxcywh_to_xyxy(det["pred_boxes"][0].float().cpu()) * torch.tensor([W, H, W, H])
     labels = logits.argmax(-1)
     seg_of_query = {q: s for s, q in segment_queries(result, selected.cpu(), masks.float().cpu(),
-                                                       input_size, labels).items()}
+                                                       input_size, labels, pred.is_thing.cpu()).items()}
     queries = query_statuses(logits, boxes_px, selected.cpu(), result, seg_of_query, cats)
     threshold = pred.threshold
     c5 = det["layer4"][0].float()  # C5 x h/32 x w/32
