@@ -118,6 +118,12 @@ class Explanation:
                 return s
         raise KeyError(f"no segment {segment_id}")
 
+    def segment_score(self, segment_id: int) -> float:
+        """The segment's score as post-processing gives it (with stuff merged as a union, the
+        best of its queries), else its query's."""
+        s = self.segment_info(segment_id)
+        return float(s.get("score", self.query_of_segment(segment_id).score))
+
     def mask_logits_of(self, query: int) -> Tensor | None:
         """[h/4, w/4] mask logits of `query`, or None when its mask was not computed."""
         hit = (self.mask_queries == query).nonzero()

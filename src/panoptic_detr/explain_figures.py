@@ -195,6 +195,8 @@ def legend(entries: Sequence[tuple[tuple[int, int, int], str]], width: int = 220
 
 
 def caption_line(text: str, width: int, size: int = 14, color: tuple[int, int, int] = INK) -> Image.Image:
+    """One line of text, at least `width` wide and as wide as the text needs."""
+    width = max(width, int(font(size).getlength(text)) + 4)
     out = Image.new("RGB", (width, size + 8), BG)
     ImageDraw.Draw(out).text((0, 2), text, fill=color, font=font(size))
     return out
@@ -263,8 +265,8 @@ class Figures:
     def legend_entries(self) -> list[tuple[tuple[int, int, int], str]]:
         out = []
         for s in self.e.result.segments_info:
-            q = self.e.query_of_segment(int(s["id"]))
-            out.append((self.colors[int(s["id"])], f"{self.label(int(s['id']))} ({q.score:.2f})"))
+            sid = int(s["id"])
+            out.append((self.colors[sid], f"{self.label(sid)} ({self.e.segment_score(sid):.2f})"))
         return out
 
     # ---- panels ----------------------------------------------------------------------------
@@ -357,7 +359,8 @@ class Figures:
             *self.attention(q.index, size),
         ]
         kind = "thing" if s.get("isthing", True) else "stuff"
-        title = f"segment {self.label(segment_id)} ({kind}) - query {q.index}, score {q.score:.3f}"
+        title = (f"segment {self.label(segment_id)} ({kind}) - query {q.index}, "
+                 f"score {self.e.segment_score(segment_id):.3f}")
         body = wrap(panels, width=max(7 * (size[1] + GAP), 1200))
         return column([caption_line(title, body.width), body])
 
@@ -404,7 +407,8 @@ class Figures:
         body = row([first, arrow(90, h, "query\nattention"), second,
                     arrow(90, h, f"FPN head\nx{st // 4}"), third,
                     arrow(110, h, "argmax over\nkept queries"), fourth], gap=4, align_top=False)
-        title = f"path of segment {self.label(segment_id)} (query {q.index}, score {q.score:.3f})"
+        title = (f"path of segment {self.label(segment_id)} (query {q.index}, "
+                 f"score {e.segment_score(segment_id):.3f})")
         return column([caption_line(title, body.width), body])
 
     def sheet(self, segments: Sequence[int], path_segment: int | None, max_segments: int = 4,

@@ -73,7 +73,7 @@ def default_path_segment(expl: Explanation, segments: Sequence[int]) -> int | No
     """The highest-scoring of `segments`, or None when there is none."""
     if not segments:
         return None
-    return max(segments, key=lambda s: (expl.query_of_segment(s).score, -s))
+    return max(segments, key=lambda s: (expl.segment_score(s), -s))
 
 
 def _png(im: Image.Image) -> bytes:
@@ -169,7 +169,7 @@ def render_html(expl: Explanation, images: dict[str, str], segments: Sequence[in
             rows.append(f"<tr><td><span class='swatch' style='background:{c}'></span>{sid}</td>"
                         f"<td>{e(cats.name(int(s['category_id'])))}</td>"
                         f"<td>{'thing' if s.get('isthing', True) else 'stuff'}</td>"
-                        f"<td>{q.score:.3f}</td><td>{q.index}"
+                        f"<td>{expl.segment_score(sid):.3f}</td><td>{q.index}"
                         + (f" <span class='muted'>(+ {', '.join(map(str, merged))})</span>" if merged else "")
                         + f"</td><td>{int(s['area'])}</td></tr>")
         out.append("<h3>Legend</h3><table><tr><th>segment</th><th>class</th><th>kind</th><th>score</th>"
