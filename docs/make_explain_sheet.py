@@ -40,6 +40,7 @@ def main() -> None:
     image = load_image(scene)
     try:
         source = load_pretrained(args.weights)
+        name = str(args.weights)  # not the full path of the file: the title stays readable
         rec = source.inference
         settings = {"threshold": rec.get("threshold", 0.7), "size": rec.get("size", 128),
                     "max_size": rec.get("max_size", 128)}
@@ -58,8 +59,9 @@ def main() -> None:
         source = Pretrained(model, model.config, Categories(synth_categories()),
                             "RANDOM tiny model (not trained)")
         settings = {"threshold": 0.0, "size": 192, "max_size": 256}
+        name = source.source
     expl = explain(source, image, **settings, top_dropped=0)
-    expl.meta["image"] = f"assets/demo/scenes/{scene.name}"
+    expl.meta.update(image=f"assets/demo/scenes/{scene.name}", weights=name)
     segments = choose_segments(expl)
     sheet = Figures(expl).sheet(segments, default_path_segment(expl, segments), max_segments=2)
     # an adaptive 256-colour palette keeps the README light; the report's own PNGs are RGB
