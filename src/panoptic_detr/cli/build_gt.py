@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..gt import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -24,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="source -> target category mapping (a file, or a bundled name: coco_coarse)")
     p.add_argument("--order", choices=["area", "annotation"], default="area",
                    help="overlapping instances: smaller on top (area) or later on top (annotation)")
-    p.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA, metavar="N",
-                   help="drop fragments left with fewer pixels after overlaps are resolved")
+    p.add_argument("--min-area", type=int, default=None, metavar="N",
+                   help="drop fragments left with fewer pixels after overlaps are resolved (default 16)")
     p.add_argument("--skip-unannotated", action="store_true",
                    help="skip images without annotations (default: keep them with source labels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -38,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..gt import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
+
+    if args.min_area is None:
+        args.min_area = DEFAULT_MIN_AREA
     try:
         report = build_gt(args.instances, args.images, args.out, stuff_from=args.stuff_from,
                           taxonomy=args.taxonomy, order=args.order, min_area=args.min_area,

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..gt import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
-from ..gt.convert import panoptic_to_instances_file, panoptic_to_semantic_files
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("convert", help="convert between panoptic, semantic and instance datasets")
@@ -34,13 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--images", required=True, metavar="DIR")
     s.add_argument("--out", required=True, metavar="DIR")
     s.add_argument("--order", choices=["area", "annotation"], default="area")
-    s.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA, metavar="N")
+    s.add_argument("--min-area", type=int, default=None, metavar="N", help="(default 16)")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--workers", type=int, default=1, metavar="N")
     s.set_defaults(func=_to_panoptic)
 
 
 def _semantic(args: argparse.Namespace) -> int:
+    from ..gt.convert import panoptic_to_semantic_files
+
     try:
         done, failed = panoptic_to_semantic_files(args.panoptic, args.out, args.png_dir,
                                                   things=not args.stuff_only, overwrite=args.overwrite)
@@ -52,6 +51,8 @@ def _semantic(args: argparse.Namespace) -> int:
 
 
 def _instances(args: argparse.Namespace) -> int:
+    from ..gt.convert import panoptic_to_instances_file
+
     try:
         n, failed = panoptic_to_instances_file(args.panoptic, args.out, args.png_dir,
                                                things_only=not args.with_stuff, overwrite=args.overwrite)
@@ -63,6 +64,10 @@ def _instances(args: argparse.Namespace) -> int:
 
 
 def _to_panoptic(args: argparse.Namespace) -> int:
+    from ..gt import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
+
+    if args.min_area is None:
+        args.min_area = DEFAULT_MIN_AREA
     try:
         report = build_gt(args.instances, args.images, args.out, order=args.order, min_area=args.min_area,
                           overwrite=args.overwrite, workers=args.workers, previews=False)
