@@ -101,9 +101,10 @@ def test_attention_maps_are_a_joint_softmax_and_zero_on_padding():
     assert (att[1][:, :, ~pad[1]] > 0).all()
 
 
-def test_fast_masks_equal_the_direct_formulation():
+@pytest.mark.parametrize("pos_keys", [False, True])
+def test_fast_masks_equal_the_direct_formulation(pos_keys):
     """The split first convolution and broadcast adapters give the original's masks."""
-    model = tiny_model()
+    model = tiny_model(mask_attention_pos=pos_keys)
     # non-trivial attention-map weights, so their channels matter in the comparison
     with torch.no_grad():
         model.mask_head.lay1.weight[:, model.config.hidden_dim :] *= 100
@@ -234,3 +235,20 @@ def test_prepare_for_inference_keeps_the_outputs():
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-10)
     for g, w in zip(got_fast, want_fast, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+def test_mask_attention_options():
+    """pos keys: the attention reads memory + pos; init gain: only lay1's attention weights."""
+    plain, gained = tiny_model(), tiny_model(mask_attention_init_gain=1000.0)
+    d = plain.config.hidden_dim
+    w0, w1 = plain.mask_head.lay1.weight, gained.mask_head.lay1.weight
+    torch.testing.assert_close(w1[:, :d], w0[:, :d], rtol=0, atol=0)
+    torch.testing.assert_close(w1[:, d:], 1000 * w0[:, d:])
+    model = tiny_model(mask_attention_pos=True)
+    batch = PaddedBatch.from_images(images((64, 96), (40, 70)))
+    with torch.no_grad():
+        det = model.detect(batch, return_attention=True)
+        by_hand = model.bbox_attention(det["hs"][-1], det["memory"] + det["pos"], det["padding"])
+        without = model.bbox_attention(det["hs"][-1], det["memory"], det["padding"])
+    torch.testing.assert_close(det["attention_maps"], by_hand, rtol=0, atol=0)
+    assert (det["attention_maps"] - without).abs().max() > 1e-3

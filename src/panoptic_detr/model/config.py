@@ -56,6 +56,17 @@ class DETRConfig:
     mask_head_groups: int = 8
     """GroupNorm groups in the mask head; must divide hidden_dim + mask_heads and every
     FPN width (hidden_dim // 2, // 4, // 8, // 16)."""
+    mask_attention_pos: bool = False
+    """Add the sine positional encoding to the encoder memory where the mask head's attention
+    map reads it as keys. The original (False) gives that attention content alone, so two
+    instances of one class look alike to it until training has spread position into the memory;
+    True lets it localise a query's own instance from the start (small presets trained from
+    scratch). Part of the architecture: a checkpoint keeps its own."""
+    mask_attention_init_gain: float = 1.0
+    """Initialisation only: scale of lay1's weights on the attention-map channels. The maps
+    are ~1/(M*H*W) each (joint softmax), so at 1 a fresh head barely sees them and masks do not
+    learn from scratch (the original trains them on a converged detector); ~1000 makes them
+    count from the first step. No effect on loaded weights."""
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -119,6 +130,9 @@ PRESETS: dict[str, DETRConfig] = {
         num_queries=30,
         mask_heads=4,
         mask_head_groups=4,
+        # masks learn from scratch jointly with the detector (see the two fields' docs)
+        mask_attention_pos=True,
+        mask_attention_init_gain=1000.0,
     ),
     "detr_r34_small": DETRConfig(
         backbone="resnet34",
@@ -130,6 +144,9 @@ PRESETS: dict[str, DETRConfig] = {
         num_queries=30,
         mask_heads=4,
         mask_head_groups=4,
+        # masks learn from scratch jointly with the detector (see the two fields' docs)
+        mask_attention_pos=True,
+        mask_attention_init_gain=1000.0,
     ),
     # For tests: every block present, a few thousand parameters outside the backbone.
     "tiny": DETRConfig(

@@ -61,6 +61,8 @@ class DETRPanoptic(nn.Module):
         self.bbox_embed = MLP(d, d, 4, 3)
         self.bbox_attention = MHAttentionMap(d, c.mask_heads)
         self.mask_head = MaskHead(d, c.mask_heads, (c4, c3, c2), c.mask_head_groups)
+        with torch.no_grad():  # see DETRConfig.mask_attention_init_gain
+            self.mask_head.lay1.weight[:, d:] *= c.mask_attention_init_gain
 
     def prepare_for_inference(self, channels_last: bool = True) -> DETRPanoptic:
         """Make this model faster for inference, in place: frozen batch norms folded into
@@ -109,8 +111,14 @@ class DETRPanoptic(nn.Module):
             "fpns": [feats[2], feats[1], feats[0]],
         }
         if return_attention:
-            out["attention_maps"] = self.bbox_attention(hs[-1], memory, padding)
+            out["attention_maps"] = self.bbox_attention(hs[-1], self._keys(out), padding)
         return out
+
+    def _keys(self, det: dict[str, Any]) -> Tensor:
+        """What the mask head's attention map attends over: [B, d, H/32, W/32]."""
+        if self.config.mask_attention_pos:
+            return det["memory"] + det["pos"].to(det["memory"].dtype)
+        return det["memory"]
 
     def predict_masks(self, det: dict[str, Any], queries: list[Tensor]) -> list[Tensor]:
         """Mask logits of the chosen queries only.
@@ -130,7 +138,7 @@ class DETRPanoptic(nn.Module):
             one = slice(i, i + 1)
             shared = self.mask_head.image_features(det["src_proj"][one], [f[one] for f in det["fpns"]])
             att = self.bbox_attention(
-                last[one, idx.to(last.device)], det["memory"][one], det["padding"][one]
+                last[one, idx.to(last.device)], self._keys(det)[one], det["padding"][one]
             )[0]  # Q x M x h x w
             out.append(self.mask_head.query_masks(shared, att))
         return out
