@@ -100,8 +100,12 @@ def test_infer_config_recovers_every_preset(name):
     config = PRESETS[name]
     with torch.device("meta"):
         sd = build_model(config).state_dict()
-    assert infer_config(sd, dilation=config.dilation) == config
-    assert infer_config(from_original(to_original(sd)), dilation=config.dilation) == config
+    # tensors cannot tell whether the mask attention reads positional keys, nor how lay1 was
+    # initialised: a bare state dict is read as the original architecture (project
+    # checkpoints carry their config and never need this)
+    expected = config.with_overrides(mask_attention_pos=False, mask_attention_init_gain=1.0)
+    assert infer_config(sd, dilation=config.dilation) == expected
+    assert infer_config(from_original(to_original(sd)), dilation=config.dilation) == expected
 
 
 def test_infer_config_of_a_custom_architecture():
