@@ -13,23 +13,12 @@ way the original runs it. Median wall time of `repeat` runs after one warm-up.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import median_time
 
 from panoptic_detr.model import PRESETS, build_model
 from panoptic_detr.structures import PaddedBatch
-
-
-def median_time(fn, repeat: int) -> float:
-    fn()  # warm-up: allocator, oneDNN kernels
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:

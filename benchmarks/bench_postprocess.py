@@ -13,14 +13,13 @@ PIL resize, per-segment areas) for comparison.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timing import median_time
 
 from panoptic_detr.model.postprocess import panoptic_postprocess
 
@@ -73,16 +72,6 @@ def original_style(logits, masks, processed, target, is_thing, threshold=0.85):
     return area
 
 
-def timeit(fn, repeat: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -99,12 +88,12 @@ def main() -> None:
         with torch.inference_mode():
             res = panoptic_postprocess(logits, masks, processed, processed, target, is_thing)
             ours = partial(panoptic_postprocess, logits, masks, processed, processed, target, is_thing)
-            t = timeit(ours, args.repeat)
+            t = median_time(ours, args.repeat)
             line = (f"input {processed[0]}x{processed[1]} (masks {mask_hw[0]}x{mask_hw[1]}) -> "
                     f"{target[0]}x{target[1]}, 20 kept, {len(res.segments_info)} segments: {t * 1e3:.1f} ms")
             if args.original:
                 theirs = partial(original_style, logits, masks, processed, target, is_thing)
-                t0 = timeit(theirs, max(3, args.repeat // 5))
+                t0 = median_time(theirs, max(3, args.repeat // 5))
                 line += f"; original-style: {t0 * 1e3:.1f} ms"
         print(line)
 

@@ -114,40 +114,30 @@ class DETRConfig:
 
 _COCO = DETRConfig()  # the original: 250 classes, 100 queries, d=256, 8 heads, 6+6 layers, ffn 2048
 
+# The small presets: models for training on a CPU or a small GPU.
+_SMALL = DETRConfig(
+    backbone="resnet18",
+    hidden_dim=128,
+    nheads=4,
+    num_encoder_layers=3,
+    num_decoder_layers=3,
+    dim_feedforward=512,
+    num_queries=30,
+    mask_heads=4,
+    mask_head_groups=4,
+    # masks learn from scratch jointly with the detector (see the two fields' docs)
+    mask_attention_pos=True,
+    mask_attention_init_gain=1000.0,
+)
+
 PRESETS: dict[str, DETRConfig] = {
     # The three original COCO panoptic models (PQ 43.4 / 44.6 / 45.1 on COCO val).
     "detr_r50_panoptic": _COCO,
     "detr_r50_dc5_panoptic": _COCO.with_overrides(dilation=True),
     "detr_r101_panoptic": _COCO.with_overrides(backbone="resnet101"),
     # Small models for training on a CPU or a small GPU.
-    "detr_r18_small": DETRConfig(
-        backbone="resnet18",
-        hidden_dim=128,
-        nheads=4,
-        num_encoder_layers=3,
-        num_decoder_layers=3,
-        dim_feedforward=512,
-        num_queries=30,
-        mask_heads=4,
-        mask_head_groups=4,
-        # masks learn from scratch jointly with the detector (see the two fields' docs)
-        mask_attention_pos=True,
-        mask_attention_init_gain=1000.0,
-    ),
-    "detr_r34_small": DETRConfig(
-        backbone="resnet34",
-        hidden_dim=128,
-        nheads=4,
-        num_encoder_layers=3,
-        num_decoder_layers=3,
-        dim_feedforward=512,
-        num_queries=30,
-        mask_heads=4,
-        mask_head_groups=4,
-        # masks learn from scratch jointly with the detector (see the two fields' docs)
-        mask_attention_pos=True,
-        mask_attention_init_gain=1000.0,
-    ),
+    "detr_r18_small": _SMALL,
+    "detr_r34_small": _SMALL.with_overrides(backbone="resnet34"),
     # For tests: every block present, a few thousand parameters outside the backbone.
     "tiny": DETRConfig(
         backbone="resnet18",

@@ -44,7 +44,6 @@ def segment_stats(id_map: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
     idx = torch.where(hit, order[pos], s)  # s = no listed segment
     area = torch.bincount(idx, minlength=s + 1)[:s]
     h, w = id_map.shape
-    idx2 = idx.view(h, w)
     ys = torch.arange(h, device=dev).view(h, 1).expand(h, w).reshape(-1)
     xs = torch.arange(w, device=dev).view(1, w).expand(h, w).reshape(-1)
     big = max(h, w) + 1
@@ -54,5 +53,4 @@ def segment_stats(id_map: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
     x1 = torch.full((s + 1,), -1, dtype=torch.int64, device=dev).scatter_reduce(0, idx, xs, "amax")[:s]
     bbox = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)
     bbox[area == 0] = 0
-    del idx2
     return area, bbox
