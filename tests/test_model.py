@@ -73,6 +73,40 @@ def test_dc5_has_c5_at_stride_16():
     assert out["pred_masks"].shape[-2:] == (16, 24)
 
 
+def test_dc5_of_a_basic_block_resnet_keeps_the_weights():
+    """ResNet-18 DC5: C5 at stride 16, the same tensors as the plain one, so plain weights load."""
+    plain = build_model(PRESETS["tiny"]).eval()
+    dc5 = build_model(PRESETS["tiny"].with_overrides(dilation=True)).eval()
+    dc5.load_state_dict(plain.state_dict())
+    body = dc5.backbone.body
+    assert body.layer4[0].conv1.stride == (1, 1) and body.layer4[0].downsample[0].stride == (1, 1)
+    assert body.layer4[1].conv1.dilation == (2, 2) and body.layer4[0].conv1.dilation == (1, 1)
+    batch = PaddedBatch.from_images(images((64, 96), dtype=torch.float32))
+    with torch.no_grad():
+        out, ref = dc5(batch), plain(batch)
+    assert out["layer4"].shape[-2:] == (4, 6) and ref["layer4"].shape[-2:] == (2, 3)
+    assert out["pred_masks"].shape == ref["pred_masks"].shape
+    # the stride-1 first conv sees every position the strided one saw
+    torch.testing.assert_close(body.layer4[0].conv1(torch.ones(1, 256, 4, 4))[..., ::2, ::2],
+                               plain.backbone.body.layer4[0].conv1(torch.ones(1, 256, 4, 4)))
+
+
+def test_group_norm_backbone_trains_and_is_batch_independent():
+    config = PRESETS["tiny"].with_overrides(backbone_norm="group_norm")
+    model = build_model(config).double().train()
+    sd = model.state_dict()
+    assert "backbone.body.bn1.weight" in sd and "backbone.body.bn1.running_mean" not in sd
+    assert isinstance(model.backbone.body.layer2[0].bn1, torch.nn.GroupNorm)
+    # from scratch every residual branch starts at zero (its last norm's scale)
+    assert not model.backbone.body.layer3[1].bn2.weight.detach().any()
+    a, b = images((64, 64), (64, 64))
+    both = model(PaddedBatch.from_images([a, b]))
+    one = model(PaddedBatch.from_images([b]))
+    torch.testing.assert_close(both["pred_masks"][1:], one["pred_masks"], rtol=0, atol=1e-10)
+    both["pred_logits"].sum().backward()
+    assert model.backbone.body.layer2[0].bn1.weight.grad is not None
+
+
 def test_config_validation_and_round_trip():
     config = PRESETS["detr_r18_small"]
     assert DETRConfig.from_dict(config.to_dict()) == config
@@ -81,8 +115,10 @@ def test_config_validation_and_round_trip():
         config.with_overrides(mask_head_groups=8)  # 128 + 4 channels: not 8 groups
     with pytest.raises(ValueError, match="backbone"):
         config.with_overrides(backbone="vgg16")
-    with pytest.raises(ValueError, match="dilation"):
-        config.with_overrides(dilation=True)  # BasicBlock ResNets cannot dilate
+    with pytest.raises(ValueError, match="backbone_norm"):
+        config.with_overrides(backbone_norm="batch_norm")
+    with pytest.raises(ValueError, match="pretrained_backbone"):
+        config.with_overrides(backbone_norm="group_norm", pretrained_backbone=True)
     with pytest.raises(ValueError, match="unknown"):
         DETRConfig.from_dict({**config.to_dict(), "lr": 1.0})
 

@@ -113,6 +113,9 @@ def test_infer_config_of_a_custom_architecture():
     got = infer_config(build_model(config).state_dict())
     assert (got.num_queries, got.num_classes, got.num_encoder_layers) == (9, 12, 2)
     assert got.mask_heads == got.nheads == 2 and got.hidden_dim == 32
+    assert got.backbone_norm == "frozen_bn"
+    gn = infer_config(build_model(config.with_overrides(backbone_norm="group_norm")).state_dict())
+    assert gn.backbone_norm == "group_norm"
 
 
 def test_infer_config_of_something_else():

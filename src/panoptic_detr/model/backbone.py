@@ -21,15 +21,20 @@ class Backbone(nn.Module):
     """ResNet trunk: image [B, 3, H, W] -> C2, C3, C4, C5 at strides 4, 8, 16, 32 (C5 at 16
     with DC5), plus the padding mask resized to each."""
 
-    def __init__(self, name: str, dilation: bool = False, pretrained: bool = False):
+    def __init__(self, name: str, dilation: bool = False, pretrained: bool = False, norm: str = "frozen_bn"):
         super().__init__()
         # V1: the ImageNet weights the original DETR started from
         weights = "IMAGENET1K_V1" if pretrained else None
+        basic = name in ("resnet18", "resnet34")  # torchvision dilates bottleneck blocks only
         body = getattr(torchvision.models, name)(
             weights=weights,
-            replace_stride_with_dilation=[False, False, dilation],
-            norm_layer=FrozenBatchNorm2d,
+            replace_stride_with_dilation=[False, False, dilation and not basic],
+            norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else _group_norm,
+            # from scratch: every residual block starts as the identity (its last norm's scale 0)
+            zero_init_residual=norm != "frozen_bn",
         )
+        if dilation and basic:
+            _dilate_basic_layer4(body.layer4)
         del body.avgpool, body.fc  # classification head: unused, and absent from DETR checkpoints
         # DETR trains only layer2..layer4; the stem and layer1 keep their ImageNet weights.
         for pname, p in body.named_parameters():
@@ -89,6 +94,21 @@ class Backbone(nn.Module):
             fused.bias.requires_grad_(False)
             setattr(parent, conv_name, fused)
             setattr(parent, bn_name, nn.Identity())
+
+
+def _dilate_basic_layer4(layer: nn.Sequential) -> None:
+    """DC5 for a basic-block ResNet, as torchvision does it for bottlenecks: the first block
+    no longer strides, and every 3x3 convolution after it is dilated by 2 (same weights)."""
+    first = layer[0]
+    first.conv1.stride = (1, 1)
+    first.downsample[0].stride = (1, 1)
+    convs = [first.conv2] + [c for block in layer[1:] for c in (block.conv1, block.conv2)]
+    for conv in convs:
+        conv.dilation, conv.padding = (2, 2), (2, 2)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels)
 
 
 def downsample_mask(mask: Tensor, size: tuple[int, int] | list[int]) -> Tensor:

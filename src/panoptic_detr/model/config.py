@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONE_NORMS = ("frozen_bn", "group_norm")
 
 # Channels of C2, C3, C4, C5 (outputs of layer1..layer4) of each torchvision ResNet.
 BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
@@ -30,7 +31,14 @@ class DETRConfig:
     """torchvision ResNet: "resnet18", "resnet34", "resnet50" or "resnet101"."""
     dilation: bool = False
     """DC5: dilate the last stage instead of striding, so C5 is at stride 16 (the mask head
-    still works at stride 4: its upsampling follows the C4/C3/C2 sizes). ResNet-50/101 only."""
+    still works at stride 4: its upsampling follows the C4/C3/C2 sizes). Any of the backbones
+    (for ResNet-18/34 the 3x3 convolutions of layer4 after its first are dilated)."""
+    backbone_norm: str = "frozen_bn"
+    """Normalisation layers of the backbone. "frozen_bn": DETR's frozen batch norm (fixed
+    ImageNet statistics; with random weights it is the identity, i.e. no normalisation at all).
+    "group_norm": trainable GroupNorm (32 groups), batch-independent like frozen BN, the usual
+    choice for training a detector's backbone from scratch (He et al., "Rethinking ImageNet
+    Pre-training", 2019); the small presets use it."""
     pretrained_backbone: bool = False
     """Start the backbone from torchvision's ImageNet weights (downloads them once; only for
     training from scratch, never needed when a DETR checkpoint is loaded)."""
@@ -71,8 +79,10 @@ class DETRConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.dilation and self.backbone in ("resnet18", "resnet34"):
-            raise ValueError("dilation (DC5) needs a bottleneck ResNet (resnet50/101)")
+        if self.backbone_norm not in BACKBONE_NORMS:
+            raise ValueError(f"backbone_norm must be one of {BACKBONE_NORMS}, got {self.backbone_norm!r}")
+        if self.pretrained_backbone and self.backbone_norm != "frozen_bn":
+            raise ValueError("pretrained_backbone needs backbone_norm='frozen_bn' (ImageNet weights come with BN statistics)")
         if self.hidden_dim % 2 or self.hidden_dim % self.nheads:
             raise ValueError(f"hidden_dim={self.hidden_dim} must be even and divisible by nheads")
         if self.hidden_dim % self.mask_heads:

@@ -50,7 +50,7 @@ class DETRPanoptic(nn.Module):
         c = config
         self.config = c
         d = c.hidden_dim
-        self.backbone = Backbone(c.backbone, c.dilation, c.pretrained_backbone)
+        self.backbone = Backbone(c.backbone, c.dilation, c.pretrained_backbone, c.backbone_norm)
         c2, c3, c4, c5 = self.backbone.channels
         self.input_proj = nn.Conv2d(c5, d, kernel_size=1)
         self.query_embed = nn.Embedding(c.num_queries, d)

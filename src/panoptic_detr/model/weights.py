@@ -245,6 +245,8 @@ def infer_config(sd: dict[str, Tensor], dilation: bool = False) -> DETRConfig:
         config = DETRConfig(
             backbone=names[(bottleneck, blocks)],
             dilation=dilation,
+            # frozen BN keeps statistics buffers; GroupNorm has an affine pair only
+            backbone_norm="frozen_bn" if "backbone.body.bn1.running_mean" in sd else "group_norm",
             hidden_dim=d,
             nheads=mask_heads,
             num_encoder_layers=enc,
