@@ -140,6 +140,15 @@ def test_make_dataset_files_and_refusal(tmp_path):
     assert len(json.loads(path.read_text())["images"]) == 2
 
 
+def test_make_dataset_passes_the_scene_options(tmp_path):
+    path = make_dataset(tmp_path / "ds", 6, seed=3, size=(64, 64), max_things=2, thing_size=(0.5, 0.6),
+                        progress=False)
+    for ann in json.loads(path.read_text())["annotations"]:
+        things = [s for s in ann["segments_info"] if s["category_id"] <= len(THINGS)]
+        assert len(things) <= 2
+        assert ann["segments_info"] == make_scene(3, ann["image_id"], (64, 64), max_things=2, thing_size=(0.5, 0.6))[2]
+
+
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["synth", "--out", str(out), "--n", "3", "--seed", "1", "--size", "64x32"]) == 0

@@ -296,6 +296,8 @@ def make_dataset(
     size: tuple[int, int] = (256, 256),
     *,
     crowd_prob: float = 0.0,
+    max_things: int = 10,
+    thing_size: tuple[float, float] = (0.12, 0.40),
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -303,7 +305,8 @@ def make_dataset(
 
     Refuses a non-empty `out` unless `overwrite`. Every file is written atomically and the
     JSON last (and fsynced), so a dataset with a JSON is complete, power cuts aside.
-    `size` is (height, width). Returns the JSON's path.
+    `size` is (height, width); `crowd_prob`, `max_things` and `thing_size` go to `make_scene`.
+    Returns the JSON's path.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -314,7 +317,8 @@ def make_dataset(
 
     images, annotations = [], []
     for index in tqdm(range(n), desc="synth", unit="img", disable=not progress):
-        img, id_map, segments = make_scene(seed, index, size, crowd_prob=crowd_prob)
+        img, id_map, segments = make_scene(seed, index, size, crowd_prob=crowd_prob, max_things=max_things,
+                                            thing_size=thing_size)
         name = f"{index:06d}"
         data = _jpeg_bytes(img)
         # atomic but not fsynced: the fsyncs would cost as much as making the scenes

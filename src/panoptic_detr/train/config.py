@@ -47,6 +47,10 @@ class SynthSection:
     """Side of the square scenes in pixels."""
     crowd_prob: float = 0.0
     """Probability of a crowd region in a scene (crowd segments are left out of the losses)."""
+    max_things: int = 10
+    """Things per scene are drawn from 0..max_things (occluded ones may vanish)."""
+    thing_size: list[float] = field(default_factory=lambda: [0.12, 0.40])
+    """Range of a thing's diameter as a fraction of the scene side."""
 
 
 @dataclass

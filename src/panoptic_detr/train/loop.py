@@ -104,7 +104,7 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
         for root, n, seed in todo:
             if root and n > 0 and not (Path(root) / "panoptic.json").exists():
                 make_dataset(root, n, seed=seed, size=(synth.size, synth.size), crowd_prob=synth.crowd_prob,
-                             progress=False)
+                             max_things=synth.max_things, thing_size=tuple(synth.thing_size), progress=False)
     barrier(info)
     if cfg.data.check:
         problem = _check_data([cfg.data.train, cfg.data.val], cfg.data.num_workers) if info.is_main else None
