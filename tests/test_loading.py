@@ -100,6 +100,15 @@ def test_wrong_preset_for_the_file(tmp_path, tiny_sd):
         load_pretrained(path, preset="detr_r18_small")
 
 
+def test_a_bare_state_dict_takes_the_named_presets_untold_settings(tmp_path):
+    """DC5 and the mask options leave no trace in the tensors: --preset supplies them."""
+    config = PRESETS["detr_r18_small"]
+    path = tmp_path / "small.pth"
+    torch.save(build_model(config).state_dict(), path)
+    assert load_pretrained(path, preset="detr_r18_small").config.with_overrides(dropout=config.dropout) == config
+    assert not load_pretrained(path).config.dilation  # without it: the original architecture
+
+
 def test_keys_that_do_not_fit(tmp_path, tiny_sd):
     path = tmp_path / "detr.pth"
     sd = dict(tiny_sd)

@@ -39,8 +39,9 @@ def test_small_presets_run(name):
     assert out["pred_masks"].shape == (2, n, 16, 24)
     assert len(out["aux_outputs"]) == config.num_decoder_layers - 1
     assert out["hs"].shape == (config.num_decoder_layers, 2, n, config.hidden_dim)
-    assert out["memory"].shape == (2, config.hidden_dim, 2, 3)
-    assert out["layer4"].shape == (2, config.backbone_channels[-1], 2, 3)
+    c5 = (4, 6) if config.dilation else (2, 3)  # stride 16 or 32 of the 64x96 padded batch
+    assert out["memory"].shape == (2, config.hidden_dim, *c5)
+    assert out["layer4"].shape == (2, config.backbone_channels[-1], *c5)
     assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
     assert all(torch.isfinite(out[k]).all() for k in ("pred_logits", "pred_masks"))
 

@@ -192,11 +192,12 @@ def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, C
     if preset is not None:
         config = PRESETS[preset]
         try:
-            found = infer_config(sd, dilation=config.dilation)
+            found = infer_config(sd)
         except WeightsError:
             found = None  # the strict load below says what does not fit
-        # compare only what the tensors tell (not nheads, groups or dropout)
-        untold = ("nheads", "mask_head_groups", "dropout", "pretrained_backbone")
+        # compare only what the tensors tell (not heads, groups, dropout, DC5 or the mask options)
+        untold = ("nheads", "mask_head_groups", "dropout", "pretrained_backbone", "dilation",
+                  "mask_attention_pos", "mask_attention_init_gain")
         told = [f for f in config.to_dict() if f not in untold]
         if found is not None and any(getattr(found, f) != getattr(config, f) for f in told):
             raise WeightsError(

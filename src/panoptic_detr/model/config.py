@@ -82,7 +82,10 @@ class DETRConfig:
         if self.backbone_norm not in BACKBONE_NORMS:
             raise ValueError(f"backbone_norm must be one of {BACKBONE_NORMS}, got {self.backbone_norm!r}")
         if self.pretrained_backbone and self.backbone_norm != "frozen_bn":
-            raise ValueError("pretrained_backbone needs backbone_norm='frozen_bn' (ImageNet weights come with BN statistics)")
+            raise ValueError(
+                "pretrained_backbone needs backbone_norm='frozen_bn' (ImageNet weights come with BN "
+                "statistics); set both, e.g. model.overrides: {pretrained_backbone: true, backbone_norm: frozen_bn}"
+            )
         if self.hidden_dim % 2 or self.hidden_dim % self.nheads:
             raise ValueError(f"hidden_dim={self.hidden_dim} must be even and divisible by nheads")
         if self.hidden_dim % self.mask_heads:
@@ -138,6 +141,10 @@ _SMALL = DETRConfig(
     # masks learn from scratch jointly with the detector (see the two fields' docs)
     mask_attention_pos=True,
     mask_attention_init_gain=1000.0,
+    # from scratch: a normalised backbone, and C5 at stride 16 (an 8x8 grid at 128 px, where
+    # stride 32 leaves the transformer 4x4 tokens); benchmarks/RESULTS.md has the comparison
+    backbone_norm="group_norm",
+    dilation=True,
 )
 
 PRESETS: dict[str, DETRConfig] = {
