@@ -94,7 +94,7 @@ def run_one(args: argparse.Namespace) -> dict:
     from panoptic_detr.structures import PaddedBatch
 
     predictor = Predictor(args.ckpt, preset="detr_r50_panoptic", mask_chunk=args.mask_chunk or None,
-                          prepare=not args.no_prepare)
+                          prepare=not args.no_prepare, dtype=args.dtype)
     model, cats = predictor.model, predictor.categories
     is_thing = cats.thing_mask()
     out = Path(args.work) / f"out_b{args.batch}_k{args.k}"
@@ -108,7 +108,7 @@ def run_one(args: argparse.Namespace) -> dict:
             arrays = [load_image(p) for p in paths]
             clock.lap("decode")
             inputs = [preprocess(a) for a in arrays]
-            batch = PaddedBatch.from_images(inputs)
+            batch = PaddedBatch.from_images(inputs).to("cpu", predictor.dtype)
             clock.lap("preprocess")
             det = model.detect(batch)
             clock.lap("network")
@@ -119,9 +119,9 @@ def run_one(args: argparse.Namespace) -> dict:
             clock.lap("masks")
             padded = tuple(batch.images.shape[-2:])
             results = [
-                panoptic_postprocess(logits[i], masks[i], tuple(inputs[i].shape[-2:]), padded,
-                                     arrays[i].shape[:2], is_thing, query_idx=keep[i],
-                                     pred_boxes=det["pred_boxes"][i])
+                panoptic_postprocess(logits[i].float(), masks[i].float(), tuple(inputs[i].shape[-2:]),
+                                     padded, arrays[i].shape[:2], is_thing, query_idx=keep[i],
+                                     pred_boxes=det["pred_boxes"][i].float())
                 for i in range(len(arrays))
             ]
             clock.lap("postprocess")
@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--mask-chunk", type=int, default=10, help="queries per mask-head call (0: all)")
     parser.add_argument("--no-prepare", action="store_true",
                         help="the model as loaded (no BN folding, no channels-last)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="network precision (Predictor's dtype)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -187,6 +189,7 @@ def main() -> None:
                        "--threads", str(args.threads), "--iters", str(args.iters),
                        "--mask-chunk", str(args.mask_chunk)]
                 cmd += ["--no-prepare"] if args.no_prepare else []
+                cmd += ["--dtype", args.dtype]
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"batch {batch} K {k} failed:\n{done.stderr[-2000:]}", file=sys.stderr)

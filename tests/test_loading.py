@@ -105,7 +105,8 @@ def test_a_bare_state_dict_takes_the_named_presets_untold_settings(tmp_path):
     config = PRESETS["detr_r18_small"]
     path = tmp_path / "small.pth"
     torch.save(build_model(config).state_dict(), path)
-    assert load_pretrained(path, preset="detr_r18_small").config.with_overrides(dropout=config.dropout) == config
+    named = load_pretrained(path, preset="detr_r18_small").config
+    assert named.with_overrides(dropout=config.dropout) == config
     assert not load_pretrained(path).config.dilation  # without it: the original architecture
 
 

@@ -146,7 +146,8 @@ def test_make_dataset_passes_the_scene_options(tmp_path):
     for ann in json.loads(path.read_text())["annotations"]:
         things = [s for s in ann["segments_info"] if s["category_id"] <= len(THINGS)]
         assert len(things) <= 2
-        assert ann["segments_info"] == make_scene(3, ann["image_id"], (64, 64), max_things=2, thing_size=(0.5, 0.6))[2]
+        scene = make_scene(3, ann["image_id"], (64, 64), max_things=2, thing_size=(0.5, 0.6))
+        assert ann["segments_info"] == scene[2]
 
 
 def test_cli(tmp_path, capsys):

@@ -36,6 +36,9 @@ from .viz import overlay
 ImageInput = np.ndarray | str | os.PathLike[str]
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""Network precisions of `Predictor` (post-processing is float32 either way)."""
+
 DEFAULTS = {"threshold": 0.85, "size": 800, "max_size": 1333}
 """The original DETR's inference settings, used where neither caller nor checkpoint says."""
 
@@ -52,6 +55,10 @@ class Predictor:
     prepare: `model.prepare_for_inference()` (frozen BN folded, channels-last: faster on CPUs;
     same outputs up to float32 rounding, see the model's parity tests, so scores may
     differ in the last digits from an unprepared model's). Changes a passed-in model in place.
+    dtype: "float32" (the default: the checkpoint's answers) or "bfloat16": the network runs in
+    bfloat16, about 2x faster on CPUs with AVX512-BF16 or AMX and on GPUs; scores and masks are
+    then bfloat16-rounded, so a pixel or a borderline query can come out differently
+    (benchmarks/RESULTS.md measures how often). Post-processing stays float32.
     """
 
     def __init__(
@@ -66,12 +73,17 @@ class Predictor:
         stuff_merge: StuffMerge = "original",
         mask_chunk: int | None = 10,
         prepare: bool = False,
+        dtype: str = "float32",
     ):
         if isinstance(weights, Pretrained):  # an already loaded model (changed if prepare)
-            self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare)
+            self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare,
+                        dtype)
             return
+        if dtype not in DTYPES:  # before loading anything
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         pretrained = load_pretrained(weights, preset=preset, device=device)
-        self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare)
+        self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare,
+                    dtype)
 
     @classmethod
     def from_pretrained(cls, pretrained: Pretrained, **kwargs: Any) -> Predictor:
@@ -82,13 +94,17 @@ class Predictor:
 
     def _setup(self, pretrained: Pretrained, threshold: float | None = None, size: int | None = None,
                max_size: int | None = None, batch_size: int = 1, stuff_merge: StuffMerge = "original",
-               mask_chunk: int | None = 10, prepare: bool = False) -> None:
+               mask_chunk: int | None = 10, prepare: bool = False, dtype: str = "float32") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.pretrained = pretrained
         self.model: DETRPanoptic = pretrained.model.eval()
         if prepare:  # BN folded into the convolutions, channels-last: faster convolutions
             self.model.prepare_for_inference()
+        if dtype != "float32":  # after folding BN, which is best done in float32
+            self.model.to(DTYPES[dtype])
         self.categories: Categories = pretrained.categories
         # unset options: what the checkpoint recommends (a model trained on small images should
         # see small images), else the original DETR's settings
@@ -128,9 +144,9 @@ class Predictor:
         results = []
         for i, (a, x) in enumerate(zip(arrays, inputs, strict=True)):
             result = panoptic_postprocess(
-                det["pred_logits"][i], masks[i], tuple(x.shape[-2:]), padded, a.shape[:2],
+                det["pred_logits"][i].float(), masks[i].float(), tuple(x.shape[-2:]), padded, a.shape[:2],
                 self.is_thing, threshold=self.threshold, stuff_merge=self.stuff_merge,
-                query_idx=keep[i], pred_boxes=det["pred_boxes"][i],
+                query_idx=keep[i], pred_boxes=det["pred_boxes"][i].float(),
             )
             results.append(PanopticResult(result.id_map.cpu(), result.segments_info))
         return results
@@ -293,6 +309,7 @@ def predict_files(
     predictor: Predictor | None = None,
     prepare: bool = True,
     stuff_merge: StuffMerge = "original",
+    dtype: str = "float32",
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
     <stem>.png (COCO panoptic), <stem>_overlay.png, records/<stem>.json (the image's entry,
@@ -311,7 +328,7 @@ def predict_files(
     if predictor is None:
         predictor = Predictor(weights, preset=preset, threshold=threshold, device=device, size=size,
                               max_size=max_size, batch_size=batch_size, prepare=prepare,
-                              stuff_merge=stuff_merge)
+                              stuff_merge=stuff_merge, dtype=dtype)
     stems = _output_stems(files)
     todo = []
     for f, stem in zip(files, stems, strict=True):

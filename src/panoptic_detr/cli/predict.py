@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prepare", action="store_true",
                    help="run the model as loaded: no BN folding or channels-last (slower; scores "
                         "equal to the Python API's default to the last digit)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="network precision: bfloat16 is ~2x faster on CPUs with AVX512-BF16/AMX, "
+                        "with bfloat16-rounded scores and masks (float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             args.images, args.out, weights=args.weights, preset=args.preset, threshold=args.threshold,
             batch_size=args.batch_size, device=args.device, size=args.size, max_size=args.max_size,
             overwrite=args.overwrite, progress=not args.quiet, prepare=not args.no_prepare,
-            stuff_merge=args.stuff_merge,
+            stuff_merge=args.stuff_merge, dtype=args.dtype,
         )
     except (WeightsError, ValueError, RuntimeError) as e:  # weights or device: nothing ran yet
         print(f"error: {e}", file=sys.stderr)

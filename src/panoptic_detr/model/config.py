@@ -84,7 +84,8 @@ class DETRConfig:
         if self.pretrained_backbone and self.backbone_norm != "frozen_bn":
             raise ValueError(
                 "pretrained_backbone needs backbone_norm='frozen_bn' (ImageNet weights come with BN "
-                "statistics); set both, e.g. model.overrides: {pretrained_backbone: true, backbone_norm: frozen_bn}"
+                "statistics); set both, e.g. model.overrides: "
+                "{pretrained_backbone: true, backbone_norm: frozen_bn}"
             )
         if self.hidden_dim % 2 or self.hidden_dim % self.nheads:
             raise ValueError(f"hidden_dim={self.hidden_dim} must be even and divisible by nheads")

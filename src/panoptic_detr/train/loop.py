@@ -297,8 +297,10 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             state["position"] = 0
 
     stream = batches()
-    bar = tqdm(total=steps, initial=state["step"], disable=not (progress and info.is_main),
-               desc="train", unit="step", dynamic_ncols=True)
+    # with a time budget the step count is only a cap: the bar shows the minutes left instead
+    # of an ETA to a step the run will not reach
+    bar = tqdm(total=None if cfg.time_limit > 0 else steps, initial=state["step"],
+               disable=not (progress and info.is_main), desc="train", unit="step", dynamic_ncols=True)
     sums: dict[str, float] = {}
     images, t0 = 0, time.perf_counter()
     started = t0
@@ -342,7 +344,10 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             metrics = reduce_mean({k: v / n for k, v in sums.items()}, info, device)
             metrics.update(step=step, epoch=state["epoch"], lr=optimizer.param_groups[0]["lr"],
                            images_per_s=images / max(elapsed, 1e-9), stage=stage)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_s']:.1f}")
+            post = {"loss": f"{metrics['loss']:.3f}", "img_s": f"{metrics['images_per_s']:.1f}"}
+            if cfg.time_limit > 0:
+                post["left"] = f"{max(0.0, cfg.time_limit - (time.perf_counter() - started) / 60):.1f}min"
+            bar.set_postfix(post)
             if info.is_main:
                 _append_metrics(out / "metrics.jsonl", metrics)
             sums, images, t0 = {}, 0, time.perf_counter()
