@@ -39,6 +39,12 @@ ImageInput = np.ndarray | str | os.PathLike[str]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Network precisions of `Predictor` (post-processing is float32 either way)."""
 
+
+def _network_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
 DEFAULTS = {"threshold": 0.85, "size": 800, "max_size": 1333}
 """The original DETR's inference settings, used where neither caller nor checkpoint says."""
 
@@ -79,8 +85,7 @@ class Predictor:
             self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare,
                         dtype)
             return
-        if dtype not in DTYPES:  # before loading anything
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        _network_dtype(dtype)  # a bad name fails before anything is loaded
         pretrained = load_pretrained(weights, preset=preset, device=device)
         self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare,
                     dtype)
@@ -97,14 +102,13 @@ class Predictor:
                mask_chunk: int | None = 10, prepare: bool = False, dtype: str = "float32") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        network_dtype = _network_dtype(dtype)
         self.pretrained = pretrained
         self.model: DETRPanoptic = pretrained.model.eval()
         if prepare:  # BN folded into the convolutions, channels-last: faster convolutions
             self.model.prepare_for_inference()
-        if dtype != "float32":  # after folding BN, which is best done in float32
-            self.model.to(DTYPES[dtype])
+        if network_dtype != torch.float32:  # after folding BN, which is best done in float32
+            self.model.to(network_dtype)
         self.categories: Categories = pretrained.categories
         # unset options: what the checkpoint recommends (a model trained on small images should
         # see small images), else the original DETR's settings

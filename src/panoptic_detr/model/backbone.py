@@ -1,7 +1,10 @@
-"""The CNN backbone: a torchvision ResNet with frozen batch norm, returning C2..C5.
+"""The CNN backbone: a torchvision ResNet with frozen batch norm (or GroupNorm), returning C2..C5.
 
 As in DETR, batch-norm statistics and affine parameters are frozen (`FrozenBatchNorm2d`), so
-the backbone behaves the same in train and eval mode and with any batch size. Module names
+the backbone behaves the same in train and eval mode and with any batch size. For training
+from scratch, `norm="group_norm"` uses trainable GroupNorm instead, batch-independent too.
+DC5 (`dilation`) works for every depth: torchvision dilates bottleneck blocks, this module
+dilates basic ones (ResNet-18/34) the same way. Module names
 follow torchvision (`body.layer1.0.conv1`), which is also the original checkpoints' layout
 under `detr.backbone.0.body`.
 """
