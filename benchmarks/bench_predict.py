@@ -115,7 +115,7 @@ def run_one(args: argparse.Namespace) -> dict:
             logits, keep = forced_keep(det["pred_logits"], args.k)
             assert all(torch.equal(a, b) for a, b in zip(select_queries(logits), keep, strict=True))
             clock.lap(None)
-            masks = predictor.kept_masks(det, keep)
+            masks = predictor.model.predict_masks(det, keep, chunk=predictor.mask_chunk)
             clock.lap("masks")
             padded = tuple(batch.images.shape[-2:])
             results = [

@@ -89,7 +89,7 @@ def main() -> None:
             times = []
             for it in range(args.iters + 1):
                 s = time.perf_counter()
-                masks = predictor.kept_masks(det, keep)
+                masks = predictor.model.predict_masks(det, keep, chunk=predictor.mask_chunk)
                 if it:
                     times.append(time.perf_counter() - s)
         diff = ""

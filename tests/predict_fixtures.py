@@ -22,11 +22,12 @@ CATEGORIES = [
 QUERY_CLASSES = [1, 2, 3, 4, 3, 1]  # 6 queries, stuff class 3 twice
 
 
-def tiny_pretrained(dtype: torch.dtype = torch.float32) -> Pretrained:
-    """The "tiny" preset with a class head that gives each query its own confident class
-    (random heads give every query the same class: their decoder outputs barely differ)."""
+def tiny_pretrained(dtype: torch.dtype = torch.float32, **overrides) -> Pretrained:
+    """The "tiny" preset (with config `overrides`) and a class head that gives each query its
+    own confident class (random heads give every query the same class: their decoder outputs
+    barely differ)."""
     torch.manual_seed(0)
-    config = PRESETS["tiny"]
+    config = PRESETS["tiny"].with_overrides(**overrides) if overrides else PRESETS["tiny"]
     model = build_model(config).eval()
     probe = preprocess(np.full((48, 72, 3), 128, np.uint8), 64, 96)
     with torch.no_grad():

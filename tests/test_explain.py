@@ -127,7 +127,7 @@ class Designed(torch.nn.Module):
             out["attention_maps"] = self.att[None]
         return out
 
-    def predict_masks(self, det, queries):
+    def predict_masks(self, det, queries, chunk=None):
         return [self.masks[q] for q in queries]
 
 

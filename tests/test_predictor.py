@@ -43,8 +43,9 @@ def test_batched_equals_one_by_one():
     assert_same_result(both[1], alone.predict(big))
 
 
-def test_kept_query_masks_equal_full_forward_masks():
-    pre = tiny_pretrained(torch.float64)
+@pytest.mark.parametrize("attention_pos", [False, True])
+def test_kept_query_masks_equal_full_forward_masks(attention_pos):
+    pre = tiny_pretrained(torch.float64, mask_attention_pos=attention_pos)
     model = pre.model
     x = [preprocess(picture(48, 72, seed=s), 64, 96).double() for s in (0, 1)]
     batch = PaddedBatch.from_images([x[0], x[1][:, :48]])
@@ -56,11 +57,11 @@ def test_kept_query_masks_equal_full_forward_masks():
     assert any(len(k) for k in keep)
     for i, k in enumerate(keep):
         torch.testing.assert_close(kept[i], full[i, k], rtol=0, atol=1e-9)
-    # the predictor's chunked mask head gives the same masks, also for empty selections
-    chunked = Predictor.from_pretrained(pre, mask_chunk=2, **SMALL)
+    # chunked: the same masks, also for empty selections (the small presets' attention keys
+    # carry the positional encoding: a chunked path that forgot it failed here)
     every = [torch.arange(6), torch.tensor([], dtype=torch.long)]
     with torch.inference_mode():
-        parts = chunked.kept_masks(det, every)
+        parts = model.predict_masks(det, every, chunk=2)
     torch.testing.assert_close(parts[0], full[0], rtol=0, atol=1e-9)
     assert parts[1].shape == (0, *full.shape[-2:])
 

@@ -299,7 +299,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     batch = PaddedBatch.from_images([x]).to(pred.device, pred.dtype)
     det = model.detect(batch, return_attention=True)
     selected = select_queries(det["pred_logits"], pred.threshold)[0]
-    masks = pred.kept_masks(det, [selected])[0]  # Q x h/4 x w/4, the mask head for these only
+    masks = pred.model.predict_masks(det, [selected], chunk=pred.mask_chunk)[0]  # Q x h/4 x w/4, the mask head for these only
     result = panoptic_postprocess(
         det["pred_logits"][0], masks, input_size, tuple(batch.images.shape[-2:]), image.shape[:2],
         pred.is_thing, threshold=pred.threshold, stuff_merge=pred.stuff_merge, query_idx=selected,
@@ -317,7 +317,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     if extra:  # a separate mask-head call: the selected queries' logits stay as predict has them
         more = torch.as_tensor(extra, dtype=torch.long, device=pred.device)
         mask_queries = torch.cat([selected, more])
-        mask_logits = torch.cat([masks, pred.kept_masks(det, [more])[0]])
+        mask_logits = torch.cat([masks, pred.model.predict_masks(det, [more], chunk=pred.mask_chunk)[0]])
 
     logits = det["pred_logits"][0].float().cpu()
     H, W = image.shape[:2]

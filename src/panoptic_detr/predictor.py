@@ -143,7 +143,7 @@ class Predictor:
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
         det = self.model.detect(batch)
         keep = select_queries(det["pred_logits"], self.threshold)
-        masks = self.kept_masks(det, keep)  # mask head for the kept queries only
+        masks = self.model.predict_masks(det, keep, chunk=self.mask_chunk)  # the kept queries only
         padded = tuple(batch.images.shape[-2:])
         results = []
         for i, (a, x) in enumerate(zip(arrays, inputs, strict=True)):
@@ -154,34 +154,6 @@ class Predictor:
             )
             results.append(PanopticResult(result.id_map.cpu(), result.segments_info))
         return results
-
-
-    def kept_masks(self, det: dict[str, Any], keep: list[torch.Tensor]) -> list[torch.Tensor]:
-        """`model.predict_masks(det, keep)`, `mask_chunk` queries at a time.
-
-        The same masks (the head is per query; GroupNorm normalises each query on its own),
-        but the head's stride-4 activations (chunk x d/8 x H/4 x W/4 floats, 137 MB for 20
-        queries at 800x1066) stay bounded. Mirrors `DETRPanoptic.predict_masks` (per image: the
-        shared features once, then the queries); a chunk size in that API would replace this.
-        """
-        chunk = self.mask_chunk
-        if not chunk or all(len(k) <= chunk for k in keep):
-            return self.model.predict_masks(det, keep)
-        model = self.model
-        last = det["hs"][-1]  # B x N x d
-        out = []
-        for i, idx in enumerate(keep):
-            one = slice(i, i + 1)
-            if idx.numel() == 0:
-                out.append(last.new_zeros((0, *det["fpns"][-1].shape[-2:])))
-                continue
-            shared = model.mask_head.image_features(det["src_proj"][one], [f[one] for f in det["fpns"]])
-            parts = []
-            for part in idx.to(last.device).split(chunk):
-                att = model.bbox_attention(last[one, part], det["memory"][one], det["padding"][one])[0]
-                parts.append(model.mask_head.query_masks(shared, att))  # q x H/4 x W/4
-            out.append(torch.cat(parts))
-        return out
 
 
 def _as_array(image: ImageInput) -> np.ndarray:

@@ -120,15 +120,21 @@ class DETRPanoptic(nn.Module):
             return det["memory"] + det["pos"].to(det["memory"].dtype)
         return det["memory"]
 
-    def predict_masks(self, det: dict[str, Any], queries: list[Tensor]) -> list[Tensor]:
+    def predict_masks(
+        self, det: dict[str, Any], queries: list[Tensor], chunk: int | None = None
+    ) -> list[Tensor]:
         """Mask logits of the chosen queries only.
 
         det: the output of `detect`; queries: per image a LongTensor of query indices.
+        chunk: run the per-query part of the head this many queries at a time (the same masks:
+        the head is per query and its GroupNorm normalises each query on its own), which bounds
+        its stride-4 activations (chunk x d/8 x H/4 x W/4 floats); None: all at once.
         Returns per image [Q_i, H/4, W/4] mask logits, in the order of `queries[i]`.
         """
         if len(queries) != det["hs"].shape[1]:
             raise ValueError(f"queries has {len(queries)} entries for {det['hs'].shape[1]} images")
         last = det["hs"][-1]  # B x N x d
+        keys = self._keys(det)
         size = det["fpns"][-1].shape[-2:]  # H/4 x W/4
         out = []
         for i, idx in enumerate(queries):
@@ -137,10 +143,12 @@ class DETRPanoptic(nn.Module):
                 continue
             one = slice(i, i + 1)
             shared = self.mask_head.image_features(det["src_proj"][one], [f[one] for f in det["fpns"]])
-            att = self.bbox_attention(
-                last[one, idx.to(last.device)], self._keys(det)[one], det["padding"][one]
-            )[0]  # Q x M x h x w
-            out.append(self.mask_head.query_masks(shared, att))
+            idx = idx.to(last.device)
+            parts = []
+            for part in idx.split(chunk) if chunk else (idx,):
+                att = self.bbox_attention(last[one, part], keys[one], det["padding"][one])[0]  # q x M x h x w
+                parts.append(self.mask_head.query_masks(shared, att))
+            out.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         return out
 
     def forward(self, batch: PaddedBatch, return_attention: bool = False) -> dict[str, Any]:
