@@ -27,18 +27,19 @@ def scene(h: int = 32, w: int = 48) -> tuple[torch.Tensor, Target]:
 class Oracle(nn.Module):
     """Predicts the segments of `target` (queries 0..S-1), optionally with shifted classes."""
 
-    def __init__(self, target: Target, n: int = 5, shift: int = 0):
+    def __init__(self, target: Target, n: int = 5, shift: int = 0, score_logit: float = 10.0,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.target, self.n, self.shift = target, n, shift
+        self.target, self.n, self.shift, self.score_logit, self.dtype = target, n, shift, score_logit, dtype
         self.unused = nn.Parameter(torch.zeros(1))  # gives the evaluator the model's dtype
 
     def detect(self, batch):
         logits = torch.full((len(batch), self.n, CATS.num_classes + 1), -10.0)
         logits[:, :, -1] = 10.0
         for s, lab in enumerate(self.target.labels.tolist()):
-            logits[:, s, -1] = -10.0
-            logits[:, s, (lab + self.shift - 1) % 3 + 1] = 10.0
-        return {"pred_logits": logits, "pred_boxes": torch.rand(len(batch), self.n, 4)}
+            logits[:, s, -1] = 0.0 if self.score_logit < 10 else -10.0
+            logits[:, s, (lab + self.shift - 1) % 3 + 1] = self.score_logit
+        return {"pred_logits": logits.to(self.dtype), "pred_boxes": torch.rand(len(batch), self.n, 4)}
 
     def predict_masks(self, det, queries):
         small = self.target.masks[:, ::4, ::4].float() * 20 - 10  # S x H/4 x W/4
@@ -56,6 +57,18 @@ def test_oracle_scores_near_100_and_wrong_classes_0():
     assert all(v > 95 for v in right.values()), right
     wrong = evaluate(Oracle(t, shift=1), val, torch.device("cpu"), DistInfo())
     assert wrong == {"pq": 0.0, "pq_th": 0.0, "pq_st": 0.0}
+
+
+def test_bfloat16_logits_near_the_threshold_select_as_float32():
+    """Under bfloat16 autocast the logits are bfloat16: a query at probability 0.8808 (0.8789 once
+    rounded) against threshold 0.88 must be kept or dropped the same by the query selection and
+    the post-processing (it used to be dropped by one and kept by the other: a ValueError)."""
+    image, t = scene()
+    val = [(image, t)] * 2
+    evaluate = make_evaluator(CATS, threshold=0.88)
+    want = evaluate(Oracle(t, score_logit=2.0), val, torch.device("cpu"), DistInfo())
+    got = evaluate(Oracle(t, score_logit=2.0, dtype=torch.bfloat16), val, torch.device("cpu"), DistInfo())
+    assert want["pq"] > 95 and got == want
 
 
 def test_target_panoptic_round_trip():

@@ -298,12 +298,14 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     input_size = (int(x.shape[1]), int(x.shape[2]))
     batch = PaddedBatch.from_images([x]).to(pred.device, pred.dtype)
     det = model.detect(batch, return_attention=True)
-    selected = select_queries(det["pred_logits"], pred.threshold)[0]
-    masks = pred.model.predict_masks(det, [selected], chunk=pred.mask_chunk)[0]  # Q x h/4 x w/4, the mask head for these only
+    logits = det["pred_logits"][0].float()  # as the predictor: selection in float32
+    selected = select_queries(logits[None], pred.threshold)[0]
+    # Q x h/4 x w/4: the mask head for these only
+    masks = pred.model.predict_masks(det, [selected], chunk=pred.mask_chunk)[0].float()
     result = panoptic_postprocess(
-        det["pred_logits"][0], masks, input_size, tuple(batch.images.shape[-2:]), image.shape[:2],
+        logits, masks, input_size, tuple(batch.images.shape[-2:]), image.shape[:2],
         pred.is_thing, threshold=pred.threshold, stuff_merge=pred.stuff_merge, query_idx=selected,
-        pred_boxes=det["pred_boxes"][0],
+        pred_boxes=det["pred_boxes"][0].float(),
     )
     result = PanopticResult(result.id_map.cpu(), result.segments_info)
 
@@ -311,15 +313,15 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     chosen = set(selected.tolist())
     extra = [q for q in dict.fromkeys(extra_queries or []) if q not in chosen]
     if top_dropped > 0:
-        best = det["pred_logits"][0].float().softmax(-1)[:, :-1].max(-1).values
+        best = logits.softmax(-1)[:, :-1].max(-1).values
         near = [q for q in best.argsort(descending=True).tolist() if q not in chosen and q not in extra]
         extra += near[:top_dropped]
     if extra:  # a separate mask-head call: the selected queries' logits stay as predict has them
         more = torch.as_tensor(extra, dtype=torch.long, device=pred.device)
         mask_queries = torch.cat([selected, more])
-        mask_logits = torch.cat([masks, pred.model.predict_masks(det, [more], chunk=pred.mask_chunk)[0]])
+        mask_logits = torch.cat([masks, pred.model.predict_masks(det, [more], chunk=pred.mask_chunk)[0].float()])
 
-    logits = det["pred_logits"][0].float().cpu()
+    logits = logits.cpu()
     H, W = image.shape[:2]
     boxes_px = cxcywh_to_xyxy(det["pred_boxes"][0].float().cpu()) * torch.tensor([W, H, W, H])
     labels = logits.argmax(-1)

@@ -142,13 +142,14 @@ class Predictor:
         inputs = [preprocess(a, self.size, self.max_size) for a in arrays]
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
         det = self.model.detect(batch)
-        keep = select_queries(det["pred_logits"], self.threshold)
+        logits = det["pred_logits"].float()  # selection and post-processing must agree
+        keep = select_queries(logits, self.threshold)
         masks = self.model.predict_masks(det, keep, chunk=self.mask_chunk)  # the kept queries only
         padded = tuple(batch.images.shape[-2:])
         results = []
         for i, (a, x) in enumerate(zip(arrays, inputs, strict=True)):
             result = panoptic_postprocess(
-                det["pred_logits"][i].float(), masks[i].float(), tuple(x.shape[-2:]), padded, a.shape[:2],
+                logits[i], masks[i].float(), tuple(x.shape[-2:]), padded, a.shape[:2],
                 self.is_thing, threshold=self.threshold, stuff_merge=self.stuff_merge,
                 query_idx=keep[i], pred_boxes=det["pred_boxes"][i].float(),
             )

@@ -39,12 +39,15 @@ def predict_panoptic(model: nn.Module, batch: PaddedBatch, sizes: list[tuple[int
                      categories: Categories, threshold: float) -> list:
     """PanopticResults of a batch at `sizes` (per image), masks computed for kept queries only."""
     det = model.detect(batch)
-    keep = select_queries(det["pred_logits"], threshold)
+    # float32 logits for both the selection and the post-processing, which must agree on it
+    # (under bfloat16 autocast the two roundings keep different queries)
+    logits = det["pred_logits"].float()
+    keep = select_queries(logits, threshold)
     masks = model.predict_masks(det, keep)
     is_thing = categories.thing_mask(batch.images.device)
     padded = tuple(batch.images.shape[-2:])
     return [
-        panoptic_postprocess(det["pred_logits"][i].float(), masks[i].float(), batch.sizes[i], padded,
+        panoptic_postprocess(logits[i], masks[i].float(), batch.sizes[i], padded,
                              sizes[i], is_thing, threshold=threshold, query_idx=keep[i])
         for i in range(len(batch))
     ]
