@@ -107,6 +107,25 @@ def test_best_checkpoint_follows_pq(tmp_path):
     assert [r["pq"] for r in records if "pq" in r] == [10.0, 30.0, 20.0]
 
 
+def test_bf16_trains_under_autocast_and_validates_in_float32(tmp_path):
+    seen = []
+
+    def evaluate(model, val_set, device, info):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return {"pq": 1.0, "pq_th": 0.0, "pq_st": 0.0}
+
+    parts = dataclasses.replace(make_parts(), val_set=ToyScenes(2, seed=9))
+    out = tmp_path / "run"
+    before = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    metrics = train(make_cfg(out, steps=2, eval_every=1, bf16=True), parts=parts, evaluate_fn=evaluate,
+                    progress=False)
+    assert seen == [False, False]  # validation measures the weights as predict runs them
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k.startswith("loss"))
+    after = parts.model.state_dict()
+    assert all(after[k].dtype == v.dtype for k, v in before.items())  # float32 weights, bf16 maths
+    assert any(not torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_refuses_to_overwrite_a_run(tmp_path):
     train(make_cfg(tmp_path, steps=1), parts=make_parts(), progress=False)
     with pytest.raises(TrainError, match="already there; pass --resume"):

@@ -357,7 +357,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             done or (cfg.eval_every > 0 and step % cfg.eval_every == 0)
         ):
             model.eval()
-            with torch.no_grad(), amp:
+            with torch.no_grad():  # float32, as predict runs the weights by default
                 scores = evaluate_fn(model, val_set, device, info)
             model.train()
             metrics.update(scores)
