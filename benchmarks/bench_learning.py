@@ -5,12 +5,17 @@ training curve (benchmarks/learning_curve.png).
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/bench_learning.py --minutes 15
 
 The run is configs/learning_cpu.yaml (the synthetic data is generated on first use); any
-`key=value` after the flags overrides it, e.g. `device=cuda batch_size=32`.
+`key=value` after the flags overrides it, e.g. `device=cuda batch_size=32`. With torchrun it
+trains data-parallel (rank 0 reports), e.g. two single-thread processes of 4 images each:
+
+    PYTHONPATH=src torchrun --standalone --nproc-per-node 2 benchmarks/bench_learning.py \
+        --minutes 15 --threads 1 batch_size=4
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -34,14 +39,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "configs" / "learning_cpu.yaml",
                       [f"time_limit={args.minutes}", f"out_dir={args.out}", *args.overrides])
-    for stale in (Path(cfg.out_dir) / "checkpoint_last.pt", Path(cfg.out_dir) / "metrics.jsonl"):
-        stale.unlink(missing_ok=True)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        for stale in (Path(cfg.out_dir) / "checkpoint_last.pt", Path(cfg.out_dir) / "metrics.jsonl"):
+            stale.unlink(missing_ok=True)
     start = time.perf_counter()
     metrics = train(cfg, overwrite=True)
     minutes = (time.perf_counter() - start) / 60
+    if not main_rank:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     records = read_metrics(Path(cfg.out_dir) / "metrics.jsonl")
     png = ROOT / "benchmarks" / "learning_curve.png"
-    plot_curves(records, png, title=f"{cfg.model.preset}, {minutes:.1f} min, {args.threads} threads")
+    plot_curves(records, png, title=f"{cfg.model.preset}, {minutes:.1f} min, {world} x {args.threads} threads")
     shutil.copy(Path(cfg.out_dir) / "metrics.jsonl", ROOT / "benchmarks" / "learning_metrics.jsonl")
     print(f"steps {metrics['step']} in {minutes:.1f} min (incl. data generation and evaluation), "
           f"{metrics['images_per_s']:.1f} images/s at the end")

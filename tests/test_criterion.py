@@ -128,3 +128,45 @@ def test_images_without_segments():
     losses = ModelWithLoss(model, SetCriterion(num_classes=4))(batch, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
+
+
+def test_semantic_loss_is_each_cells_cross_entropy_against_its_class_shares():
+    """The dense class loss on the encoder memory, against a cell-by-cell count of the pixels:
+    each 4x4-pixel cell's target is its classes' pixel shares; void-heavy and padded cells skip."""
+    from types import SimpleNamespace
+
+    from panoptic_detr.train.criterion import semantic_loss
+
+    k = 3
+    g = torch.Generator().manual_seed(5)
+    labels = [torch.randint(-1, k, (16, 16), generator=g), torch.randint(-1, k, (12, 16), generator=g)]
+    labels[0][:4, :4] = -1  # a void cell
+    targets = []
+    for lab in labels:
+        present = [c for c in range(k) if bool((lab == c).any())]
+        masks = torch.stack([lab == c for c in present])
+        targets.append(Target(masks=masks, labels=torch.tensor(present), boxes=torch.zeros(len(present), 4),
+                              iscrowd=torch.zeros(len(present), dtype=torch.bool),
+                              area=masks.sum((1, 2)).float(), size=tuple(lab.shape)))
+    memory = torch.randn(2, k + 1, 4, 4, generator=g, requires_grad=True)
+    padding = torch.zeros(2, 4, 4, dtype=torch.bool)
+    padding[1, 3] = True  # the second image is 12 rows high
+    head = torch.nn.Linear(k + 1, k + 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(k + 1))
+        head.bias.zero_()
+    loss = semantic_loss(SimpleNamespace(class_embed=head), {"memory": memory, "padding": padding}, targets)
+
+    terms = []
+    for b, lab in enumerate(labels):
+        for i in range(lab.shape[0] // 4):
+            for j in range(4):
+                cell = lab[4 * i : 4 * i + 4, 4 * j : 4 * j + 4].flatten()
+                share = torch.bincount(cell[cell >= 0], minlength=k + 1).float() / 16
+                if share.sum() <= 0.5:
+                    continue
+                terms.append(-(share / share.sum() * memory[b, :, i, j].log_softmax(0)).sum())
+    assert 10 < len(terms) < 28  # some cells skipped, most kept
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+    loss.backward()
+    assert memory.grad[1, :, 3].abs().sum() == 0 and memory.grad[0, :, 0, 0].abs().sum() == 0

@@ -104,6 +104,8 @@ class LossSection:
     mask: float = 1.0
     dice: float = 1.0
     eos_coef: float = 0.1
+    semantic: float = 0.0
+    """Dense class loss on the encoder memory (0: DETR's loss); speeds up learning from scratch."""
 
 
 @dataclass

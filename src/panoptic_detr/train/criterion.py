@@ -6,7 +6,9 @@ Losses (all normalised by the number of ground-truth segments across processes, 
 - `loss_mask` (sigmoid focal, alpha 0.25, gamma 2) and `loss_dice` on the matched queries' mask
   logits, upsampled (bilinear) to the padded target size;
 - the class and box losses again for every auxiliary decoder layer (`loss_ce_0`, ...), each
-  with its own matching.
+  with its own matching;
+- optionally (`semantic` > 0, not DETR's) `loss_semantic`, a dense class loss on the encoder
+  memory, which helps learning from scratch on short budgets (see `semantic_loss`).
 
 The mask head is per query, so only the matched queries' masks enter the loss: the criterion
 asks the model for exactly those (`model.predict_masks(det, queries)`), which gives the same
@@ -41,6 +43,9 @@ class LossWeights:
     dice: float = 1.0
     eos_coef: float = 0.1
     """Relative class weight of no-object in the cross-entropy."""
+    semantic: float = 0.0
+    """Dense class loss on the encoder memory through the class head (`semantic_loss`);
+    0, the default, is DETR's loss."""
 
 
 def dice_loss(logits: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
@@ -55,6 +60,35 @@ def focal_loss(logits: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
     """logits, targets: [S, P]. Per-mask mean of the sigmoid focal loss, summed, / num_boxes."""
     loss = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="none")
     return loss.mean(1).sum() / num_boxes
+
+
+def semantic_loss(model: nn.Module, det: dict, targets: list[Target]) -> Tensor:
+    """The dense class loss (`LossWeights.semantic`): the model's class head applied to every
+    encoder-memory cell, soft cross-entropy against the share of each class among the cell's
+    pixels (crowd segments included: their class is known). Cells less than half covered by
+    segments (void, padding) are left out. No new parameters: the memory learns to carry the
+    classes in the form the decoder's class head reads."""
+    memory = det["memory"]  # B x d x h x w
+    h, w = memory.shape[-2:]
+    logits = model.class_embed(memory.flatten(2).transpose(1, 2))  # B x hw x K+1
+    classes = logits.shape[-1]
+    # the batch's padded size, as the images (targets are bottom/right-padded with zeros)
+    ph = max(int(t.masks.shape[-2]) for t in targets)
+    pw = max(int(t.masks.shape[-1]) for t in targets)
+    shares = []
+    for t in targets:
+        per_class = memory.new_zeros((classes, ph, pw))
+        if len(t.labels):
+            m = t.masks.to(device=memory.device, dtype=memory.dtype)
+            per_class[:, : m.shape[-2], : m.shape[-1]].index_add_(0, t.labels.to(memory.device), m)
+        shares.append(F.adaptive_avg_pool2d(per_class, (h, w)))
+    share = torch.stack(shares).flatten(2).transpose(1, 2)  # B x hw x K+1
+    cover = share.sum(-1)
+    keep = (cover > 0.5) & ~det["padding"].flatten(1)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    target = share[keep] / cover[keep, None]
+    return -(target * logits[keep].log_softmax(-1)).sum(-1).mean()
 
 
 def drop_crowd(targets: list[Target]) -> list[Target]:
@@ -130,6 +164,7 @@ class SetCriterion(nn.Module):
         targets: one `Target` per image, on the model's device.
         step_counts: non-crowd segments per image of the whole optimiser step when it is split
         into micro-batches (see `normalizers`); default: this batch's."""
+        all_targets = targets
         targets = drop_crowd(targets)
         counts = [len(t) for t in targets] if step_counts is None else step_counts
         logits = det["pred_logits"]
@@ -141,6 +176,8 @@ class SetCriterion(nn.Module):
         losses = self.class_box_losses(det, targets, indices, num_boxes, ce_weight)
         if self.masks:
             losses.update(self.mask_losses(model, det, targets, indices, num_boxes))
+        if self.weights.semantic > 0:
+            losses["loss_semantic"] = semantic_loss(model, det, all_targets)
         for i, aux in enumerate(det.get("aux_outputs", [])):
             aux_indices = hungarian_match(aux["pred_logits"], aux["pred_boxes"], labels, boxes, self.costs)
             aux_losses = self.class_box_losses(aux, targets, aux_indices, num_boxes, ce_weight)
@@ -150,7 +187,8 @@ class SetCriterion(nn.Module):
 
     def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
         w = {"loss_ce": self.weights.ce, "loss_bbox": self.weights.bbox, "loss_giou": self.weights.giou,
-             "loss_mask": self.weights.mask, "loss_dice": self.weights.dice}
+             "loss_mask": self.weights.mask, "loss_dice": self.weights.dice,
+             "loss_semantic": self.weights.semantic}
         # aux terms carry a layer suffix: loss_ce_0 -> loss_ce
         return sum(w[k.rstrip("0123456789").rstrip("_")] * v for k, v in losses.items())
 
