@@ -43,3 +43,7 @@ def test_coco_categories():
     assert cats.isthing(1) and not cats.isthing(184) and cats.name(1) == "person"
     things = [c["id"] for c in cats.items if c["isthing"]]
     assert min(things) == 1 and max(things) == 90 and len(things) == 80
+    # the original's is_thing_map, {i: i <= 90 for i in range(201)}, unused ids included
+    mask = cats.thing_mask()
+    assert mask[:201].tolist() == [i <= 90 for i in range(201)] and not mask[201:].any()
+    assert [cats.isthing(i) for i in range(250)] == mask.tolist()

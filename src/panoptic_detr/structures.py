@@ -130,9 +130,14 @@ class Categories:
         return int(index)
 
     def isthing(self, category_id: int) -> bool:
-        """Unknown ids count as things (their instances are kept apart)."""
+        """Unknown ids up to the largest thing id count as things, those above it as stuff: the
+        original DETR's `i <= 90` for COCO, whose unused ids (12, 26, ..., 91) the checkpoints
+        still have logits for."""
         c = self.by_id.get(int(category_id))
-        return bool(c["isthing"]) if c is not None else True
+        if c is not None:
+            return bool(c["isthing"])
+        things = [i for i, c in self.by_id.items() if c["isthing"]]
+        return int(category_id) <= max(things, default=-1)
 
     def name(self, category_id: int) -> str:
         c = self.by_id.get(int(category_id))
@@ -148,11 +153,8 @@ class Categories:
         return (h >> 16) & 255, (h >> 8) & 255, h & 255
 
     def thing_mask(self, device: torch.device | str = "cpu") -> Tensor:
-        """[num_classes] bool, True where the class index is a thing."""
-        out = torch.zeros(self.num_classes, dtype=torch.bool, device=device)
-        for cid, c in self.by_id.items():
-            out[cid] = bool(c["isthing"])
-        return out
+        """[num_classes] bool, True where the class index is a thing (`isthing`)."""
+        return torch.tensor([self.isthing(i) for i in range(self.num_classes)], dtype=torch.bool, device=device)
 
     def to_json(self) -> list[dict[str, Any]]:
         return [dict(c) for c in self.items]
