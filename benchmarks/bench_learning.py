@@ -51,7 +51,8 @@ def main() -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     records = read_metrics(Path(cfg.out_dir) / "metrics.jsonl")
     png = ROOT / "benchmarks" / "learning_curve.png"
-    plot_curves(records, png, title=f"{cfg.model.preset}, {minutes:.1f} min, {world} x {args.threads} threads")
+    title = f"{cfg.model.preset}, {minutes:.1f} min, {world} x {args.threads} threads"
+    plot_curves(records, png, title=title)
     shutil.copy(Path(cfg.out_dir) / "metrics.jsonl", ROOT / "benchmarks" / "learning_metrics.jsonl")
     print(f"steps {metrics['step']} in {minutes:.1f} min (incl. data generation and evaluation), "
           f"{metrics['images_per_s']:.1f} images/s at the end")

@@ -319,7 +319,8 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     if extra:  # a separate mask-head call: the selected queries' logits stay as predict has them
         more = torch.as_tensor(extra, dtype=torch.long, device=pred.device)
         mask_queries = torch.cat([selected, more])
-        mask_logits = torch.cat([masks, pred.model.predict_masks(det, [more], chunk=pred.mask_chunk)[0].float()])
+        more_masks = pred.model.predict_masks(det, [more], chunk=pred.mask_chunk)[0].float()
+        mask_logits = torch.cat([masks, more_masks])
 
     logits = logits.cpu()
     H, W = image.shape[:2]

@@ -154,7 +154,8 @@ class Categories:
 
     def thing_mask(self, device: torch.device | str = "cpu") -> Tensor:
         """[num_classes] bool, True where the class index is a thing (`isthing`)."""
-        return torch.tensor([self.isthing(i) for i in range(self.num_classes)], dtype=torch.bool, device=device)
+        flags = [self.isthing(i) for i in range(self.num_classes)]
+        return torch.tensor(flags, dtype=torch.bool, device=device)
 
     def to_json(self) -> list[dict[str, Any]]:
         return [dict(c) for c in self.items]
