@@ -77,11 +77,12 @@ def semantic_loss(model: nn.Module, det: dict, targets: list[Target]) -> Tensor:
     pw = max(int(t.masks.shape[-1]) for t in targets)
     shares = []
     for t in targets:
-        per_class = memory.new_zeros((classes, ph, pw))
-        if len(t.labels):
+        share = memory.new_zeros((classes, h, w))
+        if len(t.labels):  # pool each segment, then add up per class: no K x H x W tensor
             m = t.masks.to(device=memory.device, dtype=memory.dtype)
-            per_class[:, : m.shape[-2], : m.shape[-1]].index_add_(0, t.labels.to(memory.device), m)
-        shares.append(F.adaptive_avg_pool2d(per_class, (h, w)))
+            m = F.pad(m, (0, pw - m.shape[-1], 0, ph - m.shape[-2]))
+            share.index_add_(0, t.labels.to(memory.device), F.adaptive_avg_pool2d(m, (h, w)))
+        shares.append(share)
     share = torch.stack(shares).flatten(2).transpose(1, 2)  # B x hw x K+1
     cover = share.sum(-1)
     keep = (cover > 0.5) & ~det["padding"].flatten(1)
