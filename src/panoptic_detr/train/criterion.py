@@ -62,12 +62,17 @@ def focal_loss(logits: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
     return loss.mean(1).sum() / num_boxes
 
 
-def semantic_loss(model: nn.Module, det: dict, targets: list[Target]) -> Tensor:
+def semantic_loss(
+    model: nn.Module, det: dict, targets: list[Target], step_images: int | None = None
+) -> Tensor:
     """The dense class loss (`LossWeights.semantic`): the model's class head applied to every
     encoder-memory cell, soft cross-entropy against the share of each class among the cell's
     pixels (crowd segments included: their class is known). Cells less than half covered by
     segments (void, padding) are left out. No new parameters: the memory learns to carry the
-    classes in the form the decoder's class head reads."""
+    classes in the form the decoder's class head reads.
+
+    Each image's mean over its cells, summed and divided by `step_images` (the images of the
+    whole optimiser step; default: this batch's), so micro-batches add up to the whole batch."""
     memory = det["memory"]  # B x d x h x w
     h, w = memory.shape[-2:]
     logits = model.class_embed(memory.flatten(2).transpose(1, 2))  # B x hw x K+1
@@ -85,11 +90,11 @@ def semantic_loss(model: nn.Module, det: dict, targets: list[Target]) -> Tensor:
         shares.append(share)
     share = torch.stack(shares).flatten(2).transpose(1, 2)  # B x hw x K+1
     cover = share.sum(-1)
-    keep = (cover > 0.5) & ~det["padding"].flatten(1)
-    if not bool(keep.any()):
-        return logits.sum() * 0.0
-    target = share[keep] / cover[keep, None]
-    return -(target * logits[keep].log_softmax(-1)).sum(-1).mean()
+    keep = (cover > 0.5) & ~det["padding"].flatten(1)  # B x hw
+    target = share / cover.clamp(min=1e-6)[..., None]
+    ce = -(target * logits.log_softmax(-1)).sum(-1) * keep  # B x hw, 0 where left out
+    per_image = ce.sum(1) / keep.sum(1).clamp(min=1)
+    return per_image.sum() / (step_images or len(targets))
 
 
 def drop_crowd(targets: list[Target]) -> list[Target]:
@@ -178,7 +183,7 @@ class SetCriterion(nn.Module):
         if self.masks:
             losses.update(self.mask_losses(model, det, targets, indices, num_boxes))
         if self.weights.semantic > 0:
-            losses["loss_semantic"] = semantic_loss(model, det, all_targets)
+            losses["loss_semantic"] = semantic_loss(model, det, all_targets, len(counts))
         for i, aux in enumerate(det.get("aux_outputs", [])):
             aux_indices = hungarian_match(aux["pred_logits"], aux["pred_boxes"], labels, boxes, self.costs)
             aux_losses = self.class_box_losses(aux, targets, aux_indices, num_boxes, ce_weight)
