@@ -56,6 +56,9 @@ def test_overrides_and_types(tmp_path):
         ("", ["batch_size"], "expected key=value"),
         ("- a\n- b\n", [], "mapping of keys at the top level"),
         ("a: [\n", [], "not valid YAML"),
+        ("model: {overrides: {backbone_norm: batchnorm}}\n", [], "model.overrides: "),
+        ("", ["model.overrides.num_querys=5"], "model.overrides: unknown field num_querys"),
+        ("model: {preset: detr_r18_tiny}\n", [], "model.preset: unknown"),
     ],
 )
 def test_bad_configs_name_file_and_key(tmp_path, text, overrides, message):

@@ -257,7 +257,9 @@ def config_from_dict(
             except yaml.YAMLError:
                 value = text  # not YAML: keep the raw text (a path, a name)
             _set_dotted(data, key.strip(), value)
-        return _from_dict(TrainConfig, data)
+        cfg = _from_dict(TrainConfig, data)
+        model_config(cfg)  # the preset and its overrides, checked now rather than at build time
+        return cfg
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
@@ -290,6 +292,11 @@ def model_config(cfg: TrainConfig, num_classes: int | None = None) -> Any:
         if given is not None and given != num_classes:
             raise ConfigError(f"model.overrides.num_classes={given} but the dataset needs {num_classes}")
         overrides["num_classes"] = num_classes
+    known = {f.name for f in dataclasses.fields(PRESETS[cfg.model.preset])}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"model.overrides: unknown field {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
     try:
         return PRESETS[cfg.model.preset].with_overrides(**overrides)
     except (TypeError, ValueError) as e:
