@@ -251,3 +251,16 @@ def test_chunked_upsampling_gives_the_same_segments(monkeypatch):
     chunked = panoptic_postprocess(logits, masks, (24, 32), (24, 32), (17, 29), SMALL_IS_THING)
     assert len(select_queries(logits[None])[0]) > 3  # several chunks
     assert torch.equal(whole.id_map, chunked.id_map) and whole.segments_info == chunked.segments_info
+
+
+def test_select_queries_thresholds_bfloat16_logits_in_float32():
+    """p = 0.8808 in float32, 0.8789 if the softmax ran in bfloat16: against 0.88 a bfloat16
+    network's query is kept, and post-processing the same logits agrees (no mask missing)."""
+    logits = torch.tensor([[-10.0, 2.0, -10.0, 0.0]] * 2).bfloat16()
+    assert select_queries(logits[None], 0.88)[0].tolist() == [0, 1]
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :, :2] = masks[1, :, 2:] = 5
+    is_thing = torch.tensor([True, True, True])
+    result = panoptic_postprocess(logits, masks, (16, 16), (16, 16), (16, 16), is_thing, threshold=0.88,
+                                  query_idx=torch.tensor([0, 1]))
+    assert len(result.segments_info) == 2

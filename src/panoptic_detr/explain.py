@@ -298,7 +298,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     input_size = (int(x.shape[1]), int(x.shape[2]))
     batch = PaddedBatch.from_images([x]).to(pred.device, pred.dtype)
     det = model.detect(batch, return_attention=True)
-    logits = det["pred_logits"][0].float()  # as the predictor: selection in float32
+    logits = det["pred_logits"][0].float()  # as the predictor
     selected = select_queries(logits[None], pred.threshold)[0]
     # Q x h/4 x w/4: the mask head for these only
     masks = pred.model.predict_masks(det, [selected], chunk=pred.mask_chunk)[0].float()

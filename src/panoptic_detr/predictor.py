@@ -142,7 +142,7 @@ class Predictor:
         inputs = [preprocess(a, self.size, self.max_size) for a in arrays]
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
         det = self.model.detect(batch)
-        logits = det["pred_logits"].float()  # selection and post-processing must agree
+        logits = det["pred_logits"].float()  # bfloat16 with dtype="bfloat16"
         keep = select_queries(logits, self.threshold)
         masks = self.model.predict_masks(det, keep, chunk=self.mask_chunk)  # the kept queries only
         padded = tuple(batch.images.shape[-2:])

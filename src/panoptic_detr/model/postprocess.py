@@ -41,6 +41,13 @@ MASK_STRIDE = 4  # mask logits are at the stride of the backbone's C2 features
 UPSAMPLE_CHUNK = 16  # queries upsampled at once when shrinking to the target (bounds memory)
 
 
+def _probabilities(pred_logits: Tensor) -> Tensor:
+    """Softmax over classes in at least float32: bfloat16 logits (a bfloat16 network, autocast)
+    would otherwise be thresholded at bfloat16 precision, so that a query could be kept or not
+    depending on which caller rounded first."""
+    return pred_logits.softmax(-1, dtype=torch.promote_types(pred_logits.dtype, torch.float32))
+
+
 def select_queries(pred_logits: Tensor, threshold: float = 0.85) -> list[Tensor]:
     """Indices of the confident queries of every image.
 
@@ -48,7 +55,7 @@ def select_queries(pred_logits: Tensor, threshold: float = 0.85) -> list[Tensor]
     Returns B int64 tensors of query indices (ascending) whose best class is a real class with
     probability > `threshold`.
     """
-    scores, labels = pred_logits.softmax(-1).max(-1)  # B x N
+    scores, labels = _probabilities(pred_logits).max(-1)  # B x N
     keep = labels.ne(pred_logits.shape[-1] - 1) & (scores > threshold)
     return [torch.nonzero(k, as_tuple=False).flatten() for k in keep]
 
@@ -194,7 +201,7 @@ def panoptic_postprocess(
     h, w = int(input_size[0]), int(input_size[1])
     device = pred_logits.device
     void = PanopticResult(torch.zeros((H, W), dtype=torch.int64, device=device), [])
-    scores, labels = pred_logits.softmax(-1).max(-1)  # N
+    scores, labels = _probabilities(pred_logits).max(-1)  # N
     keep = select_queries(pred_logits[None], threshold)[0]
     if keep.numel() == 0:
         return void

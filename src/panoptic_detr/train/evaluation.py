@@ -39,9 +39,7 @@ def predict_panoptic(model: nn.Module, batch: PaddedBatch, sizes: list[tuple[int
                      categories: Categories, threshold: float) -> list:
     """PanopticResults of a batch at `sizes` (per image), masks computed for kept queries only."""
     det = model.detect(batch)
-    # float32 logits for both the selection and the post-processing, which must agree on it
-    # (under bfloat16 autocast the two roundings keep different queries)
-    logits = det["pred_logits"].float()
+    logits = det["pred_logits"].float()  # bfloat16 under autocast
     keep = select_queries(logits, threshold)
     masks = model.predict_masks(det, keep)
     is_thing = categories.thing_mask(batch.images.device)
