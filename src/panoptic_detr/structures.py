@@ -105,9 +105,12 @@ class Categories:
     num_classes: int = 0
     """Logits before no-object; at least max id + 1 (0 = max id + 1)."""
     by_id: dict[int, dict[str, Any]] = field(init=False, repr=False)
+    _last_thing: int = field(init=False, repr=False)
+    """The largest thing id (-1: none); unknown ids up to it count as things."""
 
     def __post_init__(self) -> None:
         self.by_id = {int(c["id"]): c for c in self.items}
+        self._last_thing = max((i for i, c in self.by_id.items() if c["isthing"]), default=-1)
         if len(self.by_id) != len(self.items):
             raise ValueError("duplicate category ids in the category table")
         need = max(self.by_id, default=-1) + 1
@@ -134,10 +137,7 @@ class Categories:
         original DETR's `i <= 90` for COCO, whose unused ids (12, 26, ..., 91) the checkpoints
         still have logits for."""
         c = self.by_id.get(int(category_id))
-        if c is not None:
-            return bool(c["isthing"])
-        things = [i for i, c in self.by_id.items() if c["isthing"]]
-        return int(category_id) <= max(things, default=-1)
+        return bool(c["isthing"]) if c is not None else int(category_id) <= self._last_thing
 
     def name(self, category_id: int) -> str:
         c = self.by_id.get(int(category_id))
