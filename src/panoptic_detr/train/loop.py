@@ -53,6 +53,8 @@ EvaluateFn = Callable[[nn.Module, Dataset, torch.device, DistInfo], dict[str, fl
 
 MASK_HEAD_PREFIXES = ("bbox_attention.", "mask_head.")
 """Parameters of the mask head (trained alone in the second stage of "two_stage")."""
+PLOT_EVERY_S = 60.0
+"""Seconds between redraws of curves.png while training (also drawn at checkpoints and at the end)."""
 
 
 class TrainError(RuntimeError):
@@ -240,8 +242,10 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
         if parts.val_set is not None else None
 
+    # the fused kernel: one pass over all parameters (8 ms against 40 for the default per-tensor
+    # loops on the learning recipe's 13 M parameters, 2 CPU threads), the same update rule
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.lr, cfg.optim.lr_backbone),
-                                  weight_decay=cfg.optim.weight_decay)
+                                  weight_decay=cfg.optim.weight_decay, fused=device.type in ("cpu", "cuda"))
     o = cfg.optim
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, o.warmup_steps, o.lr_drop, o.lr_gamma)
@@ -303,7 +307,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
                disable=not (progress and info.is_main), desc="train", unit="step", dynamic_ncols=True)
     sums: dict[str, float] = {}
     images, t0 = 0, time.perf_counter()
-    started = t0
+    started = plotted = t0
     metrics: dict[str, Any] = {}
     model.train()
     # images in the model's precision (float64 models train too: tests check exactness with them)
@@ -374,8 +378,12 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             files.append(ckpt_io.BEST)
         if files:
             _save(files, cfg, info, device, parts, model, optimizer, scheduler, state, out)
-        if info.is_main and (done or step % cfg.log_every == 0):
+        # redrawing costs ~0.2 s (a tenth of a second per 100 logged lines more): after an
+        # evaluation or a checkpoint, at the end, else at most once a minute
+        if info.is_main and (done or evaluated or files or (
+                step % cfg.log_every == 0 and time.perf_counter() - plotted > PLOT_EVERY_S)):
             plot_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png", title=cfg.out_dir)
+            plotted = time.perf_counter()
         if done:
             break
     bar.close()
