@@ -14,7 +14,10 @@ made no-object); their masks are the network's. Every (batch size, K) runs in a 
 `iters` timed batches. Stages per image: decode (JPEG), preprocess (resize + normalise +
 padding), network (`detect`: backbone, transformer, heads), masks (mask head for the kept
 queries, `--mask-chunk` at a time), postprocess, write (panoptic PNG, overlay PNG, JSON
-record).
+record). A batch goes through the network as the predictor sends it: on a CPU every image
+alone at its own size, with `--together` as one padded tensor (the predictor's GPU default).
+"faults" are the minor page faults per image over the timed batches, in MB of fresh pages
+(glibc maps every allocation over 32 MB anew, and the kernel zeroes each page on first touch).
 """
 
 from __future__ import annotations
@@ -79,8 +82,9 @@ class Clock:
 
     def lap(self, name: str | None) -> None:
         w, c = time.perf_counter(), time.process_time()
-        if name is not None:
-            self.wall[name], self.cpu[name] = w - self._w, c - self._c
+        if name is not None:  # a stage lapped again (one image after another) adds up
+            self.wall[name] = self.wall.get(name, 0.0) + w - self._w
+            self.cpu[name] = self.cpu.get(name, 0.0) + c - self._c
         self._w, self._c = w, c
 
 
@@ -94,7 +98,8 @@ def run_one(args: argparse.Namespace) -> dict:
     from panoptic_detr.structures import PaddedBatch
 
     predictor = Predictor(args.ckpt, preset="detr_r50_panoptic", mask_chunk=args.mask_chunk or None,
-                          prepare=not args.no_prepare, dtype=args.dtype)
+                          prepare=not args.no_prepare, dtype=args.dtype,
+                          batched_network=True if args.together else None)
     model, cats = predictor.model, predictor.categories
     is_thing = cats.thing_mask()
     out = Path(args.work) / f"out_b{args.batch}_k{args.k}"
@@ -102,7 +107,10 @@ def run_one(args: argparse.Namespace) -> dict:
     totals = dict.fromkeys(STAGES, 0.0)
     cpu = dict.fromkeys(STAGES, 0.0)
     segments = 0
+    faults = 0
     for it in range(args.iters + 1):  # the first batch warms up
+        if it == 1:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         clock = Clock()
         with torch.inference_mode():
             arrays = [load_image(p) for p in paths]
@@ -110,21 +118,27 @@ def run_one(args: argparse.Namespace) -> dict:
             inputs = [preprocess(a) for a in arrays]
             batch = PaddedBatch.from_images(inputs).to("cpu", predictor.dtype)
             clock.lap("preprocess")
-            det = model.detect(batch)
-            clock.lap("network")
-            logits, keep = forced_keep(det["pred_logits"], args.k)
-            assert all(torch.equal(a, b) for a, b in zip(select_queries(logits), keep, strict=True))
-            clock.lap(None)
-            masks = predictor.model.predict_masks(det, keep, chunk=predictor.mask_chunk)
-            clock.lap("masks")
-            padded = tuple(batch.images.shape[-2:])
-            results = [
-                panoptic_postprocess(logits[i].float(), masks[i].float(), tuple(inputs[i].shape[-2:]),
-                                     padded, arrays[i].shape[:2], is_thing, query_idx=keep[i],
-                                     pred_boxes=det["pred_boxes"][i].float())
-                for i in range(len(arrays))
-            ]
-            clock.lap("postprocess")
+            # as the predictor runs the network: the padded batch together, or (its CPU default)
+            # every image alone at its own size; the stages of the images add up
+            groups = [batch] if predictor.batched_network else [batch.alone(i) for i in range(len(batch))]
+            results = []
+            for group in groups:
+                det = model.detect(group)
+                clock.lap("network")
+                logits, keep = forced_keep(det["pred_logits"], args.k)
+                assert all(torch.equal(a, b) for a, b in zip(select_queries(logits), keep, strict=True))
+                clock.lap(None)
+                masks = predictor.model.predict_masks(det, keep, chunk=predictor.mask_chunk)
+                clock.lap("masks")
+                padded = tuple(group.images.shape[-2:])
+                first = len(results)
+                results += [
+                    panoptic_postprocess(logits[i].float(), masks[i].float(), group.sizes[i], padded,
+                                         arrays[first + i].shape[:2], is_thing, query_idx=keep[i],
+                                         pred_boxes=det["pred_boxes"][i].float())
+                    for i in range(len(group))
+                ]
+                clock.lap("postprocess")
         for i, (r, a) in enumerate(zip(results, arrays, strict=True)):
             save_result(r, a, paths[i], f"img{i}", out, cats, overwrite=True)
         clock.lap("write")
@@ -140,7 +154,10 @@ def run_one(args: argparse.Namespace) -> dict:
         "batch": args.batch, "k": args.k, "input": list(inputs[0].shape[-2:]),
         "per_image_s": per_image, "total_s": sum(per_image.values()),
         "cpu_per_image_s": cpu_per_image, "cpu_total_s": sum(cpu_per_image.values()),
-        "segments": segments / n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "segments": segments / n,
+        "faults_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+        * resource.getpagesize() / 2**20 / n,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -157,6 +174,9 @@ def main() -> None:
                         help="the model as loaded (no BN folding, no channels-last)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="network precision (Predictor's dtype)")
+    parser.add_argument("--together", action="store_true",
+                        help="run each batch through the network as one padded tensor (the predictor's "
+                             "GPU default; on a CPU it runs the images of a batch one by one)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -180,8 +200,9 @@ def main() -> None:
         print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} CPUs, {args.threads} threads, {args.iters} timed batches per row")
         print("wall s/image per stage (CPU s/image of all threads in brackets)")
-        print("| batch | K | segments | " + " | ".join(STAGES) + " | total s/img | peak RSS MB |")
-        print("|" + "---|" * (len(STAGES) + 5))
+        print("| batch | K | segments | " + " | ".join(STAGES)
+              + " | total s/img | faults MB/img | peak RSS MB |")
+        print("|" + "---|" * (len(STAGES) + 6))
         for batch in args.batches:
             for k in args.ks:
                 cmd = [sys.executable, __file__, "--one", "--batch", str(batch), "--k", str(k),
@@ -189,7 +210,7 @@ def main() -> None:
                        "--threads", str(args.threads), "--iters", str(args.iters),
                        "--mask-chunk", str(args.mask_chunk)]
                 cmd += ["--no-prepare"] if args.no_prepare else []
-                cmd += ["--dtype", args.dtype]
+                cmd += ["--dtype", args.dtype] + (["--together"] if args.together else [])
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"batch {batch} K {k} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -199,7 +220,7 @@ def main() -> None:
                 stages = " | ".join(f"{row['per_image_s'][s]:.3f} ({row['cpu_per_image_s'][s]:.3f})"
                                     for s in STAGES)
                 print(f"| {batch} | {k} | {row['segments']:.0f} | {stages} | {row['total_s']:.2f} "
-                      f"({row['cpu_total_s']:.2f}) | "
+                      f"({row['cpu_total_s']:.2f}) | {row['faults_mb']:.0f} | "
                       f"{row['peak_rss_mb']:.0f} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

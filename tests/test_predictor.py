@@ -27,20 +27,31 @@ def assert_same_result(a, b):
         assert abs(sa["score"] - sb["score"]) < 1e-9
 
 
-def test_batched_equals_one_by_one():
+@pytest.mark.parametrize("together", [True, False])
+def test_batched_equals_one_by_one(together):
     pre = tiny_pretrained(torch.float64)
+    opts = {**SMALL, "batched_network": together}
     same = [picture(48, 72, seed=s) for s in range(3)]
-    batched = Predictor.from_pretrained(pre, batch_size=3, **SMALL).predict_batch(same)
-    alone = Predictor.from_pretrained(pre, batch_size=1, **SMALL)
+    batched = Predictor.from_pretrained(pre, batch_size=3, **opts).predict_batch(same)
+    alone = Predictor.from_pretrained(pre, batch_size=1, **opts)
     assert sum(len(r.segments_info) for r in batched) > 3  # the test compares real segments
     for image, result in zip(same, batched, strict=True):
         assert result.size == (48, 72)
         assert_same_result(result, alone.predict(image))
-    # mixed sizes: padding never reaches the largest image
+    # mixed sizes: padding never reaches the largest image; run one by one (the CPU default),
+    # the padded small image gets its own result too
     big, small = picture(60, 90, seed=7), picture(40, 50, seed=8)
-    both = Predictor.from_pretrained(pre, batch_size=2, **SMALL).predict_batch([small, big])
+    both = Predictor.from_pretrained(pre, batch_size=2, **opts).predict_batch([small, big])
     assert both[0].size == (40, 50) and both[1].size == (60, 90)
     assert_same_result(both[1], alone.predict(big))
+    if not together:
+        assert_same_result(both[0], alone.predict(small))
+
+
+def test_network_batching_defaults_to_one_by_one_on_cpu():
+    pre = tiny_pretrained(torch.float64)
+    assert Predictor.from_pretrained(pre, **SMALL).batched_network is False
+    assert Predictor.from_pretrained(pre, batched_network=True, **SMALL).batched_network is True
 
 
 @pytest.mark.parametrize("attention_pos", [False, True])

@@ -22,7 +22,7 @@ class TinyDETR(nn.Module):
         self.bbox_attention = nn.Linear(dim, dim)
         self.mask_head = nn.Conv2d(1, 1, kernel_size=3, padding=1)
 
-    def detect(self, batch: PaddedBatch) -> dict:
+    def detect(self, batch: PaddedBatch, return_attention: bool = False) -> dict:
         feats = self.backbone(batch.images)  # B x C x H/4 x W/4
         g = feats.mean(dim=(2, 3))[:, None]  # B x 1 x C
         hs = self.query_embed.weight[None] + g
@@ -36,7 +36,7 @@ class TinyDETR(nn.Module):
         det["hs"] = hs
         return det
 
-    def predict_masks(self, det: dict, queries: list[Tensor]) -> list[Tensor]:
+    def predict_masks(self, det: dict, queries: list[Tensor], chunk: int | None = None) -> list[Tensor]:
         out = []
         for i, q in enumerate(queries):
             emb = self.bbox_attention(det["hs"][i, q])  # Q x C

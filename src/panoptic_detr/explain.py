@@ -282,11 +282,11 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
 
     One `detect(..., return_attention=True)` gives classes, boxes, C5 and the attention maps
     of all N queries; the mask head then runs for the selected queries only and the
-    predictor's post-processing makes the result, step for step as `Predictor.predict_arrays`
-    does, so the segments are `predict`'s.
+    predictor's post-processing makes the result: `model.inference.segment`, predict's own
+    path, so the segments are `predict`'s.
     """
     from .data.images import load_image, preprocess
-    from .model.postprocess import panoptic_postprocess, select_queries
+    from .model.inference import segment
 
     pred = as_predictor(source, categories, threshold=threshold, size=size, max_size=max_size)
     model, cats = pred.model, pred.categories
@@ -297,17 +297,12 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     x = preprocess(image, pred.size, pred.max_size)  # 3 x h x w
     input_size = (int(x.shape[1]), int(x.shape[2]))
     batch = PaddedBatch.from_images([x]).to(pred.device, pred.dtype)
-    det = model.detect(batch, return_attention=True)
-    logits = det["pred_logits"][0].float()  # as the predictor
-    selected = select_queries(logits[None], pred.threshold)[0]
-    # Q x h/4 x w/4: the mask head for these only
-    masks = pred.model.predict_masks(det, [selected], chunk=pred.mask_chunk)[0].float()
-    result = panoptic_postprocess(
-        logits, masks, input_size, tuple(batch.images.shape[-2:]), image.shape[:2],
-        pred.is_thing, threshold=pred.threshold, stuff_merge=pred.stuff_merge, query_idx=selected,
-        pred_boxes=det["pred_boxes"][0].float(),
-    )
-    result = PanopticResult(result.id_map.cpu(), result.segments_info)
+    # predict's path, with detect's outputs (attention maps included) kept for the pictures
+    seg = segment(model, batch, [image.shape[:2]], pred.is_thing, threshold=pred.threshold,
+                  stuff_merge=pred.stuff_merge, mask_chunk=pred.mask_chunk, return_attention=True,
+                  keep_det=True)[0]
+    det, logits, selected, masks = seg.det, seg.logits, seg.kept, seg.masks
+    result = PanopticResult(seg.result.id_map.cpu(), seg.result.segments_info)
 
     mask_queries, mask_logits = selected, masks
     chosen = set(selected.tolist())
@@ -324,7 +319,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
 
     logits = logits.cpu()
     H, W = image.shape[:2]
-    boxes_px = cxcywh_to_xyxy(det["pred_boxes"][0].float().cpu()) * torch.tensor([W, H, W, H])
+    boxes_px = cxcywh_to_xyxy(seg.boxes.cpu()) * torch.tensor([W, H, W, H])
     labels = logits.argmax(-1)
     seg_of_query = {q: s for s, q in segment_queries(result, selected.cpu(), masks.float().cpu(),
                                                        input_size, labels, pred.is_thing.cpu()).items()}
@@ -334,7 +329,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     stride = 16 if getattr(getattr(model, "config", None), "dilation", False) else 32
     return Explanation(
         image=image, input_size=input_size, c5_norm=c5.norm(dim=0).cpu(),
-        pred_logits=logits, pred_boxes=det["pred_boxes"][0].float().cpu(),
+        pred_logits=logits, pred_boxes=seg.boxes.cpu(),
         attention_maps=det["attention_maps"][0].float().cpu(),
         mask_queries=mask_queries.cpu(), mask_logits=mask_logits.float().cpu(),
         result=result, queries=queries, categories=cats, threshold=threshold, c5_stride=stride,

@@ -6,8 +6,12 @@ with bad inputs reported one line each while the rest goes on.
 
 The network runs in two steps: `detect` for every query, then the mask head only for the
 queries the class threshold keeps (it is per query, so their masks are the same as in a full
-forward). Batches are padded; post-processing crops each image's own region of the masks, so
-a result does not depend on the other images of its batch beyond what the network sees.
+forward); `model.inference.segment` holds that path. On a GPU a batch runs as one padded
+tensor, and post-processing crops each image's own region of the masks, so a result does not
+depend on the other images of its batch beyond what the network sees. On a CPU each image of a
+batch runs alone, at its own size: batching saves no arithmetic there, its 4x larger
+activations cost page faults (benchmarks/RESULTS.md), and each result is then exactly the
+image's own.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from .data.files import atomic_write, write_json, write_png
 from .data.images import ImageError, load_image, preprocess
 from .loading import Pretrained, WeightsError, load_pretrained
 from .model import DETRPanoptic
-from .model.postprocess import StuffMerge, panoptic_postprocess, select_queries
+from .model.inference import segment
+from .model.postprocess import StuffMerge
 from .structures import Categories, PaddedBatch, PanopticResult
 from .viz import overlay
 
@@ -65,6 +70,8 @@ class Predictor:
     bfloat16, about 2x faster on CPUs with AVX512-BF16 or AMX and on GPUs; scores and masks are
     then bfloat16-rounded, so a pixel or a borderline query can come out differently
     (benchmarks/RESULTS.md measures how often). Post-processing stays float32.
+    batched_network: run a batch through the network as one padded tensor (True) or each
+    image alone (False); None: together on GPUs, alone on CPUs (see the module docstring).
     """
 
     def __init__(
@@ -80,15 +87,16 @@ class Predictor:
         mask_chunk: int | None = 10,
         prepare: bool = False,
         dtype: str = "float32",
+        batched_network: bool | None = None,
     ):
         if isinstance(weights, Pretrained):  # an already loaded model (changed if prepare)
             self._setup(weights, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare,
-                        dtype)
+                        dtype, batched_network)
             return
         _network_dtype(dtype)  # a bad name fails before anything is loaded
         pretrained = load_pretrained(weights, preset=preset, device=device)
         self._setup(pretrained, threshold, size, max_size, batch_size, stuff_merge, mask_chunk, prepare,
-                    dtype)
+                    dtype, batched_network)
 
     @classmethod
     def from_pretrained(cls, pretrained: Pretrained, **kwargs: Any) -> Predictor:
@@ -99,7 +107,8 @@ class Predictor:
 
     def _setup(self, pretrained: Pretrained, threshold: float | None = None, size: int | None = None,
                max_size: int | None = None, batch_size: int = 1, stuff_merge: StuffMerge = "original",
-               mask_chunk: int | None = 10, prepare: bool = False, dtype: str = "float32") -> None:
+               mask_chunk: int | None = 10, prepare: bool = False, dtype: str = "float32",
+               batched_network: bool | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         network_dtype = _network_dtype(dtype)
@@ -119,6 +128,7 @@ class Predictor:
         self.batch_size, self.stuff_merge, self.mask_chunk = batch_size, stuff_merge, mask_chunk
         param = next(self.model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.batched_network = self.device.type != "cpu" if batched_network is None else batched_network
         self.is_thing = self.categories.thing_mask(self.device)
 
     def predict(self, image: ImageInput) -> PanopticResult:
@@ -141,20 +151,10 @@ class Predictor:
             return []
         inputs = [preprocess(a, self.size, self.max_size) for a in arrays]
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
-        det = self.model.detect(batch)
-        logits = det["pred_logits"].float()  # bfloat16 with dtype="bfloat16"
-        keep = select_queries(logits, self.threshold)
-        masks = self.model.predict_masks(det, keep, chunk=self.mask_chunk)  # the kept queries only
-        padded = tuple(batch.images.shape[-2:])
-        results = []
-        for i, (a, x) in enumerate(zip(arrays, inputs, strict=True)):
-            result = panoptic_postprocess(
-                logits[i], masks[i].float(), tuple(x.shape[-2:]), padded, a.shape[:2],
-                self.is_thing, threshold=self.threshold, stuff_merge=self.stuff_merge,
-                query_idx=keep[i], pred_boxes=det["pred_boxes"][i].float(),
-            )
-            results.append(PanopticResult(result.id_map.cpu(), result.segments_info))
-        return results
+        done = segment(self.model, batch, [a.shape[:2] for a in arrays], self.is_thing,
+                       threshold=self.threshold, stuff_merge=self.stuff_merge, mask_chunk=self.mask_chunk,
+                       together=self.batched_network)
+        return [PanopticResult(s.result.id_map.cpu(), s.result.segments_info) for s in done]
 
 
 def _as_array(image: ImageInput) -> np.ndarray:

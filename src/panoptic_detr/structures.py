@@ -50,6 +50,11 @@ class PaddedBatch:
         ws = valid.any(dim=1).sum(dim=1).tolist()
         return [(int(h), int(w)) for h, w in zip(hs, ws, strict=True)]
 
+    def alone(self, index: int) -> PaddedBatch:
+        """Image `index` as a batch of one, cropped to its own size (no padding)."""
+        h, w = self.sizes[index]
+        return PaddedBatch(self.images[index : index + 1, :, :h, :w], self.mask[index : index + 1, :h, :w])
+
     def to(self, *args: Any, **kwargs: Any) -> PaddedBatch:
         """Move or cast the images (like `Tensor.to`); the mask stays bool."""
         images = self.images.to(*args, **kwargs)

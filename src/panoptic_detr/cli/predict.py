@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="architecture, when --weights is a file that does not say")
     p.add_argument("--threshold", type=float, default=None,
                    help="class confidence to keep a query (the checkpoint's advice, else 0.85)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per network batch (1)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per batch (1); on a GPU one padded network batch, on a CPU run one by one")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     p.add_argument("--size", type=int, default=None,
                    help="shortest side fed to the network (the checkpoint's advice, else 800)")

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.collate import collate_padded
 from ..eval.pq import PQStat, pq_image, pq_results
-from ..model.postprocess import panoptic_postprocess, select_queries
+from ..model.inference import segment
 from ..structures import Categories, PaddedBatch, Target
 from .distributed import DistInfo
 
@@ -38,17 +38,8 @@ def target_panoptic(target: Target) -> tuple[torch.Tensor, list[dict[str, Any]]]
 def predict_panoptic(model: nn.Module, batch: PaddedBatch, sizes: list[tuple[int, int]],
                      categories: Categories, threshold: float) -> list:
     """PanopticResults of a batch at `sizes` (per image), masks computed for kept queries only."""
-    det = model.detect(batch)
-    logits = det["pred_logits"].float()  # bfloat16 under autocast
-    keep = select_queries(logits, threshold)
-    masks = model.predict_masks(det, keep)
-    is_thing = categories.thing_mask(batch.images.device)
-    padded = tuple(batch.images.shape[-2:])
-    return [
-        panoptic_postprocess(logits[i], masks[i].float(), batch.sizes[i], padded,
-                             sizes[i], is_thing, threshold=threshold, query_idx=keep[i])
-        for i in range(len(batch))
-    ]
+    done = segment(model, batch, sizes, categories.thing_mask(batch.images.device), threshold=threshold)
+    return [s.result for s in done]
 
 
 def make_evaluator(categories: Categories, threshold: float = 0.85, batch_size: int = 4):
