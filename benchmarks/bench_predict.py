@@ -88,16 +88,21 @@ class Clock:
         self._w, self._c = w, c
 
 
+def _chunk(value: str) -> int | str | None:
+    return value if value == "auto" else int(value) or None
+
+
 def run_one(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
     from panoptic_detr.data.images import load_image, preprocess
+    from panoptic_detr.model.inference import auto_mask_chunk
     from panoptic_detr.model.postprocess import panoptic_postprocess, select_queries
     from panoptic_detr.predictor import Predictor, save_result
     from panoptic_detr.structures import PaddedBatch
 
-    predictor = Predictor(args.ckpt, preset="detr_r50_panoptic", mask_chunk=args.mask_chunk or None,
+    predictor = Predictor(args.ckpt, preset="detr_r50_panoptic", mask_chunk=_chunk(args.mask_chunk),
                           prepare=not args.no_prepare, dtype=args.dtype,
                           batched_network=True if args.together else None)
     model, cats = predictor.model, predictor.categories
@@ -128,7 +133,9 @@ def run_one(args: argparse.Namespace) -> dict:
                 logits, keep = forced_keep(det["pred_logits"], args.k)
                 assert all(torch.equal(a, b) for a, b in zip(select_queries(logits), keep, strict=True))
                 clock.lap(None)
-                masks = predictor.model.predict_masks(det, keep, chunk=predictor.mask_chunk)
+                chunk = predictor.mask_chunk
+                chunk = auto_mask_chunk(model, det) if chunk == "auto" else chunk
+                masks = predictor.model.predict_masks(det, keep, chunk=chunk)
                 clock.lap("masks")
                 padded = tuple(group.images.shape[-2:])
                 first = len(results)
@@ -169,7 +176,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2, help="timed batches per configuration")
     parser.add_argument("--reference", type=Path, default=Path(
         os.environ.get("PANOPTIC_DETR_REFERENCE", ROOT.parent / "shared" / "reference")))
-    parser.add_argument("--mask-chunk", type=int, default=10, help="queries per mask-head call (0: all)")
+    parser.add_argument("--mask-chunk", default="auto",
+                        help="queries per mask-head call (0: all; auto: the predictor's default)")
     parser.add_argument("--no-prepare", action="store_true",
                         help="the model as loaded (no BN folding, no channels-last)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",

@@ -33,7 +33,7 @@ from .data.files import atomic_write, write_json, write_png
 from .data.images import ImageError, load_image, preprocess
 from .loading import Pretrained, WeightsError, load_pretrained
 from .model import DETRPanoptic
-from .model.inference import segment
+from .model.inference import MaskChunk, segment
 from .model.postprocess import StuffMerge
 from .structures import Categories, PaddedBatch, PanopticResult
 from .viz import overlay
@@ -62,7 +62,8 @@ class Predictor:
     files that do not say.
     threshold, size / max_size (DETR's resize: shortest side, longest side cap): None takes the
     checkpoint's recommendation, else `DEFAULTS`.
-    stuff_merge: see `panoptic_postprocess`; mask_chunk: queries per mask-head call (memory).
+    stuff_merge: see `panoptic_postprocess`; mask_chunk: queries per mask-head call (an int,
+    None: all at once, "auto": see `model.inference.MASK_CHUNK_BYTES`).
     prepare: `model.prepare_for_inference()` (frozen BN folded, channels-last: faster on CPUs;
     same outputs up to float32 rounding, see the model's parity tests, so scores may
     differ in the last digits from an unprepared model's). Changes a passed-in model in place.
@@ -84,7 +85,7 @@ class Predictor:
         max_size: int | None = None,
         batch_size: int = 1,
         stuff_merge: StuffMerge = "original",
-        mask_chunk: int | None = 10,
+        mask_chunk: MaskChunk = "auto",
         prepare: bool = False,
         dtype: str = "float32",
         batched_network: bool | None = None,
@@ -107,7 +108,7 @@ class Predictor:
 
     def _setup(self, pretrained: Pretrained, threshold: float | None = None, size: int | None = None,
                max_size: int | None = None, batch_size: int = 1, stuff_merge: StuffMerge = "original",
-               mask_chunk: int | None = 10, prepare: bool = False, dtype: str = "float32",
+               mask_chunk: MaskChunk = "auto", prepare: bool = False, dtype: str = "float32",
                batched_network: bool | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")

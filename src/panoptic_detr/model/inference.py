@@ -8,13 +8,35 @@ Pure tensor code, like the rest of `model/`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from ..structures import PaddedBatch, PanopticResult
 from .postprocess import StuffMerge, panoptic_postprocess, select_queries
+
+MaskChunk = int | None | Literal["auto"]
+
+MASK_CHUNK_BYTES = 24 * 2**20
+"""mask_chunk="auto" on a CPU: as many queries per mask-head call as keep its largest
+activation (a stride-4 map per query) under this. glibc serves blocks over 32 MB with fresh
+mmaps whose pages the kernel zeroes on first touch: at 800x1066, 10 queries at a time made
+68 MB blocks and the mask stage 45 % slower than 4 at a time (benchmarks/RESULTS.md)."""
+GPU_MASK_CHUNK = 10
+"""mask_chunk="auto" elsewhere: bounds the head's memory (chunk x d/8 x H/4 x W/4 values)."""
+
+
+def auto_mask_chunk(model: torch.nn.Module, det: dict[str, Any]) -> int | None:
+    """The "auto" chunk for `det` (None, i.e. all at once, for a model without DETR's head)."""
+    head = getattr(model, "mask_head", None)
+    if head is None or "fpns" not in det:
+        return None
+    c2 = det["fpns"][-1]  # B x C2 x H/4 x W/4
+    if c2.device.type != "cpu":
+        return GPU_MASK_CHUNK
+    per_query = head.adapter3.out_channels * c2.shape[-2] * c2.shape[-1] * c2.element_size()
+    return max(1, MASK_CHUNK_BYTES // per_query)
 
 
 @dataclass
@@ -45,7 +67,7 @@ def segment(
     *,
     threshold: float = 0.85,
     stuff_merge: StuffMerge = "original",
-    mask_chunk: int | None = None,
+    mask_chunk: MaskChunk = "auto",
     together: bool = True,
     return_attention: bool = False,
     keep_det: bool = False,
@@ -53,7 +75,9 @@ def segment(
     """Panoptic segmentations of a batch, the mask head run for the kept queries only.
 
     batch: normalised images in the model's device and dtype; out_sizes: (H, W) of each result;
-    is_thing: [K] bool by class index. together: run the batch through the network as one
+    is_thing: [K] bool by class index. mask_chunk: queries per mask-head call (the same masks,
+    less memory): an int, None for all at once, or "auto" (see `MASK_CHUNK_BYTES`).
+    together: run the batch through the network as one
     padded tensor (what a GPU wants); False: every image alone at its own size, so each result
     is exactly the image's batch-of-one result (what a CPU wants: batching saves no arithmetic
     there and the larger activations cost page faults, see benchmarks/RESULTS.md).
@@ -76,7 +100,8 @@ def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, mask_chu
     # the class softmax and post-processing in float32 whatever the network's dtype
     logits, boxes = det["pred_logits"].float(), det["pred_boxes"].float()
     kept = select_queries(logits, threshold)
-    masks = model.predict_masks(det, kept, chunk=mask_chunk)
+    chunk = auto_mask_chunk(model, det) if mask_chunk == "auto" else mask_chunk
+    masks = model.predict_masks(det, kept, chunk=chunk)
     padded = tuple(batch.images.shape[-2:])
     out = []
     for i, (size, out_size) in enumerate(zip(batch.sizes, out_sizes, strict=True)):
