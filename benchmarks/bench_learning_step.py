@@ -20,7 +20,7 @@ import torch
 from panoptic_detr.data.collate import collate_padded
 from panoptic_detr.train.config import load_config
 from panoptic_detr.train.criterion import LossWeights, ModelWithLoss, SetCriterion
-from panoptic_detr.train.loop import Augmented, _train_transform, build_parts
+from panoptic_detr.train.loop import Augmented, build_parts, training_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("float32", "bf16", "float32-channels-last", "bf16-channels-last")
@@ -36,7 +36,7 @@ def median_step(cfg, parts, initial: dict, mode: str, steps: int) -> float:
         p.requires_grad_(True)
     step = ModelWithLoss(model, SetCriterion(parts.categories.num_classes, LossWeights(**vars(cfg.loss))))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
-    data = Augmented(parts.train_set, _train_transform(cfg), cfg.seed)
+    data = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
     b = cfg.batch_size
     batches = [collate_padded([data[i] for i in range(j * b, (j + 1) * b)]) for j in range(steps + 2)]
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16"))

@@ -238,7 +238,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         num_classes=parts.categories.num_classes,
         weights=LossWeights(**vars(cfg.loss)),
     )
-    train_set = Augmented(parts.train_set, _train_transform(cfg), cfg.seed)
+    train_set = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
         if parts.val_set is not None else None
 
@@ -399,7 +399,10 @@ def _out_of_time(started: float, minutes: float, info: DistInfo, device: torch.d
     return elapsed > minutes * 60
 
 
-def _train_transform(cfg: TrainConfig) -> PanopticTransform:
+def training_transform(cfg: TrainConfig) -> PanopticTransform:
+    """The transform of the config's training images (its augmentation, or the validation
+    resize with `data.augment: false`); `Augmented(train_set, training_transform(cfg), seed)`
+    is the training stream before batching."""
     d = cfg.data
     if not d.augment:
         return eval_transforms(d.val_size, d.max_size)
