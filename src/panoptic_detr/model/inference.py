@@ -77,10 +77,10 @@ def segment(
     batch: normalised images in the model's device and dtype; out_sizes: (H, W) of each result;
     is_thing: [K] bool by class index. mask_chunk: queries per mask-head call (the same masks,
     less memory): an int, None for all at once, or "auto" (see `MASK_CHUNK_BYTES`).
-    together: run the batch through the network as one
-    padded tensor (what a GPU wants); False: every image alone at its own size, so each result
-    is exactly the image's batch-of-one result (what a CPU wants: batching saves no arithmetic
-    there and the larger activations cost page faults, see benchmarks/RESULTS.md).
+    together: run the batch through the network as one padded tensor (what a GPU wants);
+    False: every image alone at its own size, so each result is exactly the image's
+    batch-of-one result (what a CPU wants: batching saves no arithmetic there and the larger
+    activations cost page faults, see benchmarks/RESULTS.md).
     keep_det / return_attention: keep `detect`'s outputs (with the attention maps) in the
     results, e.g. for `explain`.
     """
@@ -97,7 +97,7 @@ def segment(
 def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, mask_chunk, return_attention,
              keep_det) -> list[Segmentation]:
     det = model.detect(batch, return_attention=return_attention)
-    # the class softmax and post-processing in float32 whatever the network's dtype
+    # post-processing in float32 whatever the network's dtype (bfloat16, autocast), as before
     logits, boxes = det["pred_logits"].float(), det["pred_boxes"].float()
     kept = select_queries(logits, threshold)
     chunk = auto_mask_chunk(model, det) if mask_chunk == "auto" else mask_chunk
