@@ -97,7 +97,7 @@ def segment(
 def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, mask_chunk, return_attention,
              keep_det) -> list[Segmentation]:
     det = model.detect(batch, return_attention=return_attention)
-    # post-processing in float32 whatever the network's dtype (bfloat16, autocast), as before
+    # post-processing in float32 whatever the network's dtype (bfloat16 weights, autocast)
     logits, boxes = det["pred_logits"].float(), det["pred_boxes"].float()
     kept = select_queries(logits, threshold)
     chunk = auto_mask_chunk(model, det) if mask_chunk == "auto" else mask_chunk
