@@ -97,7 +97,6 @@ def run_one(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from panoptic_detr.data.images import load_image, preprocess
-    from panoptic_detr.model.inference import auto_mask_chunk
     from panoptic_detr.model.postprocess import panoptic_postprocess, select_queries
     from panoptic_detr.predictor import Predictor, save_result
     from panoptic_detr.structures import PaddedBatch
@@ -133,9 +132,7 @@ def run_one(args: argparse.Namespace) -> dict:
                 logits, keep = forced_keep(det["pred_logits"], args.k)
                 assert all(torch.equal(a, b) for a, b in zip(select_queries(logits), keep, strict=True))
                 clock.lap(None)
-                chunk = predictor.mask_chunk
-                chunk = auto_mask_chunk(model, det) if chunk == "auto" else chunk
-                masks = predictor.model.predict_masks(det, keep, chunk=chunk)
+                masks = predictor.model.predict_masks(det, keep, chunk=predictor.mask_chunk)
                 clock.lap("masks")
                 padded = tuple(group.images.shape[-2:])
                 first = len(results)

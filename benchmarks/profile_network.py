@@ -65,7 +65,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from panoptic_detr.data.images import load_image, preprocess
     from panoptic_detr.loading import load_pretrained
-    from panoptic_detr.model.inference import auto_mask_chunk
     from panoptic_detr.structures import PaddedBatch
 
     with tempfile.TemporaryDirectory() as work:
@@ -84,11 +83,10 @@ def main() -> None:
         with torch.inference_mode():
             t, det = timed_detect(model, batch, args.iters)
             _, keep = forced_keep(det["pred_logits"], 20)
-            chunk = auto_mask_chunk(model, det)  # the predictor's default
             times = []
             for it in range(args.iters + 1):
                 s = time.perf_counter()
-                masks = model.predict_masks(det, keep, chunk=chunk)
+                masks = model.predict_masks(det, keep, chunk="auto")  # the predictor's default
                 if it:
                     times.append(time.perf_counter() - s)
         diff = ""

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from panoptic_detr.data.images import preprocess
-from panoptic_detr.model import inference
-from panoptic_detr.model.inference import auto_mask_chunk, segment
+from panoptic_detr.model import detr
+from panoptic_detr.model.inference import segment
 from panoptic_detr.structures import PaddedBatch
 from predict_fixtures import picture, tiny_pretrained
 
@@ -45,10 +45,10 @@ def test_auto_mask_chunk_is_the_largest_under_the_budget_and_changes_nothing(mon
         det = model.detect(batch)
     c2 = det["fpns"][-1]
     per_query = model.mask_head.adapter3.out_channels * c2.shape[-2] * c2.shape[-1] * 8
-    monkeypatch.setattr(inference, "MASK_CHUNK_BYTES", int(2.5 * per_query))
-    assert auto_mask_chunk(model, det) == 2
-    monkeypatch.setattr(inference, "MASK_CHUNK_BYTES", per_query // 2)
-    assert auto_mask_chunk(model, det) == 1  # never below one query
+    monkeypatch.setattr(detr, "MASK_CHUNK_BYTES", int(2.5 * per_query))
+    assert model.mask_chunk(det) == 2
+    monkeypatch.setattr(detr, "MASK_CHUNK_BYTES", per_query // 2)
+    assert model.mask_chunk(det) == 1  # never below one query
     sizes = [(40, 50), (60, 90)]
     is_thing = pre.categories.thing_mask()
     with torch.inference_mode():

@@ -286,7 +286,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     path, so the segments are `predict`'s.
     """
     from .data.images import load_image, preprocess
-    from .model.inference import auto_mask_chunk, segment
+    from .model.inference import segment
 
     pred = as_predictor(source, categories, threshold=threshold, size=size, max_size=max_size)
     model, cats = pred.model, pred.categories
@@ -314,8 +314,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     if extra:  # a separate mask-head call: the selected queries' logits stay as predict has them
         more = torch.as_tensor(extra, dtype=torch.long, device=pred.device)
         mask_queries = torch.cat([selected, more])
-        chunk = auto_mask_chunk(model, det) if pred.mask_chunk == "auto" else pred.mask_chunk
-        more_masks = pred.model.predict_masks(det, [more], chunk=chunk)[0].float()
+        more_masks = pred.model.predict_masks(det, [more], chunk=pred.mask_chunk)[0].float()
         mask_logits = torch.cat([masks, more_masks])
 
     logits = logits.cpu()

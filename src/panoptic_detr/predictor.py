@@ -33,7 +33,8 @@ from .data.files import atomic_write, write_json, write_png
 from .data.images import ImageError, load_image, preprocess
 from .loading import Pretrained, WeightsError, load_pretrained
 from .model import DETRPanoptic
-from .model.inference import MaskChunk, segment
+from .model.detr import MaskChunk
+from .model.inference import segment
 from .model.postprocess import StuffMerge
 from .structures import Categories, PaddedBatch, PanopticResult
 from .viz import overlay
@@ -63,7 +64,7 @@ class Predictor:
     threshold, size / max_size (DETR's resize: shortest side, longest side cap): None takes the
     checkpoint's recommendation, else `DEFAULTS`.
     stuff_merge: see `panoptic_postprocess`; mask_chunk: queries per mask-head call (an int,
-    None: all at once, "auto": see `model.inference.MASK_CHUNK_BYTES`).
+    None: all at once, "auto": see `model.detr.MASK_CHUNK_BYTES`).
     prepare: `model.prepare_for_inference()` (frozen BN folded, channels-last: faster on CPUs;
     same outputs up to float32 rounding, see the model's parity tests, so scores may
     differ in the last digits from an unprepared model's). Changes a passed-in model in place.

@@ -14,7 +14,7 @@ Parameter names equal the original checkpoints' without the `detr.` prefix (and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,16 @@ from .config import DETRConfig
 from .mask_head import MaskHead, MHAttentionMap
 from .position import sine_position_encoding
 from .transformer import Transformer
+
+MaskChunk = int | None | Literal["auto"]
+
+MASK_CHUNK_BYTES = 24 * 2**20
+"""chunk="auto" on a CPU: as many queries per mask-head call as keep its largest activation
+(a stride-4 map per query) under this. glibc serves blocks over 32 MB with fresh mmaps whose
+pages the kernel zeroes on first touch: at 800x1066, 10 queries at a time made 68 MB blocks
+and the mask stage 45 % slower than 4 at a time (benchmarks/RESULTS.md)."""
+GPU_MASK_CHUNK = 10
+"""chunk="auto" elsewhere: bounds the head's memory (chunk x d/8 x H/4 x W/4 values)."""
 
 
 class MLP(nn.Module):
@@ -120,19 +130,30 @@ class DETRPanoptic(nn.Module):
             return det["memory"] + det["pos"].to(det["memory"].dtype)
         return det["memory"]
 
+    def mask_chunk(self, det: dict[str, Any]) -> int:
+        """What chunk="auto" of `predict_masks` means for `det` (see `MASK_CHUNK_BYTES`)."""
+        c2 = det["fpns"][-1]  # B x C2 x H/4 x W/4
+        if c2.device.type != "cpu":
+            return GPU_MASK_CHUNK
+        per_query = self.mask_head.adapter3.out_channels * c2.shape[-2] * c2.shape[-1] * c2.element_size()
+        return max(1, MASK_CHUNK_BYTES // per_query)
+
     def predict_masks(
-        self, det: dict[str, Any], queries: list[Tensor], chunk: int | None = None
+        self, det: dict[str, Any], queries: list[Tensor], chunk: MaskChunk = None
     ) -> list[Tensor]:
         """Mask logits of the chosen queries only.
 
         det: the output of `detect`; queries: per image a LongTensor of query indices.
         chunk: run the per-query part of the head this many queries at a time (the same masks:
         the head is per query and its GroupNorm normalises each query on its own), which bounds
-        its stride-4 activations (chunk x d/8 x H/4 x W/4 floats); None: all at once.
+        its stride-4 activations (chunk x d/8 x H/4 x W/4 floats); None: all at once; "auto":
+        `self.mask_chunk(det)`.
         Returns per image [Q_i, H/4, W/4] mask logits, in the order of `queries[i]`.
         """
         if len(queries) != det["hs"].shape[1]:
             raise ValueError(f"queries has {len(queries)} entries for {det['hs'].shape[1]} images")
+        if chunk == "auto":
+            chunk = self.mask_chunk(det)
         last = det["hs"][-1]  # B x N x d
         keys = self._keys(det)
         size = det["fpns"][-1].shape[-2:]  # H/4 x W/4

@@ -8,35 +8,14 @@ Pure tensor code, like the rest of `model/`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..structures import PaddedBatch, PanopticResult
+from .detr import MaskChunk
 from .postprocess import StuffMerge, panoptic_postprocess, select_queries
-
-MaskChunk = int | None | Literal["auto"]
-
-MASK_CHUNK_BYTES = 24 * 2**20
-"""mask_chunk="auto" on a CPU: as many queries per mask-head call as keep its largest
-activation (a stride-4 map per query) under this. glibc serves blocks over 32 MB with fresh
-mmaps whose pages the kernel zeroes on first touch: at 800x1066, 10 queries at a time made
-68 MB blocks and the mask stage 45 % slower than 4 at a time (benchmarks/RESULTS.md)."""
-GPU_MASK_CHUNK = 10
-"""mask_chunk="auto" elsewhere: bounds the head's memory (chunk x d/8 x H/4 x W/4 values)."""
-
-
-def auto_mask_chunk(model: torch.nn.Module, det: dict[str, Any]) -> int | None:
-    """The "auto" chunk for `det` (None, i.e. all at once, for a model without DETR's head)."""
-    head = getattr(model, "mask_head", None)
-    if head is None or "fpns" not in det:
-        return None
-    c2 = det["fpns"][-1]  # B x C2 x H/4 x W/4
-    if c2.device.type != "cpu":
-        return GPU_MASK_CHUNK
-    per_query = head.adapter3.out_channels * c2.shape[-2] * c2.shape[-1] * c2.element_size()
-    return max(1, MASK_CHUNK_BYTES // per_query)
 
 
 @dataclass
@@ -76,7 +55,7 @@ def segment(
 
     batch: normalised images in the model's device and dtype; out_sizes: (H, W) of each result;
     is_thing: [K] bool by class index. mask_chunk: queries per mask-head call (the same masks,
-    less memory): an int, None for all at once, or "auto" (see `MASK_CHUNK_BYTES`).
+    less memory): an int, None for all at once, or "auto" (see `detr.MASK_CHUNK_BYTES`).
     together: run the batch through the network as one padded tensor (what a GPU wants);
     False: every image alone at its own size, so each result is exactly the image's
     batch-of-one result (what a CPU wants: batching saves no arithmetic there and the larger
@@ -100,8 +79,7 @@ def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, mask_chu
     # post-processing in float32 whatever the network's dtype (bfloat16 weights, autocast)
     logits, boxes = det["pred_logits"].float(), det["pred_boxes"].float()
     kept = select_queries(logits, threshold)
-    chunk = auto_mask_chunk(model, det) if mask_chunk == "auto" else mask_chunk
-    masks = model.predict_masks(det, kept, chunk=chunk)
+    masks = model.predict_masks(det, kept, chunk=mask_chunk)
     padded = tuple(batch.images.shape[-2:])
     out = []
     for i, (size, out_size) in enumerate(zip(batch.sizes, out_sizes, strict=True)):
