@@ -180,3 +180,49 @@ def test_semantic_loss_is_each_cells_cross_entropy_against_its_class_shares():
     second = semantic_loss(model, {"memory": mem[1:, :, :3], "padding": padding[1:, :3]}, targets[1:],
                            step_images=2)
     torch.testing.assert_close(first + second, loss.detach())
+
+
+def test_segment_class_loss_is_each_segments_mean_memory_through_the_class_head():
+    """Each segment's loss is the cross-entropy of the class head on the memory averaged over
+    the segment's pixels (pixel-weighted over the 4x4 cells); an image without segments adds 0."""
+    from types import SimpleNamespace
+
+    from panoptic_detr.train.criterion import segment_class_loss
+
+    k = 3
+    g = torch.Generator().manual_seed(6)
+    memory = torch.randn(2, 8, 4, 4, generator=g, requires_grad=True)
+    model = SimpleNamespace(class_embed=torch.nn.Linear(8, k + 1))
+    full = torch.zeros(16, 16, dtype=torch.bool)
+    small, odd = full.clone(), full.clone()
+    small[4:8, 8:12] = True  # exactly one cell: (1, 2)
+    odd[0:4, 0:6] = True  # 16 pixels in cell (0, 0), 8 in cell (0, 1)
+    masks = torch.stack([small, odd])
+    targets = [Target(masks=masks, labels=torch.tensor([0, 2]), boxes=torch.zeros(2, 4),
+                      iscrowd=torch.zeros(2, dtype=torch.bool), area=masks.sum((1, 2)).float(),
+                      size=(16, 16)),
+               random_target(g, 16, 16, 0, k)]
+    loss = segment_class_loss(model, {"memory": memory}, targets, torch.tensor(4.0))
+    m = memory[0]
+    expected = torch.nn.functional.cross_entropy(
+        model.class_embed(torch.stack([m[:, 1, 2], (2 * m[:, 0, 0] + m[:, 0, 1]) / 3])), torch.tensor([0, 2]),
+        reduction="sum") / 4
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    touched = memory.grad[0].abs().sum(0) > 0
+    assert touched.nonzero().tolist() == [[0, 0], [0, 1], [1, 2]] and not memory.grad[1].any()
+
+
+def test_segment_loss_enters_the_total_with_its_weight():
+    from panoptic_detr.train.criterion import LossWeights
+
+    model = tiny_real_model()
+    g = torch.Generator().manual_seed(7)
+    batch = PaddedBatch.from_images([torch.randn(3, 64, 64, generator=g)])
+    targets = [random_target(g, 64, 64, 3, 4)]
+    torch.manual_seed(0)
+    off = ModelWithLoss(model, SetCriterion(4, LossWeights()))(batch, targets)
+    torch.manual_seed(0)
+    on = ModelWithLoss(model, SetCriterion(4, LossWeights(segment=2.0)))(batch, targets)
+    assert "loss_segment" not in off and on["loss_segment"] > 0
+    torch.testing.assert_close(on["loss"], off["loss"] + 2 * on["loss_segment"])

@@ -13,7 +13,7 @@ from panoptic_detr.model.position import sine_position_encoding
 from panoptic_detr.model.weights import to_original
 from panoptic_detr.structures import PaddedBatch
 
-SMALL = ["tiny", "detr_r18_small", "detr_r34_small"]
+SMALL = ["tiny", "detr_r18_small", "detr_r34_small", "detr_vgg_small"]
 
 
 def tiny_model(dtype: torch.dtype = torch.float64, **overrides):
@@ -106,6 +106,30 @@ def test_group_norm_backbone_trains_and_is_batch_independent():
     torch.testing.assert_close(both["pred_masks"][1:], one["pred_masks"], rtol=0, atol=1e-10)
     both["pred_logits"].sum().backward()
     assert model.backbone.body.layer2[0].bn1.weight.grad is not None
+
+
+@pytest.mark.parametrize("dilation", [False, True])
+def test_vgg_small_trunk_strides_training_and_batch_independence(dilation):
+    config = PRESETS["tiny"].with_overrides(backbone="vgg_small", backbone_norm="group_norm",
+                                            dilation=dilation)
+    torch.manual_seed(0)
+    model = build_model(config).double().train()
+    a, b = images((64, 96), (64, 96))
+    feats, _ = model.backbone(torch.stack([a, b]), torch.zeros(2, 64, 96, dtype=torch.bool))
+    c5 = (4, 6) if dilation else (2, 3)
+    assert [tuple(f.shape[1:]) for f in feats] == [(32, 16, 24), (64, 8, 12), (128, 4, 6), (256, *c5)]
+    # no pretrained weights can exist for it: every parameter trains, nothing is frozen to fold
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.backbone.fuse_batchnorm()
+    assert model.state_dict().keys() == before.keys()
+    both = model(PaddedBatch.from_images([a, b]))
+    one = model(PaddedBatch.from_images([b]))
+    torch.testing.assert_close(both["pred_masks"][1:], one["pred_masks"], rtol=0, atol=1e-10)
+    both["pred_logits"].sum().backward()
+    assert model.backbone.body.layer1[0][0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="vgg_small"):
+        config.with_overrides(backbone_norm="frozen_bn")
 
 
 def test_config_validation_and_round_trip():

@@ -7,6 +7,10 @@ DC5 (`dilation`) works for every depth: torchvision dilates bottleneck blocks, t
 dilates basic ones (ResNet-18/34) the same way. Module names
 follow torchvision (`body.layer1.0.conv1`), which is also the original checkpoints' layout
 under `detr.backbone.0.body`.
+
+`"vgg_small"` is the one trunk that is not a ResNet: a narrow VGG-style stack for training
+from scratch on a CPU (no ImageNet weights exist for it). On the synthetic scenes it learns the
+things' outlines several times faster than ResNet-18 (benchmarks/RESULTS.md, session 5).
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, dilation: bool = False, pretrained: bool = False, norm: str = "frozen_bn"):
         super().__init__()
+        self.channels = BACKBONE_CHANNELS[name]
+        if name == "vgg_small":
+            self.body = PlainTrunk(self.channels, dilation)
+            return
         # V1: the ImageNet weights the original DETR started from
         weights = "IMAGENET1K_V1" if pretrained else None
         basic = name in ("resnet18", "resnet34")  # torchvision dilates bottleneck blocks only
@@ -44,7 +52,6 @@ class Backbone(nn.Module):
             if not pname.startswith(("layer2", "layer3", "layer4")):
                 p.requires_grad_(False)
         self.body = body
-        self.channels = BACKBONE_CHANNELS[name]
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """images: [B, 3, H, W]; mask: [B, H, W] True on padding.
@@ -52,7 +59,7 @@ class Backbone(nn.Module):
         Returns ([C2, C3, C4, C5], [mask at each of their sizes]).
         """
         b = self.body
-        x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
+        x = images if isinstance(b, PlainTrunk) else b.maxpool(b.relu(b.bn1(b.conv1(images))))
         feats = []
         for layer in (b.layer1, b.layer2, b.layer3, b.layer4):
             x = layer(x)
@@ -70,6 +77,8 @@ class Backbone(nn.Module):
         never on a model that is trained or saved.
         """
         b = self.body
+        if isinstance(b, PlainTrunk):
+            return  # GroupNorm only: nothing frozen to fold
         pairs = [(b, "conv1", "bn1")]
         for block in (*b.layer1, *b.layer2, *b.layer3, *b.layer4):
             pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
@@ -97,6 +106,35 @@ class Backbone(nn.Module):
             fused.bias.requires_grad_(False)
             setattr(parent, conv_name, fused)
             setattr(parent, bn_name, nn.Identity())
+
+
+class PlainTrunk(nn.Module):
+    """VGG-style trunk: stages of two 3x3 conv + GroupNorm(8) + ReLU, each followed by a 2x2 max
+    pool. layer1 is two such stages (full resolution, then half), so C2..C5 come out at strides
+    4, 8, 16, 32 like a ResNet's; `dilation` drops layer4's pool, leaving C5 at stride 16 (its
+    convolutions run at stride 16 either way). Every parameter trains.
+
+    Why it exists: ResNet's 7x7 stride-2 stem and max pool leave a 15-pixel shape 4 pixels wide
+    before the first residual block; these narrow stages see the outline at full resolution,
+    at about a third of ResNet-18's arithmetic at 128 px.
+    """
+
+    def __init__(self, channels: tuple[int, int, int, int], dilation: bool = False):
+        super().__init__()
+        c2, c3, c4, c5 = channels
+        self.layer1 = nn.Sequential(_vgg_stage(3, c2 // 2), _vgg_stage(c2 // 2, c2))
+        self.layer2 = _vgg_stage(c2, c3)
+        self.layer3 = _vgg_stage(c3, c4)
+        self.layer4 = _vgg_stage(c4, c5, pool=not dilation)
+
+
+def _vgg_stage(cin: int, cout: int, pool: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for c in (cin, cout):
+        layers += [nn.Conv2d(c, cout, 3, padding=1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
 
 
 def _dilate_basic_layer4(layer: nn.Sequential) -> None:

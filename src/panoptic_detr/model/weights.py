@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import PRESETS, DETRConfig
+from .config import BACKBONE_CHANNELS, PRESETS, DETRConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -230,7 +230,14 @@ def infer_config(sd: dict[str, Tensor], dilation: bool = False) -> DETRConfig:
             (False, 2): "resnet18",
             (False, 6): "resnet34",
         }
-        if (bottleneck, blocks) not in names:
+        plain = "backbone.body.layer1.0.0.weight" in sd  # PlainTrunk: stages of bare convs
+        if plain:
+            widths_seen = tuple(int(sd[f"backbone.body.layer{i}.{j}.weight"].shape[0])
+                                for i, j in ((1, "1.3"), (2, "3"), (3, "3"), (4, "3")))
+            if widths_seen != BACKBONE_CHANNELS["vgg_small"]:
+                raise WeightsError(f"a VGG-style backbone with widths {widths_seen}; only 'vgg_small' "
+                                   f"{BACKBONE_CHANNELS['vgg_small']} exists")
+        elif (bottleneck, blocks) not in names:
             raise WeightsError(
                 f"cannot tell the backbone: {blocks} blocks in layer3 "
                 f"({'bottleneck' if bottleneck else 'basic'}); expected a ResNet-18/34/50/101"
@@ -243,7 +250,7 @@ def infer_config(sd: dict[str, Tensor], dilation: bool = False) -> DETRConfig:
         widths = [d + mask_heads] + [d // f for f in (2, 4, 8, 16)]
         groups = next(g for g in (8, 4, 2, 1) if all(w % g == 0 for w in widths))
         config = DETRConfig(
-            backbone=names[(bottleneck, blocks)],
+            backbone="vgg_small" if plain else names[(bottleneck, blocks)],
             dilation=dilation,
             # frozen BN keeps statistics buffers; GroupNorm has an affine pair only
             backbone_norm="frozen_bn" if "backbone.body.bn1.running_mean" in sd else "group_norm",

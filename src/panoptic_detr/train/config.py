@@ -106,6 +106,8 @@ class LossSection:
     eos_coef: float = 0.1
     semantic: float = 0.0
     """Dense class loss on the encoder memory (0: DETR's loss); speeds up learning from scratch."""
+    segment: float = 0.0
+    """Class loss of each ground-truth segment's mask-pooled encoder memory (0: DETR's loss)."""
 
 
 @dataclass

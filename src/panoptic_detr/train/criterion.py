@@ -8,7 +8,9 @@ Losses (all normalised by the number of ground-truth segments across processes, 
 - the class and box losses again for every auxiliary decoder layer (`loss_ce_0`, ...), each
   with its own matching;
 - optionally (`semantic` > 0, not DETR's) `loss_semantic`, a dense class loss on the encoder
-  memory, which helps learning from scratch on short budgets (see `semantic_loss`).
+  memory, which helps learning from scratch on short budgets (see `semantic_loss`);
+- optionally (`segment` > 0, not DETR's) `loss_segment`, the class loss of each ground-truth
+  segment's mask-pooled encoder memory (see `segment_class_loss`).
 
 The mask head is per query, so only the matched queries' masks enter the loss: the criterion
 asks the model for exactly those (`model.predict_masks(det, queries)`), which gives the same
@@ -46,6 +48,9 @@ class LossWeights:
     semantic: float = 0.0
     """Dense class loss on the encoder memory through the class head (`semantic_loss`);
     0, the default, is DETR's loss."""
+    segment: float = 0.0
+    """Class loss of every ground-truth segment's mask-pooled encoder memory through the class
+    head (`segment_class_loss`); 0, the default, is DETR's loss."""
 
 
 def dice_loss(logits: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
@@ -95,6 +100,32 @@ def semantic_loss(
     ce = -(target * logits.log_softmax(-1)).sum(-1) * keep  # B x hw, 0 where left out
     per_image = ce.sum(1) / keep.sum(1).clamp(min=1)
     return per_image.sum() / (step_images or len(targets))
+
+
+def segment_class_loss(model: nn.Module, det: dict, targets: list[Target], num_boxes: Tensor) -> Tensor:
+    """`LossWeights.segment`: each ground-truth segment's encoder memory, averaged over the
+    segment's mask (pooled to the memory grid), through the class head, cross-entropy against
+    its class; summed and divided by `num_boxes` like the matched losses. Unlike the dense
+    `semantic_loss`, where a small thing is a few cells among the image's, every segment counts
+    once, so the memory learns the things' classes as fast as the stuff's: a clean signal that
+    needs no matching. No new parameters."""
+    memory = det["memory"]  # B x d x h x w
+    h, w = memory.shape[-2:]
+    ph = max(int(t.masks.shape[-2]) for t in targets)
+    pw = max(int(t.masks.shape[-1]) for t in targets)
+    pooled, labels = [], []
+    for b, t in enumerate(targets):
+        if not len(t.labels):
+            continue
+        m = t.masks.to(device=memory.device, dtype=memory.dtype)
+        m = F.adaptive_avg_pool2d(F.pad(m, (0, pw - m.shape[-1], 0, ph - m.shape[-2])), (h, w)).flatten(1)
+        weights = m / m.sum(1, keepdim=True).clamp(min=1e-6)  # S x hw, each row sums to 1
+        pooled.append(weights @ memory[b].flatten(1).T)  # S x d
+        labels.append(t.labels.to(memory.device))
+    if not pooled:
+        return memory.sum() * 0
+    logits = model.class_embed(torch.cat(pooled))
+    return F.cross_entropy(logits, torch.cat(labels), reduction="sum") / num_boxes
 
 
 def drop_crowd(targets: list[Target]) -> list[Target]:
@@ -184,6 +215,8 @@ class SetCriterion(nn.Module):
             losses.update(self.mask_losses(model, det, targets, indices, num_boxes))
         if self.weights.semantic > 0:
             losses["loss_semantic"] = semantic_loss(model, det, all_targets, len(counts))
+        if self.weights.segment > 0:
+            losses["loss_segment"] = segment_class_loss(model, det, targets, num_boxes)
         for i, aux in enumerate(det.get("aux_outputs", [])):
             aux_indices = hungarian_match(aux["pred_logits"], aux["pred_boxes"], labels, boxes, self.costs)
             aux_losses = self.class_box_losses(aux, targets, aux_indices, num_boxes, ce_weight)
@@ -194,7 +227,7 @@ class SetCriterion(nn.Module):
     def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
         w = {"loss_ce": self.weights.ce, "loss_bbox": self.weights.bbox, "loss_giou": self.weights.giou,
              "loss_mask": self.weights.mask, "loss_dice": self.weights.dice,
-             "loss_semantic": self.weights.semantic}
+             "loss_semantic": self.weights.semantic, "loss_segment": self.weights.segment}
         # aux terms carry a layer suffix: loss_ce_0 -> loss_ce
         return sum(w[k.rstrip("0123456789").rstrip("_")] * v for k, v in losses.items())
 

@@ -33,7 +33,8 @@ def plot_curves(records: list[dict[str, Any]], png: str | Path, title: str = "")
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "pq" in r]
     fig, (ax_loss, ax_pq) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_semantic"):
+    for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_semantic",
+                "loss_segment"):
         pts = [(r["step"], r[key]) for r in train if key in r]
         if pts:
             xs, ys = zip(*pts, strict=True)
