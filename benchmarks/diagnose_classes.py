@@ -1,7 +1,9 @@
 """Where a trained checkpoint stands on held-out scenes, per kind of segment: Hungarian-match
 its queries to the ground truth (as in training) and report, for stuff and for things, the
 matched queries' box IoU, class accuracy, probability of the right class, and the confusion
-matrix (rows: true category id, columns: predicted).
+matrix (rows: true category id, columns: predicted); and the class accuracy of every segment's
+mask-pooled encoder memory through the class head (what `loss.segment` trains), which says
+whether the memory knows a class that the decoder does not yet read.
 
     PYTHONPATH=src python benchmarks/diagnose_classes.py runs/learning/checkpoint_last.pt \
         runs/learning/data/val [--size 128]
@@ -22,6 +24,7 @@ from panoptic_detr.data.collate import collate_padded
 from panoptic_detr.data.transforms import eval_transforms
 from panoptic_detr.loading import load_pretrained
 from panoptic_detr.ops.boxes import cxcywh_to_xyxy
+from panoptic_detr.train.criterion import segment_class_logits
 from panoptic_detr.train.loop import Augmented
 from panoptic_detr.train.matcher import hungarian_match
 
@@ -42,6 +45,10 @@ def main() -> None:
     with torch.no_grad():
         for batch, targets in DataLoader(data, batch_size=10, collate_fn=collate_padded):
             det = model.detect(batch)
+            pooled, truth = segment_class_logits(model, det, targets)
+            for label, guess in zip(truth.tolist(), pooled[:, :-1].argmax(1).tolist(), strict=True):
+                kind = "thing" if pre.categories.isthing(label) else "stuff"
+                stats[f"{kind} pooled-memory accuracy"].append(float(guess == label))
             prob = det["pred_logits"].softmax(-1)
             matches = hungarian_match(det["pred_logits"], det["pred_boxes"], [t.labels for t in targets],
                                       [t.boxes for t in targets])

@@ -102,18 +102,16 @@ def semantic_loss(
     return per_image.sum() / (step_images or len(targets))
 
 
-def segment_class_loss(model: nn.Module, det: dict, targets: list[Target], num_boxes: Tensor) -> Tensor:
-    """`LossWeights.segment`: each ground-truth segment's encoder memory, averaged over the
-    segment's mask (pooled to the memory grid), through the class head, cross-entropy against
-    its class; summed and divided by `num_boxes` like the matched losses. Unlike the dense
-    `semantic_loss`, where a small thing is a few cells among the image's, every segment counts
-    once, so the memory learns the things' classes as fast as the stuff's: a clean signal that
-    needs no matching. No new parameters."""
+def segment_class_logits(model: nn.Module, det: dict, targets: list[Target]) -> tuple[Tensor, Tensor]:
+    """Every ground-truth segment's encoder memory averaged over its mask (pooled to the memory
+    grid, so a cell weighs by the segment's pixels in it), through the class head.
+    Returns (logits [S, K+1], labels [S]) over the segments of all images."""
     memory = det["memory"]  # B x d x h x w
     h, w = memory.shape[-2:]
     ph = max(int(t.masks.shape[-2]) for t in targets)
     pw = max(int(t.masks.shape[-1]) for t in targets)
-    pooled, labels = [], []
+    pooled = [memory.new_zeros((0, memory.shape[1]))]
+    labels = [torch.zeros(0, dtype=torch.long, device=memory.device)]
     for b, t in enumerate(targets):
         if not len(t.labels):
             continue
@@ -122,10 +120,17 @@ def segment_class_loss(model: nn.Module, det: dict, targets: list[Target], num_b
         weights = m / m.sum(1, keepdim=True).clamp(min=1e-6)  # S x hw, each row sums to 1
         pooled.append(weights @ memory[b].flatten(1).T)  # S x d
         labels.append(t.labels.to(memory.device))
-    if not pooled:
-        return memory.sum() * 0
-    logits = model.class_embed(torch.cat(pooled))
-    return F.cross_entropy(logits, torch.cat(labels), reduction="sum") / num_boxes
+    return model.class_embed(torch.cat(pooled)), torch.cat(labels)
+
+
+def segment_class_loss(model: nn.Module, det: dict, targets: list[Target], num_boxes: Tensor) -> Tensor:
+    """`LossWeights.segment`: the cross-entropy of `segment_class_logits` against each segment's
+    class, summed and divided by `num_boxes` like the matched losses. Unlike the dense
+    `semantic_loss`, where a small thing is a few cells among the image's, every segment counts
+    once, so the memory learns the things' classes as fast as the stuff's: a clean signal that
+    needs no matching. No new parameters."""
+    logits, labels = segment_class_logits(model, det, targets)
+    return F.cross_entropy(logits, labels, reduction="sum") / num_boxes
 
 
 def drop_crowd(targets: list[Target]) -> list[Target]:
