@@ -130,6 +130,13 @@ def test_vgg_small_trunk_strides_training_and_batch_independence(dilation):
     assert model.backbone.body.layer1[0][0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="vgg_small"):
         config.with_overrides(backbone_norm="frozen_bn")
+    # odd sizes: the same grids as a ResNet's (post-processing crops ceil(h/4) x ceil(w/4) cells)
+    resnet = build_model(PRESETS["tiny"].with_overrides(dilation=dilation)).eval()
+    odd = torch.randn(1, 3, 97, 75)
+    no_pad = torch.zeros(1, 97, 75, dtype=torch.bool)
+    with torch.no_grad():
+        sizes = [f.shape[-2:] for f in model.backbone.float()(odd, no_pad)[0]]
+        assert sizes == [f.shape[-2:] for f in resnet.backbone(odd, no_pad)[0]]
 
 
 def test_config_validation_and_round_trip():

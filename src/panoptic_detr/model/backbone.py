@@ -111,7 +111,8 @@ class Backbone(nn.Module):
 class PlainTrunk(nn.Module):
     """VGG-style trunk: stages of two 3x3 conv + GroupNorm(8) + ReLU, each followed by a 2x2 max
     pool. layer1 is two such stages (full resolution, then half), so C2..C5 come out at strides
-    4, 8, 16, 32 like a ResNet's; `dilation` drops layer4's pool, leaving C5 at stride 16 (its
+    4, 8, 16, 32 with a ResNet's grid sizes (ceil(H/4) x ceil(W/4) for C2, which post-processing
+    relies on to crop padding); `dilation` drops layer4's pool, leaving C5 at stride 16 (its
     convolutions run at stride 16 either way). Every parameter trains.
 
     Why it exists: ResNet's 7x7 stride-2 stem and max pool leave a 15-pixel shape 4 pixels wide
@@ -133,7 +134,7 @@ def _vgg_stage(cin: int, cout: int, pool: bool = True) -> nn.Sequential:
     for c in (cin, cout):
         layers += [nn.Conv2d(c, cout, 3, padding=1, bias=False), nn.GroupNorm(8, cout), nn.ReLU(inplace=True)]
     if pool:
-        layers.append(nn.MaxPool2d(2))
+        layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: a ResNet's grid sizes at any size
     return nn.Sequential(*layers)
 
 
