@@ -31,6 +31,7 @@ def test_demo_command_writes_predictions_and_scores(tmp_path, capsys):
 
 def test_demo_train_path_produces_a_loadable_checkpoint(tmp_path):
     overrides = ["steps=2", "batch_size=2", "data.synth.n_train=4", "data.synth.n_val=2",
+                 f"data.train={tmp_path / 'data' / 'train'}", f"data.val={tmp_path / 'data' / 'val'}",
                  "eval_every=2", "checkpoint_every=2", "model.preset=tiny", "data.augment=false",
                  f"export={tmp_path / 'demo.pt'}"]
     path = train_demo_checkpoint(tmp_path, overrides=overrides, progress=False)

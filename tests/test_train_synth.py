@@ -36,6 +36,27 @@ def test_train_on_synthetic_scenes_from_config(tmp_path):
     assert (tmp_path / "run" / ckpt_io.BEST).exists() and (tmp_path / "run" / "curves.png").exists()
 
 
+def test_a_stale_synthetic_folder_stops_the_run_and_is_kept(tmp_path):
+    """Synthetic data already in place but made for another config (here 3 scenes where the
+    config asks for 4) is neither trained on nor overwritten: one line says what and where."""
+    from panoptic_detr.data.synth import make_dataset
+    from panoptic_detr.train.loop import TrainError
+
+    data = tmp_path / "data"
+    make_dataset(data / "train", 3, seed=0, size=(64, 64), progress=False)
+    before = (data / "train" / "panoptic.json").read_bytes()
+    cfg = config_from_dict({
+        "model": {"preset": "tiny"},
+        "data": {"train": str(data / "train"), "val": str(data / "val"), "synth": {"n_train": 4, "n_val": 2,
+                                                                                     "size": 64}},
+        "steps": 1, "batch_size": 2, "out_dir": str(tmp_path / "run"), "device": "cpu",
+    })
+    with pytest.raises(TrainError, match=r"train: holds 3 synthetic scenes of seed 0 at 64 px, "
+                                         r"the config asks for 4 of seed 0 at 64 px; delete the folder"):
+        train(cfg, progress=False)
+    assert (data / "train" / "panoptic.json").read_bytes() == before
+
+
 def test_finetune_keeps_everything_but_the_class_head(tmp_path):
     torch.manual_seed(0)
     source = build_model(PRESETS["tiny"].with_overrides(num_classes=5))

@@ -91,6 +91,22 @@ class Augmented(Dataset):
         return self.transform(image, target, generator=g)
 
 
+def _other_synth_dataset(root: Path, n: int, seed: int, size: int) -> str | None:
+    """Why the synthetic dataset already at `root` is not the one the config asks for, if it
+    is not (a run never trains on a stale folder, nor overwrites it)."""
+    fix = "delete the folder or point data.train/val elsewhere"
+    try:
+        data = json.loads((root / "panoptic.json").read_text())
+        images = data["images"]
+        have = (len(images), data["info"].get("seed"), images[0]["height"] if images else size)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{root}: cannot read its panoptic.json ({e}); {fix}"
+    if have != (n, seed, size):
+        return (f"{root}: holds {have[0]} synthetic scenes of seed {have[1]} at {have[2]} px, "
+                f"the config asks for {n} of seed {seed} at {size} px; {fix}")
+    return None
+
+
 def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
     """Datasets (generating synthetic scenes first if asked) and the model of the config."""
     from ..data.coco_panoptic import CocoPanoptic
@@ -104,9 +120,13 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
 
         todo = ((cfg.data.train, synth.n_train, synth.seed), (cfg.data.val, synth.n_val, synth.seed + 1))
         for root, n, seed in todo:
-            if root and n > 0 and not (Path(root) / "panoptic.json").exists():
+            if not root or n <= 0:
+                continue
+            if not (Path(root) / "panoptic.json").exists():
                 make_dataset(root, n, seed=seed, size=(synth.size, synth.size), crowd_prob=synth.crowd_prob,
                              max_things=synth.max_things, thing_size=tuple(synth.thing_size), progress=False)
+            elif problem := _other_synth_dataset(Path(root), n, seed, synth.size):
+                raise TrainError(problem)
     barrier(info)
     if cfg.data.check:
         problem = _check_data([cfg.data.train, cfg.data.val], cfg.data.num_workers) if info.is_main else None
