@@ -19,24 +19,21 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torchvision.ops import roi_align
+from torchvision.ops import box_convert, roi_align
 
+from panoptic_detr.data.images import normalize
 from panoptic_detr.data.synth import THINGS, make_scene
 from panoptic_detr.model.backbone import Backbone
 from panoptic_detr.model.config import BACKBONE_CHANNELS
-
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def scene(seed: int, index: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(normalised image [3, S, S], thing boxes xyxy [T, 4], shape classes [T])."""
     img, _, segments = make_scene(seed, index, (size, size))
-    x = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - MEAN) / STD
     things = [s for s in segments if s["category_id"] <= len(THINGS)]
     xywh = torch.tensor([s["bbox"] for s in things], dtype=torch.float32).reshape(-1, 4)
-    boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-    return x, boxes, torch.tensor([s["category_id"] - 1 for s in things], dtype=torch.long)
+    labels = torch.tensor([s["category_id"] - 1 for s in things], dtype=torch.long)
+    return normalize(img), box_convert(xywh, "xywh", "xyxy"), labels
 
 
 def main() -> None:

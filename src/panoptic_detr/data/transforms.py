@@ -26,9 +26,8 @@ from torchvision.transforms.v2._utils import query_size
 
 from ..ops.boxes import masks_to_boxes_xyxy, xyxy_to_cxcywh
 from ..structures import Target
+from .images import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DETR_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 
 

@@ -67,6 +67,20 @@ def focal_loss(logits: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
     return loss.mean(1).sum() / num_boxes
 
 
+def masks_on_memory_grid(targets: list[Target], memory: Tensor) -> list[Tensor]:
+    """Each image's segment masks [S, h, w] as the share of every memory cell's pixels they
+    cover: padded to the batch's size (targets are bottom/right-padded like the images), then
+    average-pooled to the memory grid [B, d, h, w]."""
+    h, w = memory.shape[-2:]
+    ph = max(int(t.masks.shape[-2]) for t in targets)
+    pw = max(int(t.masks.shape[-1]) for t in targets)
+    out = []
+    for t in targets:
+        m = t.masks.to(device=memory.device, dtype=memory.dtype)
+        out.append(F.adaptive_avg_pool2d(F.pad(m, (0, pw - m.shape[-1], 0, ph - m.shape[-2])), (h, w)))
+    return out
+
+
 def semantic_loss(
     model: nn.Module, det: dict, targets: list[Target], step_images: int | None = None
 ) -> Tensor:
@@ -82,16 +96,11 @@ def semantic_loss(
     h, w = memory.shape[-2:]
     logits = model.class_embed(memory.flatten(2).transpose(1, 2))  # B x hw x K+1
     classes = logits.shape[-1]
-    # the batch's padded size, as the images (targets are bottom/right-padded with zeros)
-    ph = max(int(t.masks.shape[-2]) for t in targets)
-    pw = max(int(t.masks.shape[-1]) for t in targets)
     shares = []
-    for t in targets:
+    for t, cover in zip(targets, masks_on_memory_grid(targets, memory), strict=True):
         share = memory.new_zeros((classes, h, w))
         if len(t.labels):  # pool each segment, then add up per class: no K x H x W tensor
-            m = t.masks.to(device=memory.device, dtype=memory.dtype)
-            m = F.pad(m, (0, pw - m.shape[-1], 0, ph - m.shape[-2]))
-            share.index_add_(0, t.labels.to(memory.device), F.adaptive_avg_pool2d(m, (h, w)))
+            share.index_add_(0, t.labels.to(memory.device), cover)
         shares.append(share)
     share = torch.stack(shares).flatten(2).transpose(1, 2)  # B x hw x K+1
     cover = share.sum(-1)
@@ -107,16 +116,12 @@ def segment_class_logits(model: nn.Module, det: dict, targets: list[Target]) -> 
     grid, so a cell weighs by the segment's pixels in it), through the class head.
     Returns (logits [S, K+1], labels [S]) over the segments of all images."""
     memory = det["memory"]  # B x d x h x w
-    h, w = memory.shape[-2:]
-    ph = max(int(t.masks.shape[-2]) for t in targets)
-    pw = max(int(t.masks.shape[-1]) for t in targets)
     pooled = [memory.new_zeros((0, memory.shape[1]))]
     labels = [torch.zeros(0, dtype=torch.long, device=memory.device)]
-    for b, t in enumerate(targets):
+    for b, (t, cover) in enumerate(zip(targets, masks_on_memory_grid(targets, memory), strict=True)):
         if not len(t.labels):
             continue
-        m = t.masks.to(device=memory.device, dtype=memory.dtype)
-        m = F.adaptive_avg_pool2d(F.pad(m, (0, pw - m.shape[-1], 0, ph - m.shape[-2])), (h, w)).flatten(1)
+        m = cover.flatten(1)
         weights = m / m.sum(1, keepdim=True).clamp(min=1e-6)  # S x hw, each row sums to 1
         pooled.append(weights @ memory[b].flatten(1).T)  # S x d
         labels.append(t.labels.to(memory.device))
