@@ -31,7 +31,7 @@ def main() -> None:
 
     from panoptic_detr.data.synth import make_scene, synth_categories
     from panoptic_detr.explain import explain
-    from panoptic_detr.explain_report import write_report
+    from panoptic_detr.explain.report import write_report
     from panoptic_detr.structures import Categories
 
     t = time.perf_counter()

@@ -22,8 +22,8 @@ from panoptic_detr.data.images import load_image
 from panoptic_detr.data.synth import synth_categories
 from panoptic_detr.demo import DEMO_SCENES
 from panoptic_detr.explain import explain
-from panoptic_detr.explain_figures import Figures
-from panoptic_detr.explain_report import choose_segments, default_path_segment
+from panoptic_detr.explain.figures import Figures
+from panoptic_detr.explain.report import choose_segments, default_path_segment
 from panoptic_detr.loading import WeightsError, load_pretrained
 
 OUT = Path(__file__).resolve().parent / "images" / "explain_sheet.png"

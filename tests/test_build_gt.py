@@ -464,8 +464,8 @@ def test_semantic_source_things_split_into_components_and_label_map_forms(tmp_pa
 def test_coco_reference_things_as_instances_stuff_made_coarse(tmp_path, reference):
     """Two real COCO images: their things exported as instances, everything else from their own
     panoptic ground truth through the bundled coco_coarse taxonomy."""
-    from panoptic_detr.data.instances import panoptic_to_semantic
-    from panoptic_detr.data.taxonomy import STUFF, Taxonomy
+    from panoptic_detr.gt.instances import panoptic_to_semantic
+    from panoptic_detr.gt.taxonomy import STUFF, Taxonomy
     from panoptic_detr.structures import Categories
 
     gt = reference / "pq" / "gt" / "panoptic_examples.json"

@@ -26,7 +26,7 @@ from panoptic_detr.explain import (
     SMALL_AREA,
     explain,
 )
-from panoptic_detr.explain_report import write_report
+from panoptic_detr.explain.report import write_report
 from panoptic_detr.model import PRESETS, build_model
 from panoptic_detr.structures import Categories, PaddedBatch
 
@@ -349,7 +349,7 @@ def test_cli_writes_report_and_rejects_bad_input(tiny_model, tmp_path, capsys):
 def test_heat_colours_match_matplotlib():
     from matplotlib import colormaps
 
-    from panoptic_detr.explain_figures import heat
+    from panoptic_detr.explain.figures import heat
 
     v = np.random.default_rng(0).random((40, 40))
     for name in ("inferno", "viridis"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from panoptic_detr.data.instances import (
+from panoptic_detr.gt.instances import (
     crop_mask,
     decode_annotations,
     decode_segmentation,

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from panoptic_detr.data.images import preprocess
-from panoptic_detr.data.instances import panoptic_to_semantic
 from panoptic_detr.demo import DEMO_SCENES
+from panoptic_detr.gt.instances import panoptic_to_semantic
 from panoptic_detr.model.postprocess import select_queries
 from panoptic_detr.predictor import Predictor
 from panoptic_detr.structures import PaddedBatch

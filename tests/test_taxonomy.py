@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from panoptic_detr.data.taxonomy import IGNORE, STUFF, THING, Rule, Taxonomy, TaxonomyError, bundled
+from panoptic_detr.gt.taxonomy import IGNORE, STUFF, THING, Rule, Taxonomy, TaxonomyError, bundled
 from panoptic_detr.structures import Categories
 
 SOURCE = [

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.images import ImageError
     from ..explain import explain
-    from ..explain_report import check_out_dir, write_report
+    from ..explain.report import check_out_dir, write_report
     from ..predictor import Predictor, WeightsError
 
     try:

@@ -32,14 +32,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..data.files import atomic_write, write_json, write_png
-from ..data.instances import ORDERS, decode_annotations, instances_to_panoptic
-from ..data.taxonomy import Rule, Taxonomy, TaxonomyError
 from ..parallel import pool_context
 from ..structures import Categories
 from .compose import compose
+from .instances import ORDERS, decode_annotations, instances_to_panoptic
 from .preview import draw_preview
 from .report import make_report
 from .sources import ModelSource, Source, SourceError, open_source
+from .taxonomy import Rule, Taxonomy, TaxonomyError
 
 DEFAULT_MIN_AREA = 16
 REUSE_VERSION = 1  # bump when per-image outputs change meaning
@@ -84,7 +84,7 @@ def build_gt(
 ) -> dict[str, Any]:
     """Build the dataset into `out_dir` and return the report (also written to report.json).
 
-    Instances are resolved with `order` / `min_area` (see data.instances); pixels without an
+    Instances are resolved with `order` / `min_area` (see gt.instances); pixels without an
     annotation come from `stuff_from` (a spec that `gt.sources.open_source` reads, or a source
     object, e.g. a `ModelSource` with its own predictor options), mapped through `taxonomy`
     (a YAML file or bundled name; default: the source's own categories). Bad inputs are

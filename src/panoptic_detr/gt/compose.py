@@ -1,7 +1,7 @@
 """Merge annotated things with a source's labels into one panoptic id map (pure arrays).
 
 The rules, in order:
-1. Annotated instances (already resolved among themselves, `data.instances`) always win.
+1. Annotated instances (already resolved among themselves, `gt.instances`) always win.
 2. Every other pixel takes the source's label, mapped through the taxonomy: source stuff and
    source things turned into stuff merge into one segment per target class; source things
    kept as things stay one segment per source segment; ignored or unmapped categories -> void.
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..data.taxonomy import STUFF, THING, Rule
+from .taxonomy import STUFF, THING, Rule
 
 
 @dataclass

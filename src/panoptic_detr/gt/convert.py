@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..data.files import read_panoptic_png, write_json, write_png
-from ..data.instances import panoptic_to_instances, panoptic_to_semantic
+from .instances import panoptic_to_instances, panoptic_to_semantic
 
 
 def read_panoptic_json(panoptic_json: str | Path, png_dir: str | Path | None = None

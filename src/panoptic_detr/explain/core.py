@@ -7,7 +7,7 @@ FPN-style head turns those into mask logits at H/4; post-processing keeps the co
 queries and takes the per-pixel argmax of their masks. `explain` runs the network once
 (`detect(..., return_attention=True)`, then the mask head for the kept queries only) and
 returns all of it as tensors, plus why each dropped query was dropped. Drawing and files
-live in `explain_report`.
+live in `explain.report`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .ops.boxes import cxcywh_to_xyxy
-from .structures import Categories, PaddedBatch, PanopticResult
+from ..ops.boxes import cxcywh_to_xyxy
+from ..structures import Categories, PaddedBatch, PanopticResult
 
 if TYPE_CHECKING:
-    from .predictor import Predictor
+    from ..predictor import Predictor
 
 KEPT = "kept"
 NO_OBJECT = "no-object"
@@ -243,8 +243,8 @@ def as_predictor(source: Any, categories: Categories | None = None, **settings: 
     settings: Predictor settings (threshold, size, max_size, stuff_merge) to set; None values
     are left as the source has them (a new Predictor's defaults for a Pretrained or a model).
     """
-    from .loading import Pretrained
-    from .predictor import Predictor
+    from ..loading import Pretrained
+    from ..predictor import Predictor
 
     given = {k: v for k, v in settings.items() if v is not None}
     if isinstance(source, Predictor):
@@ -285,8 +285,8 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     predictor's post-processing makes the result: `model.inference.segment`, predict's own
     path, so the segments are `predict`'s.
     """
-    from .data.images import load_image, preprocess
-    from .model.inference import segment
+    from ..data.images import load_image, preprocess
+    from ..model.inference import segment
 
     pred = as_predictor(source, categories, threshold=threshold, size=size, max_size=max_size)
     model, cats = pred.model, pred.categories

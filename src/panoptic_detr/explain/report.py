@@ -29,9 +29,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import explain_figures as fig
-from .data.files import atomic_write, write_json
-from .explain import DROP_REASONS, Explanation, QueryInfo
+from ..data.files import atomic_write, write_json
+from . import figures as fig
+from .core import DROP_REASONS, Explanation, QueryInfo
 
 
 @dataclass

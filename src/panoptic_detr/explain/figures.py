@@ -1,6 +1,6 @@
 """Figures of an `Explanation`: panels drawn with PIL, heat maps in inferno / viridis colours.
 
-Every function returns a PIL image and writes nothing; `explain_report` puts them in files.
+Every function returns a PIL image and writes nothing; `explain.report` puts them in files.
 PIL composition instead of matplotlib figures keeps a report of tens of segments x M heads
 to well under a second of drawing. Grids at stride s (C5 at 32, mask logits at 4) cover
 the resized input the network saw, whose last cells may overhang its edge; they are
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from .explain import Explanation, QueryInfo
-from .viz import palette
+from ..viz import palette
+from .core import Explanation, QueryInfo
 
 BG = (255, 255, 255)
 INK = (20, 20, 20)
