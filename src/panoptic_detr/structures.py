@@ -131,12 +131,6 @@ class Categories:
         text = resources.files("panoptic_detr.assets").joinpath("coco_panoptic_categories.json")
         return cls(json.loads(text.read_text()), num_classes=250)
 
-    def index(self, category_id: int) -> int:
-        return int(category_id)
-
-    def category_id(self, index: int) -> int:
-        return int(index)
-
     def isthing(self, category_id: int) -> bool:
         """Unknown ids up to the largest thing id count as things, those above it as stuff: the
         original DETR's `i <= 90` for COCO, whose unused ids (12, 26, ..., 91) the checkpoints

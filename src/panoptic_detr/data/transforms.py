@@ -117,8 +117,3 @@ def train_transforms(
 def eval_transforms(size: int = 800, max_size: int = 1333) -> PanopticTransform:
     """Validation: deterministic resize of the shortest side to `size` (longest <= max_size)."""
     return PanopticTransform(v2.RandomShortestSize([size], max_size=max_size))
-
-
-def no_transforms() -> PanopticTransform:
-    """Normalisation only (images already at the training size, e.g. synthetic scenes)."""
-    return PanopticTransform(None)

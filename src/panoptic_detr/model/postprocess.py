@@ -27,16 +27,14 @@ padding the two agree.
 from __future__ import annotations
 
 import itertools
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.boxes import cxcywh_to_xyxy
+from ..settings import StuffMerge
 from ..structures import PanopticResult
 
-StuffMerge = Literal["original", "union"]
 MASK_STRIDE = 4  # mask logits are at the stride of the backbone's C2 features
 UPSAMPLE_CHUNK = 16  # queries upsampled at once when shrinking to the target (bounds memory)
 
