@@ -27,6 +27,7 @@ padding the two agree.
 from __future__ import annotations
 
 import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
