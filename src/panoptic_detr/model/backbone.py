@@ -10,7 +10,7 @@ under `detr.backbone.0.body`.
 
 `"vgg_small"` is the one trunk that is not a ResNet: a narrow VGG-style stack for training
 from scratch on a CPU (no ImageNet weights exist for it). On the synthetic scenes it learns the
-things' outlines several times faster than ResNet-18 (benchmarks/RESULTS.md, session 5).
+things' outlines several times faster than ResNet-18 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
