@@ -140,9 +140,9 @@ def test_model_predictions_are_written_in_coco_format_and_scored(synth_dataset, 
 
     pre = tiny_pretrained(torch.float64)
     small = {"size": 48, "max_size": 64}
-    batched = evaluate_model(Predictor.from_pretrained(pre, batch_size=2, **small), synth_dataset,
+    batched = evaluate_model(Predictor(pre, batch_size=2, **small), synth_dataset,
                              tmp_path / "b", workers=0, progress=False)
-    alone = evaluate_model(Predictor.from_pretrained(pre, batch_size=1, **small), synth_dataset,
+    alone = evaluate_model(Predictor(pre, batch_size=1, **small), synth_dataset,
                            tmp_path / "a", workers=0, progress=False)
     gt = json.loads((synth_dataset / "panoptic.json").read_text())
     pred = json.loads((tmp_path / "b" / "predictions.json").read_text())
@@ -184,7 +184,7 @@ def test_model_mode_reports_unreadable_images_and_writes_the_rest(synth_dataset,
     gt = json.loads((data / "panoptic.json").read_text())
     broken = data / "images" / gt["images"][1]["file_name"]
     broken.write_bytes(b"not an image")
-    predictor = Predictor.from_pretrained(tiny_pretrained(), batch_size=2, size=48, max_size=64)
+    predictor = Predictor(tiny_pretrained(), batch_size=2, size=48, max_size=64)
     with pytest.raises(EvaluationError) as e:
         write_model_predictions(predictor, data, tmp_path / "out", progress=False)
     assert len(e.value.problems) == 1 and str(broken) in e.value.problems[0]
