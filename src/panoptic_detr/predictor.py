@@ -50,6 +50,9 @@ class Predictor:
     count as not given. A bad value raises `SettingsError` before any weights load.
     batch_size: images per network call of `predict_batch` (how many images are run, not
     how: a choice of the caller, not an inference setting).
+
+    Attributes: `settings`, `model`, `categories`, `pretrained`, and `device` / `dtype`, the
+    model's torch device and dtype.
     """
 
     def __init__(
@@ -65,6 +68,9 @@ class Predictor:
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        if settings is not None and not isinstance(settings, InferenceSettings):
+            raise TypeError(f"settings must be an InferenceSettings, got {type(settings).__name__} "
+                            "(preset, device and the single settings are keyword arguments)")
         check_settings(given)  # before anything loads
         pretrained = _as_pretrained(weights, categories, preset, device)
         if settings is None:
