@@ -98,7 +98,8 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     from panoptic_detr.data.images import load_image, preprocess
     from panoptic_detr.model.postprocess import panoptic_postprocess, select_queries
-    from panoptic_detr.predictor import Predictor, save_result
+    from panoptic_detr.predictor import Predictor
+    from panoptic_detr.runner import save_result
     from panoptic_detr.structures import PaddedBatch
 
     predictor = Predictor(args.ckpt, preset="detr_r50_panoptic", mask_chunk=_chunk(args.mask_chunk),

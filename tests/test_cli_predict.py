@@ -130,10 +130,10 @@ def test_glob_inputs(tmp_path, checkpoint, capsys):
 
 
 def test_same_stem_gets_distinct_outputs(tmp_path):
-    from panoptic_detr.predictor import _output_stems, expand_inputs
+    from panoptic_detr.runner import expand_inputs, output_stems
 
     for name in ("a.jpg", "a.png", ".hidden.png"):
         Image.fromarray(picture(8, 8)).save(tmp_path / name)
     files, problems = expand_inputs([tmp_path, tmp_path / "a.jpg"])  # a.jpg named twice
     assert problems == [] and [f.name for f in files] == ["a.jpg", "a.png"]
-    assert _output_stems(files) == ["a", "a_png"]
+    assert output_stems(files) == ["a", "a_png"]

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from panoptic_detr.cli import main
 from panoptic_detr.eval.evaluate import EvaluationError, evaluate_files, format_table
@@ -140,9 +141,9 @@ def test_model_predictions_are_written_in_coco_format_and_scored(synth_dataset, 
 
     pre = tiny_pretrained(torch.float64)
     small = {"size": 48, "max_size": 64}
-    batched = evaluate_model(Predictor.from_pretrained(pre, batch_size=2, **small), synth_dataset,
+    batched = evaluate_model(Predictor(pre, batch_size=2, **small), synth_dataset,
                              tmp_path / "b", workers=0, progress=False)
-    alone = evaluate_model(Predictor.from_pretrained(pre, batch_size=1, **small), synth_dataset,
+    alone = evaluate_model(Predictor(pre, batch_size=1, **small), synth_dataset,
                            tmp_path / "a", workers=0, progress=False)
     gt = json.loads((synth_dataset / "panoptic.json").read_text())
     pred = json.loads((tmp_path / "b" / "predictions.json").read_text())
@@ -184,7 +185,7 @@ def test_model_mode_reports_unreadable_images_and_writes_the_rest(synth_dataset,
     gt = json.loads((data / "panoptic.json").read_text())
     broken = data / "images" / gt["images"][1]["file_name"]
     broken.write_bytes(b"not an image")
-    predictor = Predictor.from_pretrained(tiny_pretrained(), batch_size=2, size=48, max_size=64)
+    predictor = Predictor(tiny_pretrained(), batch_size=2, size=48, max_size=64)
     with pytest.raises(EvaluationError) as e:
         write_model_predictions(predictor, data, tmp_path / "out", progress=False)
     assert len(e.value.problems) == 1 and str(broken) in e.value.problems[0]
@@ -192,3 +193,69 @@ def test_model_mode_reports_unreadable_images_and_writes_the_rest(synth_dataset,
     assert [a["image_id"] for a in written] == [gt["images"][0]["id"], gt["images"][2]["id"]]
     with pytest.raises(FileExistsError):
         write_model_predictions(predictor, data, tmp_path / "out", progress=False)
+
+
+def test_model_mode_without_setting_flags_scores_what_predict_then_evaluate_score(tmp_path, capsys):
+    """`evaluate --weights demo --data DIR` with no size or threshold flags runs the model as
+    `predict` does (the checkpoint's 128 px and threshold 0.5, not DETR's 800 px and 0.85):
+    its score is the score of `predict`'s files on the same images."""
+    from panoptic_detr.demo import DEMO_VAL
+
+    data = tmp_path / "val"  # the first 8 images of the bundled validation set
+    gt = json.loads((DEMO_VAL / "panoptic.json").read_text())
+    gt["images"] = gt["images"][:8]
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in {im["id"] for im in gt["images"]}]
+    for folder, key in (("images", "images"), ("panoptic", "annotations")):
+        (data / folder).mkdir(parents=True)
+        for entry in gt[key]:
+            shutil.copy(DEMO_VAL / folder / entry["file_name"], data / folder)
+    (data / "panoptic.json").write_text(json.dumps(gt))
+
+    assert main(["evaluate", "--weights", "demo", "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--workers", "0", "--quiet"]) == 0
+    direct = json.loads((tmp_path / "ev" / "pq.json").read_text())
+    assert main(["predict", str(data / "images"), "--out", str(tmp_path / "pred"), "--quiet"]) == 0
+    # predict numbers images 1..N in its own JSON: give each the dataset's id of its file
+    ids = {im["file_name"]: im["id"] for im in gt["images"]}
+    pred = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    names = {im["id"]: im["file_name"] for im in pred["images"]}
+    for a in pred["annotations"]:
+        a["image_id"] = ids[names[a["image_id"]]]
+    (tmp_path / "pred.json").write_text(json.dumps(pred))
+    via_files = evaluate_files(data / "panoptic.json", None, tmp_path / "pred.json", tmp_path / "pred",
+                               workers=0)
+    assert direct["images"] == via_files["images"] == len(gt["annotations"])
+    assert direct["All"]["pq"] > 0.3  # the demo model's score, not the 800 px one's (below 0.1)
+    for key in ("All", "Things", "Stuff", "per_class", "counts"):
+        assert direct[key] == json.loads(json.dumps(via_files[key])), key
+
+
+def test_model_mode_a_failing_image_costs_only_itself(synth_dataset, tmp_path, capsys, monkeypatch):
+    """One image the network fails on (as a huge image running out of memory does) costs that
+    image only, in a batch with others too: the rest are written, the run reports it, exit 1."""
+    from panoptic_detr.predictor import Predictor
+    from predict_fixtures import save_checkpoint, tiny_pretrained
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dataset, data)
+    gt = json.loads((data / "panoptic.json").read_text())
+    bad = data / "images" / gt["images"][1]["file_name"]
+    Image.new("RGB", (33, 33), (10, 200, 10)).save(bad, format="JPEG")  # decodes fine
+    predict_arrays = Predictor.predict_arrays
+
+    def fails_on_the_bad_one(self, arrays):
+        if any(a.shape[:2] == (33, 33) for a in arrays):
+            raise RuntimeError("out of memory\n(details)")
+        return predict_arrays(self, arrays)
+
+    monkeypatch.setattr(Predictor, "predict_arrays", fails_on_the_bad_one)
+    ckpt = save_checkpoint(tmp_path / "tiny.pth", tiny_pretrained())
+    code = main(["evaluate", "--weights", str(ckpt), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--size", "48", "--max-size", "64", "--batch-size", "3", "--workers", "0", "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: {bad}: prediction failed (RuntimeError: out of memory)", "1 problem(s); no score"]
+    written = json.loads((tmp_path / "ev" / "predictions.json").read_text())["annotations"]
+    assert [a["image_id"] for a in written] == [gt["images"][0]["id"], gt["images"][2]["id"]]
+    for a in written:
+        assert (tmp_path / "ev" / "predictions" / a["file_name"]).is_file()

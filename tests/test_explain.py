@@ -46,8 +46,9 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tiny_model() -> torch.nn.Module:
+    """A fresh model per test: explain, as every Predictor, prepares a model in place."""
     torch.manual_seed(0)
     model = build_model(PRESETS["tiny"]).eval()
     with torch.no_grad():  # spread the queries so that their scores differ
@@ -136,7 +137,7 @@ def test_every_drop_reason_on_designed_outputs(stuff_merge):
     from panoptic_detr.loading import Pretrained
     from panoptic_detr.predictor import Predictor
 
-    predictor = Predictor.from_pretrained(Pretrained(Designed(), None, CATS, "designed"), threshold=0.85,
+    predictor = Predictor(Pretrained(Designed(), None, CATS, "designed"), threshold=0.85,
                                           size=64, max_size=64, stuff_merge=stuff_merge)
     e = explain(predictor, _image(16, 16))
     status = [q.status for q in e.queries]

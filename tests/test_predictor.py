@@ -32,8 +32,8 @@ def test_batched_equals_one_by_one(together):
     pre = tiny_pretrained(torch.float64)
     opts = {**SMALL, "batched_network": together}
     same = [picture(48, 72, seed=s) for s in range(3)]
-    batched = Predictor.from_pretrained(pre, batch_size=3, **opts).predict_batch(same)
-    alone = Predictor.from_pretrained(pre, batch_size=1, **opts)
+    batched = Predictor(pre, batch_size=3, **opts).predict_batch(same)
+    alone = Predictor(pre, batch_size=1, **opts)
     assert sum(len(r.segments_info) for r in batched) > 3  # the test compares real segments
     for image, result in zip(same, batched, strict=True):
         assert result.size == (48, 72)
@@ -41,7 +41,7 @@ def test_batched_equals_one_by_one(together):
     # mixed sizes: padding never reaches the largest image; run one by one (the CPU default),
     # the padded small image gets its own result too
     big, small = picture(60, 90, seed=7), picture(40, 50, seed=8)
-    both = Predictor.from_pretrained(pre, batch_size=2, **opts).predict_batch([small, big])
+    both = Predictor(pre, batch_size=2, **opts).predict_batch([small, big])
     assert both[0].size == (40, 50) and both[1].size == (60, 90)
     assert_same_result(both[1], alone.predict(big))
     if not together:
@@ -50,8 +50,8 @@ def test_batched_equals_one_by_one(together):
 
 def test_network_batching_defaults_to_one_by_one_on_cpu():
     pre = tiny_pretrained(torch.float64)
-    assert Predictor.from_pretrained(pre, **SMALL).batched_network is False
-    assert Predictor.from_pretrained(pre, batched_network=True, **SMALL).batched_network is True
+    assert Predictor(pre, **SMALL).batched_network is False
+    assert Predictor(pre, batched_network=True, **SMALL).batched_network is True
 
 
 @pytest.mark.parametrize("attention_pos", [False, True])
@@ -82,10 +82,10 @@ def test_predict_from_a_project_checkpoint(tmp_path):
     ckpt = save_checkpoint(tmp_path / "tiny.pth", pre)
     image = picture(50, 70, seed=2)
     Image.fromarray(image).save(tmp_path / "im.png")
-    predictor = Predictor(weights=ckpt, **SMALL)
+    predictor = Predictor(weights=ckpt, prepare=False, **SMALL)
     assert predictor.categories.name(3) == "grass"
     from_file = predictor.predict(tmp_path / "im.png")
-    from_array = Predictor.from_pretrained(pre, **SMALL).predict(image)
+    from_array = Predictor(pre, prepare=False, **SMALL).predict(image)
     assert from_file.size == (50, 70)
     assert from_file.segments_info, "the tiny model should find segments"
     assert_same_result(from_file, from_array)
@@ -105,11 +105,11 @@ def test_predict_from_a_project_checkpoint(tmp_path):
 
 def test_checkpoint_advice_and_explicit_options():
     pre = tiny_pretrained()
-    assert Predictor.from_pretrained(pre).size == 800  # no advice: the original's settings
+    assert Predictor(pre).size == 800  # no advice: the original's settings
     pre.inference = {"size": 64, "max_size": 96, "threshold": 0.6}
-    advised = Predictor.from_pretrained(pre)
+    advised = Predictor(pre)
     assert (advised.size, advised.max_size, advised.threshold) == (64, 96, 0.6)
-    explicit = Predictor.from_pretrained(pre, size=32, threshold=0.9)
+    explicit = Predictor(pre, size=32, threshold=0.9)
     assert (explicit.size, explicit.max_size, explicit.threshold) == (32, 96, 0.9)
 
 

@@ -54,18 +54,22 @@ def train_demo_checkpoint(out_dir: str | os.PathLike[str], overrides: list[str] 
 
 def run_demo(images: list[str] | None = None, out_dir: str | os.PathLike[str] = "demo_out",
              weights: str | os.PathLike[str] = "demo", train: bool = False, device: str = "cpu",
-             progress: bool = True, log=print) -> DemoResult:
-    """Segment the bundled scenes plus `images` into OUT/predict and score OUT/val (PQ)."""
+             progress: bool = True, log=print, **settings: Any) -> DemoResult:
+    """Segment the bundled scenes plus `images` into OUT/predict and score OUT/val (PQ), with
+    one `Predictor` (settings: threshold=, size=, ... as it takes them; by default the
+    checkpoint's, else DETR's, as every command runs a model)."""
     from .eval.evaluate import format_table
     from .eval.evaluate_model import evaluate_model
-    from .predictor import Predictor, predict_files
+    from .predictor import Predictor, check_settings
+    from .runner import predict_files
 
+    check_settings(settings)  # a bad value fails before minutes of training
     start = time.perf_counter()
     out = Path(out_dir)
     if train:
         weights = train_demo_checkpoint(out / "train", progress=progress)
         log(f"trained {weights}")
-    predictor = Predictor(weights, device=device)
+    predictor = Predictor(weights, device=device, **settings)
     log(f"weights: {predictor.pretrained.source}")
     inputs = sorted(str(p) for p in DEMO_SCENES.glob("*.jpg")) + list(images or [])
     summary = predict_files(inputs, out / "predict", predictor=predictor, overwrite=True, progress=progress)

@@ -30,13 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N", help="processes")
     p.add_argument("--model-size", type=int, nargs=2, metavar=("SHORT", "MAX"),
                    help="a model source resizes images to this shortest side and longest-side cap "
-                        "(default 800 1333; use the size the model was trained at)")
+                        "(default: the checkpoint's, else 800 1333)")
     p.add_argument("--no-previews", dest="previews", action="store_false", help="skip preview overlays")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..gt import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
+    from ..settings import SettingsError
 
     if args.min_area is None:
         args.min_area = DEFAULT_MIN_AREA
@@ -49,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     except BuildError as e:
         print(e, file=sys.stderr)
         return 1
+    except SettingsError as e:  # --model-size or model:WEIGHTS@THRESHOLD out of range
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_summary(report))
     print(f"written: {args.out} (report: {args.out}/report.json)")
     return 1 if report["images"]["failed"] else 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .settings_flags import add_settings_flags, settings_kwargs
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -20,16 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", action="store_true", help="train the demo checkpoint first (minutes)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    add_settings_flags(p.add_argument_group("inference settings"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
     from ..loading import WeightsError
+    from ..settings import SettingsError
 
     try:
         result = run_demo(args.images, args.out, weights=args.weights, train=args.train,
-                          device=args.device, progress=not args.no_progress)
+                          device=args.device, progress=not args.no_progress, **settings_kwargs(args))
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,11 +1,12 @@
 """`panoptic-detr evaluate`: Panoptic Quality of prediction files, or of a model on a dataset
-(see eval/evaluate.py and eval/evaluate_model.py)."""
+(see eval/evaluate_model.py:run_evaluation)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from .settings_flags import add_settings_flags, settings_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,8 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="PQ / SQ / RQ of COCO-panoptic predictions, or of a model on a dataset",
         description="Files: --gt GT_JSON --pred PRED_JSON [--gt-dir DIR --pred-dir DIR] scores "
         "predictions with the COCO panoptic API's rules. Model: --weights W --data DATASET runs "
-        "the model over the dataset, writes its predictions in COCO panoptic format to --out and "
-        "scores them. Prints the PQ table; --output writes everything (per class too) as JSON.",
+        "the model over the dataset as predict runs it, writes its predictions in COCO panoptic "
+        "format to --out and scores them. Prints the PQ table; --output writes everything (per "
+        "class too) as JSON.",
     )
     files = p.add_argument_group("prediction files")
     files.add_argument("--gt", metavar="GT_JSON", help="ground-truth COCO panoptic JSON")
@@ -28,11 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--data", metavar="DATASET", help="COCO panoptic dataset root or its JSON")
     model.add_argument("--out", metavar="DIR", help="predictions and pq.json go here (runs/evaluate)")
     model.add_argument("--batch-size", type=int, default=1, help="images per network batch (1)")
-    model.add_argument("--threshold", type=float, default=0.85, help="confidence to keep a query (0.85)")
     model.add_argument("--device", default="cpu", help="torch device (cpu)")
-    model.add_argument("--size", type=int, default=800, help="shortest side fed to the network (800)")
-    model.add_argument("--max-size", type=int, default=1333, help="longest side cap (1333)")
-    p.add_argument("--output", metavar="FILE.json", help="write the results as JSON")
+    add_settings_flags(model)
+    p.add_argument("--output", metavar="FILE.json",
+                   help="write the results as JSON (a model's: default OUT/pq.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output / predictions")
     p.add_argument("--workers", type=int, default=2, help="processes decoding and scoring PNGs (2)")
     p.add_argument("--per-class", action="store_true", help="also print a row per class")
@@ -41,27 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.evaluate import EvaluationError, evaluate_files, format_table
+    from ..eval.evaluate import EvaluationError, format_table
+    from ..eval.evaluate_model import UsageError, run_evaluation
 
-    model_mode = args.weights is not None or args.data is not None
-    if model_mode and (args.gt or args.pred):
-        args._parser.error("give either --gt/--pred (prediction files) or --weights/--data (a model)")
-    if model_mode and not (args.weights and args.data):
-        args._parser.error("a model evaluation needs both --weights and --data")
-    if not model_mode and not (args.gt and args.pred):
-        args._parser.error("give --gt and --pred (prediction files), or --weights and --data (a model)")
-    output = Path(args.output) if args.output else None
-    if model_mode and output is None:
-        output = Path(args.out or "runs/evaluate") / "pq.json"
-    if output is not None and output.exists() and not args.overwrite:
-        print(f"error: {output}: exists (pass --overwrite to replace it)", file=sys.stderr)
-        return 2
     try:
-        if model_mode:
-            results = _evaluate_model(args)
-        else:
-            results = evaluate_files(args.gt, args.gt_dir, args.pred, args.pred_dir, workers=args.workers,
-                                     progress=not args.quiet)
+        results, output = run_evaluation(
+            gt=args.gt, gt_dir=args.gt_dir, pred=args.pred, pred_dir=args.pred_dir, weights=args.weights,
+            data=args.data, out=args.out, output=args.output, preset=args.preset, device=args.device,
+            batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
+            progress=not args.quiet, **settings_kwargs(args))
+    except UsageError as e:
+        args._parser.error(str(e))
     except EvaluationError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
@@ -72,23 +63,5 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(format_table(results, results.get("categories"), per_class=args.per_class))
     if output is not None:
-        from ..data.files import write_json
-
-        write_json(output, results, overwrite=True, indent=1)
         print(f"results written to {output}")
     return 0
-
-
-def _evaluate_model(args: argparse.Namespace) -> dict:
-    from ..data.coco_panoptic import find_layout
-    from ..eval.evaluate_model import evaluate_model
-    from ..predictor import Predictor, WeightsError
-
-    find_layout(args.data)  # a wrong dataset path fails before the model loads
-    try:
-        predictor = Predictor(args.weights, preset=args.preset, threshold=args.threshold, device=args.device,
-                              size=args.size, max_size=args.max_size, batch_size=args.batch_size)
-    except WeightsError as e:
-        raise ValueError(str(e)) from None
-    return evaluate_model(predictor, args.data, args.out or "runs/evaluate", workers=args.workers,
-                          overwrite=args.overwrite, progress=not args.quiet)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .settings_flags import add_settings_flags, settings_kwargs
+
 
 def _segments(text: str) -> str | list[int]:
     """'all' or comma-separated segment ids."""
@@ -36,13 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="segments to explain: 'all' (default) or ids like 1,3")
     p.add_argument("--path-segment", type=int, default=None, metavar="ID",
                    help="segment of the path figure (default: the most confident one)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="confidence a query needs to be kept (default: as predict, the checkpoint's or 0.85)")
     p.add_argument("--near-misses", type=int, default=3, metavar="N",
                    help="also show the masks of the N dropped queries with the best class scores (default 3)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--size", type=int, default=None, help="shortest side fed to the network (as predict)")
-    p.add_argument("--max-size", type=int, default=None, help="longest side cap (default: as predict)")
+    add_settings_flags(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
     p.set_defaults(func=run)
@@ -52,15 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from ..data.images import ImageError
     from ..explain import explain
     from ..explain.report import check_out_dir, write_report
-    from ..predictor import Predictor, WeightsError
+    from ..predictor import Predictor
 
     try:
         check_out_dir(args.out, args.overwrite)
-        # settings not given stay the Predictor's defaults, so explain segments as predict does
-        given = {k: v for k, v in (("threshold", args.threshold), ("size", args.size),
-                                   ("max_size", args.max_size)) if v is not None}
-        predictor = Predictor(args.weights, preset=args.preset, device=args.device, **given)
-    except (WeightsError, FileExistsError, ValueError) as e:
+        predictor = Predictor(args.weights, preset=args.preset, device=args.device, **settings_kwargs(args))
+    except (FileExistsError, ValueError) as e:  # settings, weights or the output folder
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:

@@ -4,24 +4,34 @@ those files with `evaluate_files`, so what is scored is exactly what anyone can 
 
     OUT/predictions/<GT png name>   COCO panoptic PNGs
     OUT/predictions.json            annotations (image_id, file_name, segments_info) + categories
-    OUT/pq.json                     the results (written by the CLI)
+    OUT/pq.json                     the results
+
+`run_evaluation` is `panoptic-detr evaluate`: prediction files, or a model on a dataset.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..data.coco_panoptic import find_layout
 from ..data.files import write_json, write_panoptic_png
-from ..data.images import ImageError, load_image
+from ..predictor import Predictor, check_settings
+from ..runner import run_images
+from ..settings import InferenceSettings
 from .evaluate import EvaluationError, evaluate_files
 
+DEFAULT_OUT = Path("runs/evaluate")
+"""Where a model evaluation writes its predictions and pq.json unless told."""
 
-def write_model_predictions(predictor: Any, data: str | os.PathLike[str], out: str | os.PathLike[str],
+
+class UsageError(ValueError):
+    """Options that name no evaluation, or two at once (the CLI prints its usage)."""
+
+
+def write_model_predictions(predictor: Predictor, data: str | os.PathLike[str], out: str | os.PathLike[str],
                             overwrite: bool = False, progress: bool = True) -> tuple[Path, Path, Path, Path]:
     """Run `predictor` (a `predictor.Predictor`) over the images of dataset `data` (a root or
     its JSON, see `CocoPanoptic`), `predictor.batch_size` images at a time, into `out`.
@@ -44,34 +54,18 @@ def write_model_predictions(predictor: Any, data: str | os.PathLike[str], out: s
     problems = [f"{gt_json}: annotation of image id {a['image_id']} has no entry in 'images'"
                 for a in gt["annotations"] if a["image_id"] not in images]
 
-    from tqdm import tqdm
+    annotations: list[dict[str, Any]] = []
 
-    annotations = []
-    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress, file=sys.stderr)
-    for start in range(0, len(todo), predictor.batch_size):
-        loaded = []
-        for info, ann in todo[start: start + predictor.batch_size]:
-            try:
-                loaded.append((info, ann, load_image(image_dir / info["file_name"])))
-            except ImageError as e:
-                problems.append(str(e))
-        if loaded:
-            try:
-                results = predictor.predict_arrays([im for _, _, im in loaded])
-            except (RuntimeError, ValueError) as e:  # one line for the batch, the run goes on
-                why = (str(e).splitlines() or [""])[0][:200]
-                problems += [f"{image_dir / info['file_name']}: prediction failed ({why})"
-                             for info, _, _ in loaded]
-                results = []
-            for (info, ann, _), result in zip(loaded, results, strict=False):
-                write_panoptic_png(pred_dir / ann["file_name"], result.id_map, overwrite=True, fsync=False)
-                segments = [{"id": int(s["id"]), "category_id": int(s["category_id"]), "iscrowd": 0,
-                             "area": int(s["area"]), "bbox": [int(v) for v in s["bbox"]],
-                             "score": round(float(s["score"]), 5)} for s in result.segments_info]
-                annotations.append({"image_id": info["id"], "file_name": ann["file_name"],
-                                    "segments_info": segments})
-        bar.update(len(todo[start: start + predictor.batch_size]))
-    bar.close()
+    def write(item: tuple[dict, dict], image: Any, result: Any) -> None:
+        info, ann = item
+        write_panoptic_png(pred_dir / ann["file_name"], result.id_map, overwrite=True, fsync=False)
+        segments = [{"id": int(s["id"]), "category_id": int(s["category_id"]), "iscrowd": 0,
+                     "area": int(s["area"]), "bbox": [int(v) for v in s["bbox"]],
+                     "score": round(float(s["score"]), 5)} for s in result.segments_info]
+        annotations.append({"image_id": info["id"], "file_name": ann["file_name"], "segments_info": segments})
+
+    items = [(image_dir / info["file_name"], (info, ann)) for info, ann in todo]
+    run_images(predictor, items, write, failed=problems, progress=progress, desc="predict")
     categories = predictor.categories.to_json()
     write_json(pred_json, {"annotations": annotations, "categories": categories}, overwrite=True)
     if problems:
@@ -79,7 +73,7 @@ def write_model_predictions(predictor: Any, data: str | os.PathLike[str], out: s
     return gt_json, gt_dir, pred_json, pred_dir
 
 
-def evaluate_model(predictor: Any, data: str | os.PathLike[str], out: str | os.PathLike[str],
+def evaluate_model(predictor: Predictor, data: str | os.PathLike[str], out: str | os.PathLike[str],
                    workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Predict dataset `data` into `out` (see `write_model_predictions`) and score it with
     `evaluate_files`. Returns its results dict, plus "predictions" (the JSON's path)."""
@@ -87,3 +81,60 @@ def evaluate_model(predictor: Any, data: str | os.PathLike[str], out: str | os.P
     results = evaluate_files(gt_json, gt_dir, pred_json, pred_dir, workers=workers, progress=progress)
     results["predictions"] = str(pred_json)
     return results
+
+
+def run_evaluation(
+    *,
+    gt: str | os.PathLike[str] | None = None,
+    gt_dir: str | os.PathLike[str] | None = None,
+    pred: str | os.PathLike[str] | None = None,
+    pred_dir: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    preset: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 1,
+    settings: InferenceSettings | None = None,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+    **given: Any,
+) -> tuple[dict[str, Any], Path | None]:
+    """Score prediction files (`gt` + `pred`, see `evaluate_files`) or a model on a dataset
+    (`weights` + `data`: predictions into `out`, default `DEFAULT_OUT`, see `evaluate_model`).
+
+    The model runs as `Predictor` runs it: settings / **given (threshold=, size=, ...) over the
+    checkpoint's recommendation over DETR's defaults. The results are written as JSON to
+    `output` (a model evaluation: default OUT/pq.json). Returns (results, the JSON's path or
+    None). Raises UsageError (no mode, or both), SettingsError and WeightsError (before
+    anything runs), FileExistsError (`output` or predictions exist, not `overwrite`),
+    FileNotFoundError and EvaluationError (every problem found).
+    """
+    model_mode = weights is not None or data is not None
+    if model_mode and (gt or pred):
+        raise UsageError("give either --gt/--pred (prediction files) or --weights/--data (a model)")
+    if model_mode and not (weights and data):
+        raise UsageError("a model evaluation needs both --weights and --data")
+    if not model_mode and not (gt and pred):
+        raise UsageError("give --gt and --pred (prediction files), or --weights and --data (a model)")
+    if not model_mode and (settings is not None or any(v is not None for v in given.values())):
+        raise UsageError("inference settings apply to a model evaluation (--weights and --data) only")
+    if model_mode:
+        check_settings(given)  # bad settings fail before the dataset is looked at
+        out = Path(out or DEFAULT_OUT)
+        output = output or out / "pq.json"
+    output = Path(output) if output is not None else None
+    if output is not None and output.exists() and not overwrite:
+        raise FileExistsError(f"{output}: exists (pass --overwrite to replace it)")
+    if model_mode:
+        find_layout(data)  # a wrong dataset path fails before the model loads
+        predictor = Predictor(weights, settings, preset=preset, device=device, batch_size=batch_size, **given)
+        results = evaluate_model(predictor, data, out, workers=workers, overwrite=overwrite,
+                                 progress=progress)
+    else:
+        results = evaluate_files(gt, gt_dir, pred, pred_dir, workers=workers, progress=progress)
+    if output is not None:
+        write_json(output, results, overwrite=True, indent=1)
+    return results, output

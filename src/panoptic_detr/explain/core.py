@@ -238,10 +238,12 @@ def query_statuses(pred_logits: Tensor, pred_boxes: Tensor, selected: Tensor, re
 
 
 def as_predictor(source: Any, categories: Categories | None = None, **settings: Any) -> Predictor:
-    """A `Predictor` from a Predictor, a `loading.Pretrained` or a bare model (+ categories).
+    """A `Predictor` from a Predictor, a `loading.Pretrained`, or a bare model (or an object
+    holding one as `.model`, with `.categories`) plus `categories`.
 
-    settings: Predictor settings (threshold, size, max_size, stuff_merge) to set; None values
-    are left as the source has them (a new Predictor's defaults for a Pretrained or a model).
+    settings: `settings.InferenceSettings` fields to set; None values are left as the source
+    has them: a Predictor's own settings, else what a new Predictor takes (the checkpoint's
+    recommendation, else DETR's defaults).
     """
     from ..loading import Pretrained
     from ..predictor import Predictor
@@ -250,19 +252,13 @@ def as_predictor(source: Any, categories: Categories | None = None, **settings: 
     if isinstance(source, Predictor):
         if not given:
             return source
-        base = {k: getattr(source, k) for k in ("threshold", "size", "max_size", "stuff_merge", "mask_chunk")
-                if hasattr(source, k)}
-        return Predictor.from_pretrained(source.pretrained, **{**base, **given})
-    if not isinstance(source, Pretrained):
-        model = getattr(source, "model", source)
-        cats = categories or getattr(source, "categories", None)
-        if cats is None:
-            raise ValueError("explain needs the categories: pass a Predictor/Pretrained or categories=")
-        if not hasattr(model, "detect") or not hasattr(model, "predict_masks"):
-            raise TypeError(f"explain needs a DETR panoptic model, got {type(model).__name__}")
-        source = Pretrained(model, getattr(model, "config", None), cats,
-                            str(getattr(source, "source", type(model).__name__)))
-    return Predictor.from_pretrained(source, **given)
+        return Predictor(source.pretrained, source.settings.replace(**given), batch_size=source.batch_size)
+    if not isinstance(source, Pretrained) and not hasattr(source, "detect"):
+        categories = categories or getattr(source, "categories", None)
+        source = getattr(source, "model", source)
+    if not isinstance(source, Pretrained) and categories is None:
+        raise ValueError("explain needs the categories: pass a Predictor/Pretrained or categories=")
+    return Predictor(source, categories=categories, **given)
 
 
 @torch.inference_mode()
@@ -271,10 +267,11 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
             extra_queries: list[int] | None = None, top_dropped: int = 0) -> Explanation:
     """Run the network once on `image` and explain its panoptic prediction.
 
-    source: a `Predictor` (its threshold, resize and stuff merging are used), a
-    `loading.Pretrained`, or a bare DETRPanoptic with `categories`;
+    source: a `Predictor` (its settings are used), a `loading.Pretrained`, or a bare
+    DETRPanoptic with `categories` (see `as_predictor`);
     image: [H, W, 3] uint8 RGB or a path (read with `data.images.load_image`);
-    threshold, size, max_size: override the predictor's (defaults 0.85, 800, 1333);
+    threshold, size, max_size: override the predictor's (a new one's: the checkpoint's, else
+    DETR's 0.85, 800, 1333);
     extra_queries: dropped queries whose mask logits should be computed too (for a look at
     what they would have segmented); they do not enter the post-processing;
     top_dropped: also compute them for this many of the queries the threshold dropped, those

@@ -90,7 +90,8 @@ def build_gt(
     (a YAML file or bundled name; default: the source's own categories). Bad inputs are
     logged one line each and the rest is built; BuildError means nothing could be built (bad
     options, unreadable inputs, unloadable source). `model_size` = (shortest side, longest
-    side cap) a model source resizes images to (default DETR's 800, 1333).
+    side cap) a model source resizes images to (default: the checkpoint's, else DETR's 800,
+    1333, as `predict` does).
     """
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
     if order not in ORDERS:

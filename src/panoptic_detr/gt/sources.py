@@ -26,6 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..data.files import read_panoptic_png
+from ..settings import SettingsError
 
 
 class SourceError(Exception):
@@ -161,11 +162,12 @@ class ModelSource:
     """A panoptic model of this project; loaded once per process, on first use."""
 
     def __init__(self, weights: str, threshold: float | None = None, device: str | None = None,
-                 **predictor_kwargs: Any):
-        """predictor_kwargs: more `Predictor` options (size, max_size, preset, ...)."""
+                 **predictor_options: Any):
+        """threshold and predictor_options (size=, max_size=, preset=, ...): as `Predictor` takes
+        them; settings not given are the checkpoint's, else DETR's, as in `predict`."""
         self.spec = f"model:{weights}" + (f"@{threshold}" if threshold is not None else "")
         self.weights, self.threshold, self.device = weights, threshold, device
-        self.predictor_kwargs = predictor_kwargs
+        self.predictor_options = predictor_options
         self._predictor: Any = None
         self.categories = [dict(c) for c in self._load().categories.items]
 
@@ -178,11 +180,11 @@ class ModelSource:
             import torch
 
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            kwargs: dict[str, Any] = {"device": device, **self.predictor_kwargs}
-            if self.threshold is not None:
-                kwargs["threshold"] = self.threshold
             try:
-                self._predictor = Predictor(self.weights, **kwargs)
+                self._predictor = Predictor(self.weights, device=device, threshold=self.threshold,
+                                            **self.predictor_options)
+            except SettingsError:  # a bad option of the user's, said as every command says it
+                raise
             except Exception as e:  # any loading failure is one line, the build stops
                 raise SourceError(f"{self.spec}: cannot load the model ({_one_line(e)})") from None
         return self._predictor
@@ -211,7 +213,8 @@ def _one_line(e: BaseException) -> str:
 def open_source(spec: str, **model_options: Any) -> SemanticSource | PanopticSource | ModelSource:
     """Parse `semantic:DIR[:MAP]`, `panoptic:JSON_OR_DIR` or `model:WEIGHTS[@THRESHOLD]`.
 
-    model_options: `Predictor` options for a model source (size, max_size, device, ...).
+    model_options: `Predictor` settings and options for a model source (size=, max_size=,
+    device=, ...; None: not given, the checkpoint's or DETR's).
     """
     kind, _, rest = spec.partition(":")
     if not rest:

@@ -1,0 +1,39 @@
+"""The inference-settings flags of every command that runs a model, worded once.
+
+Each defaults to None, "not given", so the library resolves what the user left out as the
+Python API does (`settings.InferenceSettings.resolve`: the checkpoint's recommendation, else
+DETR's defaults); a bad value is reported by the library as a `SettingsError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..settings import DETR_DEFAULTS, default_help
+
+NAMES = ("threshold", "size", "max_size", "stuff_merge", "dtype", "prepare")
+
+
+def add_settings_flags(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--threshold", type=float, default=None,
+                       help=f"class confidence a query needs to be kept ({default_help('threshold')})")
+    group.add_argument("--size", type=int, default=None,
+                       help=f"shortest side fed to the network ({default_help('size')})")
+    group.add_argument("--max-size", type=int, default=None,
+                       help=f"longest side cap ({default_help('max_size')})")
+    group.add_argument("--stuff-merge", choices=("original", "union"), default=None,
+                       help="duplicated stuff: 'original' reproduces DETR (extra queries of a stuff class "
+                            "dropped, their pixels to the next best query); 'union' merges them "
+                            f"({default_help('stuff_merge')})")
+    group.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                       help="network precision: bfloat16 is ~2x faster on CPUs with AVX512-BF16/AMX, "
+                            f"with bfloat16-rounded scores and masks (default {DETR_DEFAULTS.dtype})")
+    group.add_argument("--no-prepare", dest="prepare", action="store_const", const=False, default=None,
+                       help="run the model as loaded: no BN folding or channels-last (slower; the "
+                            "same segments up to float32 rounding)")
+
+
+def settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave (flags left out are not passed)."""
+    return {name: getattr(args, name) for name in NAMES if getattr(args, name) is not None}
