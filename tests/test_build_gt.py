@@ -11,7 +11,8 @@ from PIL import Image
 
 from panoptic_detr.data.check import check_dataset
 from panoptic_detr.data.coco_panoptic import CocoPanoptic
-from panoptic_detr.data.files import read_panoptic_png, write_json
+from panoptic_detr.data.files import write_json
+from panoptic_detr.data.panoptic_png import read_panoptic_png
 from panoptic_detr.data.synth import make_dataset, make_scene, synth_categories
 from panoptic_detr.gt import BuildError, build_gt
 from panoptic_detr.gt import build as build_module
