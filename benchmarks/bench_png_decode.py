@@ -19,8 +19,9 @@ import numpy as np
 
 
 def ids_from_rgb(rgb: np.ndarray) -> np.ndarray:
-    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
-    return r | g << 8 | b << 16
+    from panoptic_detr.data.panoptic_png import rgb_to_id
+
+    return rgb_to_id(rgb)
 
 
 def pil_rgb(path: Path) -> np.ndarray:
@@ -39,17 +40,17 @@ def pil_rgbx(path: Path) -> np.ndarray:
 
 
 def ours_fast(path: Path) -> np.ndarray:
-    from panoptic_detr.data.panoptic_png import fast_decoder_available, read_id_map
+    from panoptic_detr.data.panoptic_png import fast_decoder_available, read_panoptic_png
 
     if not fast_decoder_available():
         raise ImportError(name="zlib_ng/pyspng")
-    return read_id_map(path)
+    return read_panoptic_png(path, np.uint32)
 
 
 def ours_pil(path: Path) -> np.ndarray:
-    from panoptic_detr.data.panoptic_png import read_id_map
+    from panoptic_detr.data.panoptic_png import read_panoptic_png
 
-    return read_id_map(path, fast=False)
+    return read_panoptic_png(path, np.uint32, fast=False)
 
 
 def pyspng_plain(path: Path) -> np.ndarray:
@@ -71,8 +72,9 @@ def opencv(path: Path) -> np.ndarray:
     return ids_from_rgb(bgr[..., ::-1])
 
 
-DECODERS = {"PIL (RGB array)": pil_rgb, "PIL (RGBX view)": pil_rgbx, "read_id_map(fast=False)": ours_pil,
-            "read_id_map (zlib-ng+spng)": ours_fast, "pyspng.load": pyspng_plain,
+DECODERS = {"PIL (RGB array)": pil_rgb, "PIL (RGBX view)": pil_rgbx,
+            "read_panoptic_png(fast=False)": ours_pil, "read_panoptic_png (zlib-ng+spng)": ours_fast,
+            "pyspng.load": pyspng_plain,
             "torchvision.io.decode_png": torchvision_png, "cv2.imread": opencv}
 
 

@@ -159,14 +159,16 @@ def make_pair(i: int, seed: int, w: int, h: int) -> tuple[np.ndarray, list[dict]
 def _write_chunk(args: tuple[Path, list[int], int, int, int]) -> list[tuple[dict, dict]]:
     from PIL import Image
 
+    from panoptic_detr.data.panoptic_png import id_to_rgb
+
     out, indices, seed, w, h = args
     anns = []
     for i in indices:
         gt, gt_info, pred, pred_info = make_pair(i, seed, w, h)
         name = f"{i:06d}.png"
         for path, ids in ((out / "gt" / "panoptic" / name, gt), (out / "pred" / "predictions" / name, pred)):
-            rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
-            Image.fromarray(rgb).save(path)  # PIL's default compression, as DETR and panopticapi write
+            # PIL's default compression, as DETR and panopticapi write
+            Image.fromarray(id_to_rgb(ids)).save(path)
         anns.append(({"image_id": i, "file_name": name, "segments_info": gt_info},
                      {"image_id": i, "file_name": name, "segments_info": pred_info}))
     return anns

@@ -11,7 +11,8 @@ from PIL import Image
 
 from panoptic_detr.data.check import check_dataset
 from panoptic_detr.data.coco_panoptic import CocoPanoptic
-from panoptic_detr.data.files import read_panoptic_png, write_json
+from panoptic_detr.data.files import write_json
+from panoptic_detr.data.panoptic_png import read_panoptic_png
 from panoptic_detr.data.synth import make_dataset, make_scene, synth_categories
 from panoptic_detr.gt import BuildError, build_gt
 from panoptic_detr.gt import build as build_module
@@ -542,3 +543,16 @@ def test_model_source_with_a_real_tiny_checkpoint(tmp_path):
     assert rc == 0
     a, b = _segments(out), _segments(tmp_path / "cli")
     assert all(a[k][1].keys() == b[k][1].keys() for k in a)
+
+
+def test_converters_report_a_png_that_is_not_rgb_and_go_on(tmp_path):
+    """Every reader decodes with the one codec, which refuses non-RGB images (a grey PNG would
+    otherwise read as ids v * 65793): the converters log the file and convert the rest."""
+    pan = make_dataset(tmp_path / "orig", 2, seed=SEED, size=SIZE, progress=False)
+    first = json.loads(pan.read_text())["annotations"][0]["file_name"]
+    Image.fromarray(np.zeros(SIZE, np.uint8)).save(pan.with_suffix("") / first)
+    lines: list[str] = []
+    assert panoptic_to_semantic_files(pan, tmp_path / "sem", progress=False, log=lines.append) == (1, 1)
+    _, failed = panoptic_to_instances_file(pan, tmp_path / "inst.json", progress=False, log=lines.append)
+    assert failed == 1 and len(lines) == 2
+    assert all(f"{first}: cannot read (expected an RGB panoptic PNG, got mode L)" in line for line in lines)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from panoptic_detr.cli import main
-from panoptic_detr.data.files import read_panoptic_png
+from panoptic_detr.data.panoptic_png import read_panoptic_png
 from predict_fixtures import picture, save_checkpoint, tiny_pretrained
 
 

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from panoptic_detr.data.coco_panoptic import CocoPanoptic, find_layout
 from panoptic_detr.data.collate import collate_padded
-from panoptic_detr.data.files import read_panoptic_png, write_png
+from panoptic_detr.data.files import write_png
 from panoptic_detr.data.images import ImageError
+from panoptic_detr.data.panoptic_png import read_panoptic_png
 from panoptic_detr.data.synth import make_dataset, make_scene
 
 

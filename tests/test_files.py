@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from panoptic_detr.data import files
-from panoptic_detr.data.files import atomic_write, read_panoptic_png, write_panoptic_png
+from panoptic_detr.data.files import atomic_write
+from panoptic_detr.data.panoptic_png import read_panoptic_png, write_panoptic_png
 
 
 @pytest.mark.parametrize("fsync", [True, False])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from panoptic_detr.data.files import read_panoptic_png
+from panoptic_detr.data.panoptic_png import read_panoptic_png
 from panoptic_detr.eval.pq import PanopticFormatError, PQStat, intersection_table, pq_image, pq_results
 
 CATS = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 1}, {"id": 3, "isthing": 0}, {"id": 4, "isthing": 0}]

@@ -1,7 +1,7 @@
 import torch
 
-from panoptic_detr.ops.panoptic import id2rgb, rgb2id, segment_stats
-from panoptic_detr.structures import Categories, PaddedBatch, PanopticResult
+from panoptic_detr.ops.panoptic import segment_stats
+from panoptic_detr.structures import Categories, PaddedBatch
 
 
 def test_padded_batch_sizes_and_mask():
@@ -12,13 +12,6 @@ def test_padded_batch_sizes_and_mask():
     assert torch.equal(batch.images[0, :, :5, :7], a)
     assert batch.images[0, :, 5:].abs().sum() == 0 and batch.mask[0, 5:].all()
     assert batch.mask[1, :, 4:].all() and not batch.mask[1, :, :4].any()
-
-
-def test_rgb_id_round_trip():
-    ids = torch.randint(0, 2**24, (17, 9))
-    assert torch.equal(rgb2id(id2rgb(ids)), ids)
-    res = PanopticResult(ids, [])
-    assert torch.equal(PanopticResult.from_rgb(res.to_rgb(), []).id_map, ids)
 
 
 def test_segment_stats_matches_loop():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from panoptic_detr.cli import main
-from panoptic_detr.data.files import read_panoptic_png
 from panoptic_detr.data.images import load_image
+from panoptic_detr.data.panoptic_png import read_panoptic_png
 from panoptic_detr.data.synth import _SHAPES, THINGS, make_dataset, make_scene, synth_categories
 from panoptic_detr.ops.panoptic import segment_stats
 

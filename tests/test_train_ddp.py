@@ -9,9 +9,9 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
+from panoptic_detr import checkpoint as ckpt_io
 from panoptic_detr.model import PRESETS, build_model
 from panoptic_detr.structures import Categories
-from panoptic_detr.train import checkpoint as ckpt_io
 from panoptic_detr.train.config import config_from_dict
 from panoptic_detr.train.loop import RunParts, train
 from tiny_detr import ToyScenes

@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
+from panoptic_detr import checkpoint as ckpt_io
 from panoptic_detr.structures import Categories
-from panoptic_detr.train import checkpoint as ckpt_io
 from panoptic_detr.train.config import config_from_dict
 from panoptic_detr.train.loop import RunParts, TrainError, train
 from tiny_detr import TinyDETR, ToyScenes

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from panoptic_detr import checkpoint as ckpt_io
 from panoptic_detr.model import PRESETS, build_model
 from panoptic_detr.model.weights import to_original
-from panoptic_detr.train import checkpoint as ckpt_io
 from panoptic_detr.train.config import config_from_dict
 from panoptic_detr.train.finetune import init_from, transfer_weights
 from panoptic_detr.train.loop import train

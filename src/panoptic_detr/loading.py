@@ -7,7 +7,6 @@ expected and what to do.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -16,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from . import checkpoint as ckpt_io
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .model import PRESETS, DETRConfig, DETRPanoptic, build_model
 from .model.weights import (
     WEIGHTS,
@@ -26,11 +26,8 @@ from .model.weights import (
     infer_config,
     load_state_dict_strict,
     preset_name,
-    to_model_layout,
 )
 from .structures import Categories
-
-CHECKPOINT_FORMAT = "panoptic-detr/1"
 
 __all__ = ["CHECKPOINT_FORMAT", "Pretrained", "WeightsError", "cached_path", "demo_path", "load_pretrained"]
 
@@ -83,16 +80,15 @@ def load_pretrained(
             hint = f"; or a name: demo, {', '.join(WEIGHTS)}" if not path.suffix else ""
             raise WeightsError(f"{path}: no such file (expected a checkpoint path{hint})")
 
-    ckpt = _read(path)
-    config, categories, sd = _interpret(ckpt, path, preset)
+    contents = _read(path)
+    config, categories = _architecture(contents, path, preset)
     if record is not None:
         categories = Categories.coco_panoptic()
     model = build_model(config)
-    load_state_dict_strict(model, sd, what=f"the weights in {path}")
+    load_state_dict_strict(model, contents.state_dict, what=f"the weights in {path}")
     model.to(device).eval()
     source = f"{name} ({path})" if name != os.fspath(path) else str(path)
-    inference = dict(ckpt.get("inference") or {}) if isinstance(ckpt, dict) else {}
-    return Pretrained(model, config, categories, source, inference)
+    return Pretrained(model, config, categories, source, contents.inference)
 
 
 def demo_path() -> Path:
@@ -134,37 +130,26 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read(path: Path) -> Any:
-    expected = (
-        "expected a file written by torch.save: a panoptic-detr checkpoint, an original DETR "
-        "checkpoint ({'model': state_dict}) or a state dict"
-    )
+def _read(path: Path) -> ckpt_io.Contents:
+    """The checkpoint's contents, read by the project's one set of rules (`checkpoint.read`)."""
     try:
-        # DETR's training script stores its argparse options next to the weights; a Namespace
-        # of plain values is safe to rebuild, anything else stays refused by weights_only
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load fails in many ways on foreign bytes (even KeyError)
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
-        raise WeightsError(f"{path}: not a readable checkpoint ({reason[:200]}); {expected}") from None
+        obj = ckpt_io.read(path)
+    except ckpt_io.CheckpointError as e:
+        raise WeightsError(f"{e}; expected a file written by torch.save: {ckpt_io.KINDS}") from None
+    try:
+        return ckpt_io.interpret(obj, path)
+    except ckpt_io.CheckpointError as e:
+        raise WeightsError(str(e)) from None
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return (
-        isinstance(obj, dict)
-        and bool(obj)
-        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
-    )
-
-
-def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, Categories, dict[str, Tensor]]:
-    """-> (architecture, categories, state dict in this model's names)."""
-    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+def _architecture(
+    contents: ckpt_io.Contents, path: Path, preset: str | None
+) -> tuple[DETRConfig, Categories]:
+    """The architecture and categories the file records, else those its tensors tell."""
+    if contents.kind == "project":
         try:
-            config = DETRConfig.from_dict(dict(ckpt["config"]))
-            categories = Categories(list(ckpt["categories"]), num_classes=config.num_classes)
-            sd = ckpt["model"]
+            config = DETRConfig.from_dict(dict(contents.config or {}))
+            categories = Categories(list(contents.categories or []), num_classes=config.num_classes)
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"{path}: damaged {CHECKPOINT_FORMAT} checkpoint ({e})") from None
         if preset is not None and PRESETS[preset].with_overrides(dilation=config.dilation) != (
@@ -173,22 +158,8 @@ def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, C
             raise WeightsError(
                 f"{path} holds a {preset_name(config) or 'custom'} model, not {preset}; drop --preset"
             )
-        return config.with_overrides(pretrained_backbone=False), categories, sd
-    if isinstance(ckpt, dict) and _is_state_dict(ckpt.get("model")):
-        sd = ckpt["model"]
-    elif _is_state_dict(ckpt):
-        sd = ckpt
-    else:
-        kind = (
-            f"a dict with keys {sorted(map(str, ckpt))[:8]}"
-            if isinstance(ckpt, dict)
-            else type(ckpt).__name__
-        )
-        raise WeightsError(
-            f"{path}: not a checkpoint of this model (found {kind}); expected a panoptic-detr "
-            "checkpoint, an original DETR checkpoint ({'model': state_dict}) or a state dict"
-        )
-    sd, _layout = to_model_layout(sd)
+        return config.with_overrides(pretrained_backbone=False), categories
+    sd = contents.state_dict
     if preset is not None:
         config = PRESETS[preset]
         try:
@@ -213,4 +184,4 @@ def _interpret(ckpt: Any, path: Path, preset: str | None) -> tuple[DETRConfig, C
         categories = Categories.coco_panoptic()
     else:
         categories = Categories([], num_classes=config.num_classes)
-    return config, categories, sd
+    return config, categories

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.files import atomic_write, write_json, write_png
+from .data.files import write_json, write_png
 from .data.images import ImageError, load_image
+from .data.panoptic_png import write_panoptic_png
 from .predictor import Predictor
 from .settings import InferenceSettings
 from .structures import Categories, PanopticResult
@@ -202,19 +203,9 @@ def save_result(result: PanopticResult, image: np.ndarray, file: Path, stem: str
                 categories: Categories, overwrite: bool) -> None:
     """out/<stem>.png and out/<stem>_overlay.png, then out/records/<stem>.json, the image's
     COCO entry, whose presence marks the image as finished."""
-    _write_panoptic_png(out / f"{stem}.png", result.id_map, overwrite)
+    write_panoptic_png(out / f"{stem}.png", result.id_map, overwrite=overwrite)
     write_png(out / f"{stem}_overlay.png", _overlay_image(image, result, categories), overwrite=overwrite)
     write_json(out / "records" / f"{stem}.json", _record(result, categories, file, stem), overwrite=overwrite)
-
-
-def _write_panoptic_png(path: Path, id_map: torch.Tensor, overwrite: bool) -> None:
-    """[H, W] ids (< 2^24) as a COCO panoptic PNG (id = R + 256 G + 256^2 B). The three are the
-    low bytes of the little-endian int32 id, so Pillow reads the int32 buffer as RGBX directly:
-    no int64 temporaries, which matter at 10^8 pixels."""
-    h, w = id_map.shape
-    ids = np.ascontiguousarray(id_map.to(torch.int32).numpy(), dtype="<i4")
-    img = Image.frombytes("RGB", (w, h), memoryview(ids).cast("B"), "raw", "RGBX")
-    atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=1), overwrite=overwrite)
 
 
 def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Categories) -> np.ndarray:

@@ -175,15 +175,3 @@ class PanopticResult:
     @property
     def size(self) -> tuple[int, int]:
         return int(self.id_map.shape[0]), int(self.id_map.shape[1])
-
-    def to_rgb(self) -> Tensor:
-        """[H, W, 3] uint8 COCO panoptic PNG encoding (id = R + 256 G + 256^2 B)."""
-        from .ops.panoptic import id2rgb
-
-        return id2rgb(self.id_map)
-
-    @classmethod
-    def from_rgb(cls, rgb: Tensor, segments_info: list[dict[str, Any]]) -> PanopticResult:
-        from .ops.panoptic import rgb2id
-
-        return cls(rgb2id(rgb), list(segments_info))

@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import CheckpointError
     from ..data.images import ImageError
-    from ..train.checkpoint import CheckpointError
     from ..train.config import ConfigError, load_config
     from ..train.loop import TrainError, train
 

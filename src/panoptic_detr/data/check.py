@@ -20,8 +20,8 @@ from PIL import Image
 
 from ..ops.panoptic import segment_stats
 from .coco_panoptic import find_layout
-from .files import read_panoptic_png
 from .images import ImageError, load_image
+from .panoptic_png import read_panoptic_png
 
 
 @dataclass(frozen=True)

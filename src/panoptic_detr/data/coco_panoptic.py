@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from ..ops.boxes import xyxy_to_cxcywh
 from ..ops.panoptic import segment_stats
 from ..structures import Categories, Target
-from .files import read_panoptic_png
 from .images import load_image
+from .panoptic_png import read_panoptic_png
 
 Transforms = Callable[[Tensor, Target], tuple[Tensor, Target]]
 

@@ -1,4 +1,4 @@
-"""Atomic file writes and the COCO panoptic PNG/JSON files.
+"""Atomic file writes, and the JSON and PNG files written through them.
 
 Every output of the project goes through here: written to a temporary file in the same
 folder, flushed, then renamed over the target, so an interrupted run never leaves a
@@ -16,8 +16,6 @@ from typing import IO, Any
 
 import numpy as np
 from PIL import Image
-
-from ..ops.panoptic import id2rgb, rgb2id
 
 
 def atomic_write(
@@ -72,17 +70,3 @@ def write_png(
     img = Image.fromarray(np.ascontiguousarray(array))
     return atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=compress_level),
                         overwrite=overwrite, fsync=fsync)
-
-
-def write_panoptic_png(path: str | Path, id_map: Any, overwrite: bool = True, fsync: bool = True) -> Path:
-    """Write an [H, W] segment id map in the COCO panoptic RGB encoding."""
-    return write_png(path, id2rgb(id_map).numpy(), overwrite=overwrite, fsync=fsync)
-
-
-def read_panoptic_png(path: str | Path) -> np.ndarray:
-    """Read a COCO panoptic PNG as an [H, W] int64 id map (id = R + 256 G + 256^2 B)."""
-    with Image.open(path) as im:
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        arr = np.asarray(im)
-    return rgb2id(arr).numpy()

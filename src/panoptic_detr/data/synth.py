@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .files import atomic_write, write_json, write_panoptic_png
+from .files import atomic_write, write_json
+from .panoptic_png import write_panoptic_png
 
 THINGS = ["circle", "square", "triangle", "star", "ring", "cross"]
 STUFF = ["sky", "grass", "water", "brick", "sand"]

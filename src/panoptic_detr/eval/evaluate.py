@@ -21,7 +21,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.panoptic_png import read_id_map
+import numpy as np
+
+from ..data.panoptic_png import read_panoptic_png
 from ..parallel import pool_context
 from .pq import PanopticFormatError, PQStat, pq_image, pq_results
 
@@ -39,13 +41,13 @@ class EvaluationError(Exception):
 def _score_pair(task: Task, categories: frozenset[int]) -> tuple[PQStat | None, list[str]]:
     gt_png, gt_segments, pred_png, pred_segments = task
     try:
-        pred = read_id_map(pred_png)
+        pred = read_panoptic_png(pred_png, np.uint32)
     except FileNotFoundError:
         return None, [f"{pred_png}: PNG missing"]
     except Exception as e:  # a broken file is a problem of the input, reported with the rest
         return None, [f"{pred_png}: cannot read the PNG ({e})"]
     try:
-        gt = read_id_map(gt_png)
+        gt = read_panoptic_png(gt_png, np.uint32)
     except Exception as e:
         return None, [f"{gt_png}: cannot read the ground-truth PNG ({e})"]
     try:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.coco_panoptic import find_layout
-from ..data.files import write_json, write_panoptic_png
+from ..data.files import write_json
+from ..data.panoptic_png import write_panoptic_png
 from ..predictor import Predictor, check_settings
 from ..runner import run_images
 from ..settings import InferenceSettings

@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.files import atomic_write, write_json, write_png
+from ..data.files import atomic_write, write_json
+from ..data.panoptic_png import write_panoptic_png
 from ..parallel import pool_context
 from ..structures import Categories
 from .compose import compose
@@ -323,9 +324,7 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
     comp = compose(ann_map, ann_segs, src_map, src_segs, job.rules, job.target_isthing, job.min_area)
 
     png_name = str(Path(name).with_suffix(".png"))
-    # little-endian int32 bytes are R, G, B, 0: the COCO encoding without arithmetic
-    rgb = comp.id_map.astype("<i4").view(np.uint8).reshape(height, width, 4)[..., :3]
-    write_png(job.work / "panoptic" / png_name, rgb, fsync=False)
+    write_panoptic_png(job.work / "panoptic" / png_name, comp.id_map, fsync=False)
     _link(path, job.work / "images" / name)
     if job.previews:
         with Image.open(path) as im:

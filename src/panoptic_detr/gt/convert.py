@@ -13,7 +13,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..data.files import read_panoptic_png, write_json, write_png
+from ..data.files import write_json, write_png
+from ..data.panoptic_png import read_panoptic_png
 from .instances import panoptic_to_instances, panoptic_to_semantic
 
 
@@ -48,7 +49,7 @@ def panoptic_to_semantic_files(
         segs = [s for s in ann["segments_info"] if things or not isthing.get(int(s["category_id"]), True)]
         try:
             id_map = read_panoptic_png(png_dir / ann["file_name"])
-        except OSError as e:
+        except (OSError, ValueError) as e:
             log(f"{png_dir / ann['file_name']}: cannot read ({e}), skipped")
             failed += 1
             continue
@@ -74,7 +75,7 @@ def panoptic_to_instances_file(
         segs = [{**s, "isthing": isthing.get(int(s["category_id"]), 1)} for s in ann["segments_info"]]
         try:
             id_map = read_panoptic_png(png_dir / ann["file_name"])
-        except OSError as e:
+        except (OSError, ValueError) as e:
             log(f"{png_dir / ann['file_name']}: cannot read ({e}), image left out")
             failed.add(ann["image_id"])
             continue

@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 from scipy import ndimage
 
-from ..data.files import read_panoptic_png
+from ..data.panoptic_png import read_panoptic_png
 from ..settings import SettingsError
 
 
@@ -150,7 +150,7 @@ class PanopticSource:
         png = self.png_dir / ann["file_name"]
         try:
             id_map = read_panoptic_png(png)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             raise SourceError(f"{png}: cannot read ({e})") from None
         if id_map.shape != (height, width):
             raise SourceError(f"{png}: size {id_map.shape[1]}x{id_map.shape[0]} differs from the image "

@@ -1,29 +1,10 @@
-"""The COCO panoptic encoding and per-segment statistics of id maps (pure, no files)."""
+"""Per-segment statistics of panoptic id maps (pure, no files; the PNG encoding of id maps is
+`data/panoptic_png.py`)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
-
-
-def rgb2id(rgb: Tensor | np.ndarray) -> Tensor:
-    """[H, W, 3] uint8 -> [H, W] int64 with id = R + 256 G + 256^2 B."""
-    if not isinstance(rgb, Tensor):
-        a = np.asarray(rgb).astype(np.int64)
-        return torch.from_numpy(a[..., 0] + 256 * a[..., 1] + 65536 * a[..., 2])
-    t = rgb.to(torch.int64)
-    return t[..., 0] + 256 * t[..., 1] + 65536 * t[..., 2]
-
-
-def id2rgb(id_map: Tensor | np.ndarray) -> Tensor:
-    """[H, W] integer ids (< 2^24) -> [H, W, 3] uint8."""
-    if not isinstance(id_map, Tensor):  # numpy path: no torch thread pool for file writers
-        a = np.asarray(id_map).astype(np.int64, copy=False)
-        rgb = np.stack([a & 255, (a >> 8) & 255, (a >> 16) & 255], axis=-1).astype(np.uint8)
-        return torch.from_numpy(rgb)
-    t = id_map.to(torch.int64)
-    return torch.stack([t % 256, (t // 256) % 256, (t // 65536) % 256], dim=-1).to(torch.uint8)
 
 
 def segment_stats(id_map: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,25 +14,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError
+from .. import checkpoint as ckpt_io
+from ..checkpoint import CheckpointError
 
 CLASS_HEAD_PREFIX = "class_embed."
 
 
 def read_weights(init: str) -> dict[str, Tensor]:
-    """The state dict (this model's names) that `init` designates."""
-    from ..model.weights import to_model_layout
-
+    """The state dict (this model's names) that `init` designates: a checkpoint file of any
+    kind `checkpoint.interpret` takes, or the name of a published checkpoint."""
     path = Path(init)
     if path.is_file():
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {e})") from None
-        sd = obj.get("model", obj) if isinstance(obj, dict) else None
-        if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-            raise CheckpointError(f"{path}: holds no state dict (expected a project or DETR checkpoint)")
-        return to_model_layout(sd)[0]
+        return ckpt_io.read_weights(path).state_dict
     if path.suffix in (".pt", ".pth") or "/" in init:
         raise CheckpointError(f"{path}: checkpoint not found")
     from ..loading import load_pretrained  # a preset name: download + hash check + cache

@@ -29,11 +29,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .. import checkpoint as ckpt_io
 from ..data.collate import collate_padded
 from ..data.files import atomic_write
 from ..data.transforms import PanopticTransform, eval_transforms, train_transforms
 from ..structures import Categories, Target
-from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .criterion import LossWeights, ModelWithLoss, SetCriterion
 from .curves import plot_curves, read_metrics
