@@ -35,7 +35,8 @@ from ..data.transforms import PanopticTransform, eval_transforms, train_transfor
 from ..structures import Categories, Target
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
-from .criterion import LossWeights, ModelWithLoss, SetCriterion
+from .criterion import SetCriterion
+from .model_with_loss import ModelWithLoss
 from .curves import plot_curves, read_metrics
 from .distributed import (
     DistInfo,
@@ -256,7 +257,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     model = parts.model.to(device)
     criterion = SetCriterion(
         num_classes=parts.categories.num_classes,
-        weights=LossWeights(**vars(cfg.loss)),
+        weights=cfg.loss,
     )
     train_set = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
