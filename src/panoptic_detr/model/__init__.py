@@ -4,4 +4,5 @@ transformer, heads, and the import of original checkpoints' weights. Pure: no fi
 from .config import PRESETS, DETRConfig
 from .detr import Detection, DETRPanoptic, LayerOutput, build_model, count_parameters
 
-__all__ = ["PRESETS", "DETRConfig", "DETRPanoptic", "Detection", "LayerOutput", "build_model", "count_parameters"]
+__all__ = ["PRESETS", "DETRConfig", "DETRPanoptic", "Detection", "LayerOutput", "build_model",
+           "count_parameters"]

@@ -169,12 +169,13 @@ class SetCriterion(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        weights: LossWeights = LossWeights(),
+        weights: LossWeights | None = None,
         costs: MatchCosts | None = None,
         masks: bool = True,
     ) -> None:
         """num_classes: K (logits have K+1, the last is no-object). masks: add the mask losses."""
         super().__init__()
+        weights = weights or LossWeights()
         self.num_classes = num_classes
         self.weights = weights
         self.costs = costs or MatchCosts()
@@ -188,10 +189,12 @@ class SetCriterion(nn.Module):
         segments (see the module-level `normalizers`); pred_logits: [B, N, K+1]."""
         return normalizers(counts, pred_logits.shape[1], self.weights.eos_coef, pred_logits.device)
 
-    def match(self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[Target]) -> list[tuple[Tensor, Tensor]]:
+    def match(
+        self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[Target]
+    ) -> list[tuple[Tensor, Tensor]]:
         """Per image (query indices, target indices), see `matcher.hungarian_match`."""
-        return hungarian_match(pred_logits, pred_boxes, [t.labels for t in targets], [t.boxes for t in targets],
-                               self.costs)
+        labels, boxes = [t.labels for t in targets], [t.boxes for t in targets]
+        return hungarian_match(pred_logits, pred_boxes, labels, boxes, self.costs)
 
     def class_box_losses(
         self,
@@ -258,7 +261,8 @@ class SetCriterion(nn.Module):
         losses = {}
         for i, aux in enumerate(aux_outputs):
             indices = self.match(aux.pred_logits, aux.pred_boxes, targets)
-            terms = self.class_box_losses(aux.pred_logits, aux.pred_boxes, targets, indices, num_boxes, ce_weight)
+            terms = self.class_box_losses(aux.pred_logits, aux.pred_boxes, targets, indices, num_boxes,
+                                          ce_weight)
             losses.update({f"{k}_{i}": v for k, v in terms.items()})
         return losses
 

@@ -11,7 +11,6 @@ moving a call changes the trained weights in their last bits.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..model.detr import Detection
@@ -43,7 +42,8 @@ class ModelWithLoss(nn.Module):
         counts = [len(t) for t in matched] if step_counts is None else step_counts
         num_boxes, ce_weight = crit.normalizers(counts, det.pred_logits)
         indices = crit.match(det.pred_logits, det.pred_boxes, matched)
-        losses = crit.class_box_losses(det.pred_logits, det.pred_boxes, matched, indices, num_boxes, ce_weight)
+        losses = crit.class_box_losses(det.pred_logits, det.pred_boxes, matched, indices, num_boxes,
+                                       ce_weight)
         if crit.masks:
             losses.update(self._mask_losses(det, matched, indices, num_boxes))
         if crit.weights.semantic > 0:  # crowd segments too: their class is known
