@@ -236,3 +236,30 @@ def test_segment_loss_enters_the_total_with_its_weight():
     on = ModelWithLoss(model, SetCriterion(4, LossWeights(segment=2.0)))(batch, targets)
     assert "loss_segment" not in off and on["loss_segment"] > 0
     torch.testing.assert_close(on["loss"], off["loss"] + 2 * on["loss_segment"])
+
+
+def test_mask_losses_on_given_logits_need_no_model():
+    """The criterion scores mask logits it is handed: near-perfect ones score ~0, their
+    opposites a lot; no model is involved."""
+    t = random_target(torch.Generator().manual_seed(8), 16, 16, 2, 3)
+    crit = SetCriterion(num_classes=3)
+    indices = [(torch.tensor([4, 1]), torch.tensor([0, 1]))]
+    perfect = (t.masks.double() * 2 - 1) * 30  # at the target's size: upsampling is the identity
+    good = crit.mask_losses([perfect], [t], indices, 2.0)
+    bad = crit.mask_losses([-perfect], [t], indices, 2.0)
+    assert float(good["loss_dice"]) < 1e-6 and float(good["loss_mask"]) < 1e-6
+    assert float(bad["loss_dice"]) > 0.9 and float(bad["loss_mask"]) > 1
+
+
+def test_the_config_loss_section_is_the_criterions_weights():
+    from panoptic_detr.train.config import ConfigError, config_from_dict
+    from panoptic_detr.train.criterion import LossWeights
+
+    cfg = config_from_dict({"loss": {"segment": 2, "ce": 3.0}})
+    assert isinstance(cfg.loss, LossWeights) and cfg.loss == LossWeights(ce=3.0, segment=2.0)
+    assert SetCriterion(4, cfg.loss).weights is cfg.loss
+    with pytest.raises(ConfigError, match=r"loss\.dense: unknown key \(known: ce, bbox, giou, mask, dice, "
+                                          r"eos_coef, semantic, segment\)"):
+        config_from_dict({"loss": {"dense": 1.0}})
+    with pytest.raises(ConfigError, match="loss.ce: expected a number"):
+        config_from_dict({"loss": {"ce": "high"}})

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from panoptic_detr.model import PRESETS, DETRConfig, build_model, count_parameters
+from panoptic_detr.model import PRESETS, Detection, DETRConfig, build_model, count_parameters
 from panoptic_detr.model.position import sine_position_encoding
 from panoptic_detr.model.weights import to_original
 from panoptic_detr.structures import PaddedBatch
@@ -33,6 +33,7 @@ def test_small_presets_run(name):
     batch = PaddedBatch.from_images(images((64, 96), (48, 64), dtype=torch.float32))
     with torch.no_grad():
         out = model(batch)
+    assert isinstance(out, Detection) and out.attention_maps is None
     n, k = config.num_queries, config.num_classes
     assert out.pred_logits.shape == (2, n, k + 1)
     assert out.pred_boxes.shape == (2, n, 4)
