@@ -66,7 +66,7 @@ def test_oracle_scores_near_100_and_wrong_classes_0():
 def test_bfloat16_logits_near_the_threshold_select_as_float32():
     """Under bfloat16 autocast the logits are bfloat16: a query at probability 0.8808 (0.8789 once
     rounded) against threshold 0.88 must be kept or dropped the same by the query selection and
-    the post-processing (it used to be dropped by one and kept by the other: a ValueError)."""
+    the post-processing (dropped by one and kept by the other, it would be a ValueError)."""
     image, t = scene()
     val = [(image, t)] * 2
     evaluate = make_evaluator(CATS, threshold=0.88)
