@@ -19,8 +19,9 @@ import torch
 
 from panoptic_detr.data.collate import collate_padded
 from panoptic_detr.train.config import load_config
-from panoptic_detr.train.criterion import LossWeights, ModelWithLoss, SetCriterion
+from panoptic_detr.train.criterion import SetCriterion
 from panoptic_detr.train.loop import Augmented, build_parts, training_transform
+from panoptic_detr.train.model_with_loss import ModelWithLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("float32", "bf16", "float32-channels-last", "bf16-channels-last")
@@ -34,7 +35,7 @@ def median_step(cfg, parts, initial: dict, mode: str, steps: int) -> float:
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for p in model.parameters():
         p.requires_grad_(True)
-    step = ModelWithLoss(model, SetCriterion(parts.categories.num_classes, LossWeights(**vars(cfg.loss))))
+    step = ModelWithLoss(model, SetCriterion(parts.categories.num_classes, cfg.loss))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
     data = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
     b = cfg.batch_size

@@ -52,8 +52,8 @@ def main() -> None:
             print(f"masks K={k:<3d}     {t:.3f} s")
 
         def direct() -> None:
-            att = model.bbox_attention(det["hs"][-1], det["memory"], det["padding"])
-            model.mask_head(det["src_proj"], att, det["fpns"])
+            att = model.bbox_attention(det.hs[-1], det.memory, det.padding)
+            model.mask_head(det.src_proj, att, det.fpns)
 
         print(f"masks direct    {median_time(direct, args.repeat):.3f} s  (all 100, original formulation)")
 

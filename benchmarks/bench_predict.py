@@ -130,7 +130,7 @@ def run_one(args: argparse.Namespace) -> dict:
             for group in groups:
                 det = model.detect(group)
                 clock.lap("network")
-                logits, keep = forced_keep(det["pred_logits"], args.k)
+                logits, keep = forced_keep(det.pred_logits, args.k)
                 assert all(torch.equal(a, b) for a, b in zip(select_queries(logits), keep, strict=True))
                 clock.lap(None)
                 masks = predictor.model.predict_masks(det, keep, chunk=predictor.mask_chunk)
@@ -140,7 +140,7 @@ def run_one(args: argparse.Namespace) -> dict:
                 results += [
                     panoptic_postprocess(logits[i].float(), masks[i].float(), group.sizes[i], padded,
                                          arrays[first + i].shape[:2], is_thing, query_idx=keep[i],
-                                         pred_boxes=det["pred_boxes"][i].float())
+                                         pred_boxes=det.pred_boxes[i].float())
                     for i in range(len(group))
                 ]
                 clock.lap("postprocess")

@@ -19,7 +19,8 @@ import torch
 from panoptic_detr.model import PRESETS, build_model
 from panoptic_detr.ops.boxes import masks_to_boxes_xyxy, xyxy_to_cxcywh
 from panoptic_detr.structures import PaddedBatch, Target
-from panoptic_detr.train.criterion import ModelWithLoss, SetCriterion
+from panoptic_detr.train.criterion import SetCriterion
+from panoptic_detr.train.model_with_loss import ModelWithLoss
 
 
 def random_targets(

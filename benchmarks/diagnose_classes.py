@@ -24,7 +24,7 @@ from panoptic_detr.data.collate import collate_padded
 from panoptic_detr.data.transforms import eval_transforms
 from panoptic_detr.loading import load_pretrained
 from panoptic_detr.ops.boxes import cxcywh_to_xyxy
-from panoptic_detr.train.criterion import segment_class_logits
+from panoptic_detr.train.criterion import segment_memory
 from panoptic_detr.train.loop import Augmented
 from panoptic_detr.train.matcher import hungarian_match
 
@@ -45,12 +45,13 @@ def main() -> None:
     with torch.no_grad():
         for batch, targets in DataLoader(data, batch_size=10, collate_fn=collate_padded):
             det = model.detect(batch)
-            pooled, truth = segment_class_logits(model, det, targets)
+            memory, truth = segment_memory(det.memory, targets)
+            pooled = model.class_embed(memory)
             for label, guess in zip(truth.tolist(), pooled[:, :-1].argmax(1).tolist(), strict=True):
                 kind = "thing" if pre.categories.isthing(label) else "stuff"
                 stats[f"{kind} pooled-memory accuracy"].append(float(guess == label))
-            prob = det["pred_logits"].softmax(-1)
-            matches = hungarian_match(det["pred_logits"], det["pred_boxes"], [t.labels for t in targets],
+            prob = det.pred_logits.softmax(-1)
+            matches = hungarian_match(det.pred_logits, det.pred_boxes, [t.labels for t in targets],
                                       [t.boxes for t in targets])
             for i, (queries, segs) in enumerate(matches):
                 for q, s in zip(queries.tolist(), segs.tolist(), strict=True):
@@ -58,7 +59,7 @@ def main() -> None:
                     kind = "thing" if pre.categories.isthing(label) else "stuff"
                     pq = prob[i, q]
                     guess = int(pq[:-1].argmax())
-                    iou = box_iou(cxcywh_to_xyxy(det["pred_boxes"][i, q][None]),
+                    iou = box_iou(cxcywh_to_xyxy(det.pred_boxes[i, q][None]),
                                   cxcywh_to_xyxy(targets[i].boxes[s][None]))
                     stats[f"{kind} box IoU"].append(float(iou))
                     stats[f"{kind} class accuracy"].append(float(guess == label))

@@ -82,7 +82,7 @@ def main() -> None:
             model = model.to(memory_format=torch.channels_last)
         with torch.inference_mode():
             t, det = timed_detect(model, batch, args.iters)
-            _, keep = forced_keep(det["pred_logits"], 20)
+            _, keep = forced_keep(det.pred_logits, 20)
             times = []
             for it in range(args.iters + 1):
                 s = time.perf_counter()
@@ -91,9 +91,9 @@ def main() -> None:
                     times.append(time.perf_counter() - s)
         diff = ""
         if ref is None:
-            ref = (det["pred_logits"], masks[0])
+            ref = (det.pred_logits, masks[0])
         else:
-            diff = (f" (max diff vs contiguous: logits {(det['pred_logits'] - ref[0]).abs().max():.1e}, "
+            diff = (f" (max diff vs contiguous: logits {(det.pred_logits - ref[0]).abs().max():.1e}, "
                     f"masks {(masks[0] - ref[1]).abs().max():.1e})")
         print(f"| {layout} | {t['backbone']:.2f} | {t['transformer']:.2f} | {t['rest']:.2f} | "
               f"{t['detect']:.2f} | {statistics.median(times):.2f} |{diff}", flush=True)

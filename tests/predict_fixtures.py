@@ -31,7 +31,7 @@ def tiny_pretrained(dtype: torch.dtype = torch.float32, **overrides) -> Pretrain
     model = build_model(config).eval()
     probe = preprocess(np.full((48, 72, 3), 128, np.uint8), 64, 96)
     with torch.no_grad():
-        hs = model.detect(PaddedBatch.from_images([probe]))["hs"][-1, 0]  # N x d
+        hs = model.detect(PaddedBatch.from_images([probe])).hs[-1, 0]  # N x d
         dev = hs - hs.mean(0)
         dev = dev / dev.norm(dim=1, keepdim=True)
         weight = torch.zeros_like(model.class_embed.weight)

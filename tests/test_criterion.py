@@ -1,5 +1,6 @@
-"""Set criterion: matched-only masks == all masks then select (loss and gradients), crowd
-handling, perfect predictions, aux terms."""
+"""Set criterion (tensors in, losses out) and ModelWithLoss (the model's outputs into it):
+matched-only masks == all masks then select (loss and gradients), crowd handling, perfect
+predictions, aux terms."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import torch
 
 from panoptic_detr.ops.boxes import masks_to_boxes_xyxy, xyxy_to_cxcywh
 from panoptic_detr.structures import PaddedBatch, Target
-from panoptic_detr.train.criterion import ModelWithLoss, SetCriterion
+from panoptic_detr.train.criterion import SetCriterion
 from panoptic_detr.train.matcher import hungarian_match
+from panoptic_detr.train.model_with_loss import ModelWithLoss
 from tiny_detr import TinyDETR
 
 
@@ -25,6 +27,13 @@ def random_target(g: torch.Generator, h: int, w: int, n: int, num_classes: int, 
         iscrowd[-crowd:] = True
     return Target(masks=masks, labels=torch.randint(0, num_classes, (n,), generator=g),
                   boxes=xyxy_to_cxcywh(boxes), iscrowd=iscrowd, area=masks.sum((1, 2)).float(), size=(h, w))
+
+
+def class_box_losses(crit: SetCriterion, logits: torch.Tensor, boxes: torch.Tensor, targets: list[Target]):
+    """The criterion's pieces on bare tensors: normalisers, matching, class and box losses."""
+    num_boxes, ce_weight = crit.normalizers([len(t) for t in targets], logits)
+    indices = crit.match(logits, boxes, targets)
+    return crit.class_box_losses(logits, boxes, targets, indices, num_boxes, ce_weight)
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -69,9 +78,9 @@ def test_crowd_segments_do_not_change_the_loss():
     keep = ~t.iscrowd
     t_clean = Target(masks=t.masks[keep], labels=t.labels[keep], boxes=t.boxes[keep], iscrowd=t.iscrowd[keep],
                      area=t.area[keep], size=t.size)
-    crit = SetCriterion(num_classes=4)
-    a = crit(model, model.detect(batch), [t])
-    b = crit(model, model.detect(batch), [t_clean])
+    step = ModelWithLoss(model, SetCriterion(num_classes=4))
+    a = step(batch, [t])
+    b = step(batch, [t_clean])
     for k in a:
         torch.testing.assert_close(a[k], b[k])
 
@@ -86,11 +95,11 @@ def test_perfect_predictions_have_near_zero_box_and_class_loss():
         logits[0, q] = -20.0
         logits[0, q, t.labels[s]] = 20.0
         boxes[0, q] = t.boxes[s]
-    det = {"pred_logits": logits, "pred_boxes": boxes}
-    losses = SetCriterion(num_classes=3, masks=False)(None, det, [t])
+    crit = SetCriterion(num_classes=3, masks=False)
+    losses = class_box_losses(crit, logits, boxes, [t])
     assert float(losses["loss_bbox"]) < 1e-6 and float(losses["loss_giou"]) < 1e-6
     assert float(losses["loss_ce"]) < 1e-6
-    shifted = SetCriterion(num_classes=3, masks=False)(None, {**det, "pred_boxes": boxes + 0.01}, [t])
+    shifted = class_box_losses(crit, logits, boxes + 0.01, [t])
     # 4 coordinates off by 0.01 for each of the 2 boxes, / 2 boxes
     assert abs(float(shifted["loss_bbox"]) - 0.04) < 1e-5
 
@@ -100,22 +109,22 @@ def test_class_loss_is_weighted_cross_entropy_and_micro_batches_add_up():
     g = torch.Generator().manual_seed(5)
     images = [torch.randn(3, 16, 16, dtype=torch.float64, generator=g) for _ in range(3)]
     targets = [random_target(g, 16, 16, n, 4) for n in (3, 1, 2)]
-    crit = SetCriterion(num_classes=4, masks=False)
-    whole = crit(model, model.detect(PaddedBatch.from_images(images)), targets)
+    step = ModelWithLoss(model, SetCriterion(num_classes=4, masks=False))
+    whole = step(PaddedBatch.from_images(images), targets)
     # the class term is F.cross_entropy's weighted mean (no-object weighs eos_coef)
     det = model.detect(PaddedBatch.from_images(images))
-    indices = hungarian_match(det["pred_logits"], det["pred_boxes"], [t.labels for t in targets],
+    indices = hungarian_match(det.pred_logits, det.pred_boxes, [t.labels for t in targets],
                               [t.boxes for t in targets])
     classes = torch.full((3, 6), 4)
     for i, (q, s) in enumerate(indices):
         classes[i, q] = targets[i].labels[s]
     weight = torch.tensor([1.0, 1, 1, 1, 0.1], dtype=torch.float64)
-    expected = torch.nn.functional.cross_entropy(det["pred_logits"].transpose(1, 2), classes, weight)
+    expected = torch.nn.functional.cross_entropy(det.pred_logits.transpose(1, 2), classes, weight)
     torch.testing.assert_close(whole["loss_ce"], expected)
     # two micro-batches normalised by the step's counts sum to the whole batch's losses
     counts = [3, 1, 2]
-    part1 = crit(model, model.detect(PaddedBatch.from_images(images[:1])), targets[:1], counts)
-    part2 = crit(model, model.detect(PaddedBatch.from_images(images[1:])), targets[1:], counts)
+    part1 = step(PaddedBatch.from_images(images[:1]), targets[:1], counts)
+    part2 = step(PaddedBatch.from_images(images[1:]), targets[1:], counts)
     for k in whole:
         torch.testing.assert_close(part1[k] + part2[k], whole[k])
 
@@ -133,8 +142,6 @@ def test_images_without_segments():
 def test_semantic_loss_is_each_cells_cross_entropy_against_its_class_shares():
     """The dense class loss on the encoder memory, against a cell-by-cell count of the pixels:
     each 4x4-pixel cell's target is its classes' pixel shares; void-heavy and padded cells skip."""
-    from types import SimpleNamespace
-
     from panoptic_detr.train.criterion import semantic_loss
 
     k = 3
@@ -155,8 +162,11 @@ def test_semantic_loss_is_each_cells_cross_entropy_against_its_class_shares():
     with torch.no_grad():
         head.weight.copy_(torch.eye(k + 1))
         head.bias.zero_()
-    model = SimpleNamespace(class_embed=head)
-    loss = semantic_loss(model, {"memory": memory, "padding": padding}, targets)
+
+    def cells(mem):  # the class head on every memory cell: B x hw x K+1
+        return head(mem.flatten(2).transpose(1, 2))
+
+    loss = semantic_loss(cells(memory), memory, padding, targets)
 
     per_image = []
     for b, lab in enumerate(labels):
@@ -176,9 +186,8 @@ def test_semantic_loss_is_each_cells_cross_entropy_against_its_class_shares():
     # micro-batches normalised by the step's image count add up to the whole batch (alone, the
     # 12-row image has a 3-row memory and no padding)
     mem = memory.detach()
-    first = semantic_loss(model, {"memory": mem[:1], "padding": padding[:1]}, targets[:1], step_images=2)
-    second = semantic_loss(model, {"memory": mem[1:, :, :3], "padding": padding[1:, :3]}, targets[1:],
-                           step_images=2)
+    first = semantic_loss(cells(mem[:1]), mem[:1], padding[:1], targets[:1], step_images=2)
+    second = semantic_loss(cells(mem[1:, :, :3]), mem[1:, :, :3], padding[1:, :3], targets[1:], step_images=2)
     torch.testing.assert_close(first + second, loss.detach())
 
 
@@ -187,7 +196,7 @@ def test_segment_class_loss_is_each_segments_mean_memory_through_the_class_head(
     the segment's pixels (pixel-weighted over the 4x4 cells); an image without segments adds 0."""
     from types import SimpleNamespace
 
-    from panoptic_detr.train.criterion import segment_class_loss
+    from panoptic_detr.train.criterion import segment_class_loss, segment_memory
 
     k = 3
     g = torch.Generator().manual_seed(6)
@@ -202,7 +211,8 @@ def test_segment_class_loss_is_each_segments_mean_memory_through_the_class_head(
                       iscrowd=torch.zeros(2, dtype=torch.bool), area=masks.sum((1, 2)).float(),
                       size=(16, 16)),
                random_target(g, 16, 16, 0, k)]
-    loss = segment_class_loss(model, {"memory": memory}, targets, torch.tensor(4.0))
+    pooled, labels = segment_memory(memory, targets)
+    loss = segment_class_loss(model.class_embed(pooled), labels, torch.tensor(4.0))
     m = memory[0]
     expected = torch.nn.functional.cross_entropy(
         model.class_embed(torch.stack([m[:, 1, 2], (2 * m[:, 0, 0] + m[:, 0, 1]) / 3])), torch.tensor([0, 2]),
@@ -226,3 +236,30 @@ def test_segment_loss_enters_the_total_with_its_weight():
     on = ModelWithLoss(model, SetCriterion(4, LossWeights(segment=2.0)))(batch, targets)
     assert "loss_segment" not in off and on["loss_segment"] > 0
     torch.testing.assert_close(on["loss"], off["loss"] + 2 * on["loss_segment"])
+
+
+def test_mask_losses_on_given_logits_need_no_model():
+    """The criterion scores mask logits it is handed: near-perfect ones score ~0, their
+    opposites a lot; no model is involved."""
+    t = random_target(torch.Generator().manual_seed(8), 16, 16, 2, 3)
+    crit = SetCriterion(num_classes=3)
+    indices = [(torch.tensor([4, 1]), torch.tensor([0, 1]))]
+    perfect = (t.masks.double() * 2 - 1) * 30  # at the target's size: upsampling is the identity
+    good = crit.mask_losses([perfect], [t], indices, 2.0)
+    bad = crit.mask_losses([-perfect], [t], indices, 2.0)
+    assert float(good["loss_dice"]) < 1e-6 and float(good["loss_mask"]) < 1e-6
+    assert float(bad["loss_dice"]) > 0.9 and float(bad["loss_mask"]) > 1
+
+
+def test_the_config_loss_section_is_the_criterions_weights():
+    from panoptic_detr.train.config import ConfigError, config_from_dict
+    from panoptic_detr.train.criterion import LossWeights
+
+    cfg = config_from_dict({"loss": {"segment": 2, "ce": 3.0}})
+    assert isinstance(cfg.loss, LossWeights) and cfg.loss == LossWeights(ce=3.0, segment=2.0)
+    assert SetCriterion(4, cfg.loss).weights is cfg.loss
+    with pytest.raises(ConfigError, match=r"loss\.dense: unknown key \(known: ce, bbox, giou, mask, dice, "
+                                          r"eos_coef, semantic, segment\)"):
+        config_from_dict({"loss": {"dense": 1.0}})
+    with pytest.raises(ConfigError, match="loss.ce: expected a number"):
+        config_from_dict({"loss": {"ce": "high"}})

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def test_padding_gets_zero_attention_and_valid_part_matches_single(tiny_model):
     batch = PaddedBatch.from_images([small, large])
     with torch.no_grad():
         det = tiny_model.detect(batch, return_attention=True)
-    att, pad = det["attention_maps"], det["padding"]  # B x N x M x h x w, B x h x w
+    att, pad = det.attention_maps, det.padding  # B x N x M x h x w, B x h x w
     assert pad[0].any() and not pad[1].any()
     assert att[0][:, :, pad[0]].abs().max() == 0
     torch.testing.assert_close(att.sum(dim=(2, 3, 4)), torch.ones(att.shape[:2]))
@@ -122,11 +123,10 @@ class Designed(torch.nn.Module):
 
     def detect(self, batch, return_attention=False):
         assert batch.images.shape[-2:] == (64, 64)
-        out = {"pred_logits": self.logits[None], "pred_boxes": torch.full((1, 7, 4), 0.5),
-               "layer4": torch.rand(1, 8, *self.att.shape[-2:])}
-        if return_attention:
-            out["attention_maps"] = self.att[None]
-        return out
+        # the fields of a Detection that explain reads
+        return SimpleNamespace(pred_logits=self.logits[None], pred_boxes=torch.full((1, 7, 4), 0.5),
+                               layer4=torch.rand(1, 8, *self.att.shape[-2:]),
+                               attention_maps=self.att[None] if return_attention else None)
 
     def predict_masks(self, det, queries, chunk=None):
         return [self.masks[q] for q in queries]
@@ -198,9 +198,9 @@ def test_explained_segments_equal_full_forward_postprocess(tiny_model):
     batch = PaddedBatch.from_images([x])
     with torch.no_grad():
         out = tiny_model(batch)
-    expected = panoptic_postprocess(out["pred_logits"][0], out["pred_masks"][0], tuple(x.shape[1:]),
+    expected = panoptic_postprocess(out.pred_logits[0], out.pred_masks[0], tuple(x.shape[1:]),
                                     tuple(batch.images.shape[-2:]), image.shape[:2], CATS.thing_mask(),
-                                    threshold=threshold, pred_boxes=out["pred_boxes"][0])
+                                    threshold=threshold, pred_boxes=out.pred_boxes[0])
     got = explain(tiny_model, image, threshold=threshold, categories=CATS, **SMALL)
     assert expected.segments_info and any(not q.kept for q in got.queries)
     assert torch.equal(got.result.id_map, expected.id_map)
@@ -211,7 +211,7 @@ def test_explained_segments_equal_full_forward_postprocess(tiny_model):
     assert [q.label for q in kept] == [s["category_id"] for s in expected.segments_info]
     assert [q.index for q in kept] == sorted(q.index for q in kept)  # ids follow query order
     for q in kept:  # its mask logits are the full forward's
-        torch.testing.assert_close(got.mask_logits_of(q.index), out["pred_masks"][0, q.index],
+        torch.testing.assert_close(got.mask_logits_of(q.index), out.pred_masks[0, q.index],
                                    atol=1e-4, rtol=1e-4)
 
 

@@ -43,7 +43,7 @@ def test_auto_mask_chunk_is_the_largest_under_the_budget_and_changes_nothing(mon
     model, batch = pre.model, _batch()
     with torch.inference_mode():
         det = model.detect(batch)
-    c2 = det["fpns"][-1]
+    c2 = det.fpns[-1]
     per_query = model.mask_head.adapter3.out_channels * c2.shape[-2] * c2.shape[-1] * 8
     monkeypatch.setattr(detr, "MASK_CHUNK_BYTES", int(2.5 * per_query))
     assert model.mask_chunk(det) == 2

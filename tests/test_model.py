@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from panoptic_detr.model import PRESETS, DETRConfig, build_model, count_parameters
+from panoptic_detr.model import PRESETS, Detection, DETRConfig, build_model, count_parameters
 from panoptic_detr.model.position import sine_position_encoding
 from panoptic_detr.model.weights import to_original
 from panoptic_detr.structures import PaddedBatch
@@ -33,17 +33,18 @@ def test_small_presets_run(name):
     batch = PaddedBatch.from_images(images((64, 96), (48, 64), dtype=torch.float32))
     with torch.no_grad():
         out = model(batch)
+    assert isinstance(out, Detection) and out.attention_maps is None
     n, k = config.num_queries, config.num_classes
-    assert out["pred_logits"].shape == (2, n, k + 1)
-    assert out["pred_boxes"].shape == (2, n, 4)
-    assert out["pred_masks"].shape == (2, n, 16, 24)
-    assert len(out["aux_outputs"]) == config.num_decoder_layers - 1
-    assert out["hs"].shape == (config.num_decoder_layers, 2, n, config.hidden_dim)
+    assert out.pred_logits.shape == (2, n, k + 1)
+    assert out.pred_boxes.shape == (2, n, 4)
+    assert out.pred_masks.shape == (2, n, 16, 24)
+    assert len(out.aux_outputs) == config.num_decoder_layers - 1
+    assert out.hs.shape == (config.num_decoder_layers, 2, n, config.hidden_dim)
     c5 = (4, 6) if config.dilation else (2, 3)  # stride 16 or 32 of the 64x96 padded batch
-    assert out["memory"].shape == (2, config.hidden_dim, *c5)
-    assert out["layer4"].shape == (2, config.backbone_channels[-1], *c5)
-    assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
-    assert all(torch.isfinite(out[k]).all() for k in ("pred_logits", "pred_masks"))
+    assert out.memory.shape == (2, config.hidden_dim, *c5)
+    assert out.layer4.shape == (2, config.backbone_channels[-1], *c5)
+    assert ((out.pred_boxes > 0) & (out.pred_boxes < 1)).all()
+    assert all(torch.isfinite(getattr(out, k)).all() for k in ("pred_logits", "pred_masks"))
 
 
 def test_r50_matches_the_original_checkpoint_layout(reference):
@@ -70,8 +71,8 @@ def test_dc5_has_c5_at_stride_16():
     model = build_model(PRESETS["tiny"].with_overrides(backbone="resnet50", dilation=True)).eval()
     with torch.no_grad():
         out = model(PaddedBatch.from_images(images((64, 96), dtype=torch.float32)))
-    assert out["layer4"].shape[-2:] == (4, 6)
-    assert out["pred_masks"].shape[-2:] == (16, 24)
+    assert out.layer4.shape[-2:] == (4, 6)
+    assert out.pred_masks.shape[-2:] == (16, 24)
 
 
 def test_dc5_of_a_basic_block_resnet_keeps_the_weights():
@@ -85,8 +86,8 @@ def test_dc5_of_a_basic_block_resnet_keeps_the_weights():
     batch = PaddedBatch.from_images(images((64, 96), dtype=torch.float32))
     with torch.no_grad():
         out, ref = dc5(batch), plain(batch)
-    assert out["layer4"].shape[-2:] == (4, 6) and ref["layer4"].shape[-2:] == (2, 3)
-    assert out["pred_masks"].shape == ref["pred_masks"].shape
+    assert out.layer4.shape[-2:] == (4, 6) and ref.layer4.shape[-2:] == (2, 3)
+    assert out.pred_masks.shape == ref.pred_masks.shape
     # the stride-1 first conv sees every position the strided one saw
     torch.testing.assert_close(body.layer4[0].conv1(torch.ones(1, 256, 4, 4))[..., ::2, ::2],
                                plain.backbone.body.layer4[0].conv1(torch.ones(1, 256, 4, 4)))
@@ -103,8 +104,8 @@ def test_group_norm_backbone_trains_and_is_batch_independent():
     a, b = images((64, 64), (64, 64))
     both = model(PaddedBatch.from_images([a, b]))
     one = model(PaddedBatch.from_images([b]))
-    torch.testing.assert_close(both["pred_masks"][1:], one["pred_masks"], rtol=0, atol=1e-10)
-    both["pred_logits"].sum().backward()
+    torch.testing.assert_close(both.pred_masks[1:], one.pred_masks, rtol=0, atol=1e-10)
+    both.pred_logits.sum().backward()
     assert model.backbone.body.layer2[0].bn1.weight.grad is not None
 
 
@@ -125,8 +126,8 @@ def test_vgg_small_trunk_strides_training_and_batch_independence(dilation):
     assert model.state_dict().keys() == before.keys()
     both = model(PaddedBatch.from_images([a, b]))
     one = model(PaddedBatch.from_images([b]))
-    torch.testing.assert_close(both["pred_masks"][1:], one["pred_masks"], rtol=0, atol=1e-10)
-    both["pred_logits"].sum().backward()
+    torch.testing.assert_close(both.pred_masks[1:], one.pred_masks, rtol=0, atol=1e-10)
+    both.pred_logits.sum().backward()
     assert model.backbone.body.layer1[0][0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="vgg_small"):
         config.with_overrides(backbone_norm="frozen_bn")
@@ -160,10 +161,10 @@ def test_attention_maps_are_a_joint_softmax_and_zero_on_padding():
     batch = PaddedBatch.from_images(images((64, 96), (32, 64)))
     with torch.no_grad():
         det = model.detect(batch, return_attention=True)
-    att = det["attention_maps"]  # B x N x M x h x w
+    att = det.attention_maps  # B x N x M x h x w
     assert att.shape == (2, 6, 2, 2, 3)
     torch.testing.assert_close(att.sum((2, 3, 4)), torch.ones(2, 6, dtype=att.dtype))
-    pad = det["padding"]
+    pad = det.padding
     assert pad[1].sum() == 4 and not pad[0].any()  # 32x64 in 64x96: one row and a column of C5
     assert (att[1][:, :, pad[1]] == 0).all()
     assert (att[1][:, :, ~pad[1]] > 0).all()
@@ -178,7 +179,7 @@ def test_fast_masks_equal_the_direct_formulation(pos_keys):
         model.mask_head.lay1.weight[:, model.config.hidden_dim :] *= 100
     batch = PaddedBatch.from_images(images((64, 96), (40, 70)))
     with torch.no_grad():
-        full = model(batch)["pred_masks"]  # B x N x H/4 x W/4
+        full = model(batch).pred_masks  # B x N x H/4 x W/4
         det = model.detect(batch)
         queries = [torch.tensor([5, 0, 3]), torch.tensor([], dtype=torch.long)]
         fast = model.predict_masks(det, queries)
@@ -197,7 +198,8 @@ def test_batched_equals_one_by_one_for_same_size_images():
         alone = [model(PaddedBatch.from_images([im])) for im in ims]
     for i, one in enumerate(alone):
         for key in ("pred_logits", "pred_boxes", "pred_masks", "memory", "hs"):
-            b, o = (both[key][:, i], one[key][:, 0]) if key == "hs" else (both[key][i], one[key][0])
+            b, o = getattr(both, key), getattr(one, key)
+            b, o = (b[:, i], o[:, 0]) if key == "hs" else (b[i], o[0])
             torch.testing.assert_close(b, o, rtol=0, atol=1e-10)
 
 
@@ -207,10 +209,10 @@ def test_position_encoding_of_the_valid_region_ignores_padding():
     model = tiny_model()
     small, big = images((64, 96), (128, 160))
     with torch.no_grad():
-        alone = model.detect(PaddedBatch.from_images([small]))["pos"][0]
+        alone = model.detect(PaddedBatch.from_images([small])).pos[0]
         padded = model.detect(PaddedBatch.from_images([small, big]))
-    assert padded["padding"][0].sum() == 4 * 5 - 2 * 3
-    torch.testing.assert_close(padded["pos"][0, :, :2, :3], alone, rtol=0, atol=1e-6)
+    assert padded.padding[0].sum() == 4 * 5 - 2 * 3
+    torch.testing.assert_close(padded.pos[0, :, :2, :3], alone, rtol=0, atol=1e-6)
 
 
 def test_sine_position_encoding_values():
@@ -230,7 +232,7 @@ def test_gradients_reach_heads_and_trainable_backbone_only():
     batch = PaddedBatch.from_images(images((64, 64), dtype=torch.float32))
     det = model.detect(batch)
     masks = model.predict_masks(det, [torch.tensor([1, 4])])
-    (masks[0].sum() + det["pred_logits"].sum() + det["pred_boxes"].sum()).backward()
+    (masks[0].sum() + det.pred_logits.sum() + det.pred_boxes.sum()).backward()
     body = model.backbone.body
     assert body.layer1[0].conv1.weight.grad is None and not body.conv1.weight.requires_grad
     for p in (body.layer2[0].conv1.weight, model.mask_head.lay1.weight, model.bbox_attention.q_linear.weight):
@@ -243,12 +245,12 @@ def test_tiny_images_give_finite_outputs():
     with torch.no_grad():
         one = model(PaddedBatch.from_images(images((1, 1))))
         mixed = model(PaddedBatch.from_images(images((8, 8), (96, 96))), return_attention=True)
-    assert one["pred_masks"].shape == (1, 6, 1, 1)
-    assert mixed["padding"][0].sum() == 8  # 3x3 C5 grid, one valid cell
+    assert one.pred_masks.shape == (1, 6, 1, 1)
+    assert mixed.padding[0].sum() == 8  # 3x3 C5 grid, one valid cell
     for out in (one, mixed):
         for key in ("pred_logits", "pred_boxes", "pred_masks"):
-            assert torch.isfinite(out[key]).all()
-    on_cell = mixed["attention_maps"][0, :, :, 0, 0].sum(-1)  # N: all weight on that cell
+            assert torch.isfinite(getattr(out, key)).all()
+    on_cell = mixed.attention_maps[0, :, :, 0, 0].sum(-1)  # N: all weight on that cell
     torch.testing.assert_close(on_cell, torch.ones_like(on_cell))
 
 
@@ -280,7 +282,7 @@ def test_channels_last_gives_the_same_outputs():
         got = model(cl)
         got_fast = model.predict_masks(model.detect(cl), [torch.tensor([2, 0]), torch.tensor([5])])
     for key in ("pred_logits", "pred_boxes", "pred_masks"):
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-10)
+        torch.testing.assert_close(getattr(got, key), getattr(want, key), rtol=0, atol=1e-10)
     for g, w in zip(got_fast, want_fast, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
 
@@ -300,7 +302,7 @@ def test_prepare_for_inference_keeps_the_outputs():
     assert not any("bn" in k or "downsample.1" in k for k in model.state_dict())
     assert model.backbone.body.layer2[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     for key in ("layer4", "memory", "pred_logits", "pred_boxes", "pred_masks"):
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-10)
+        torch.testing.assert_close(getattr(got, key), getattr(want, key), rtol=0, atol=1e-10)
     for g, w in zip(got_fast, want_fast, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
 
@@ -316,7 +318,7 @@ def test_mask_attention_options():
     batch = PaddedBatch.from_images(images((64, 96), (40, 70)))
     with torch.no_grad():
         det = model.detect(batch, return_attention=True)
-        by_hand = model.bbox_attention(det["hs"][-1], det["memory"] + det["pos"], det["padding"])
-        without = model.bbox_attention(det["hs"][-1], det["memory"], det["padding"])
-    torch.testing.assert_close(det["attention_maps"], by_hand, rtol=0, atol=0)
-    assert (det["attention_maps"] - without).abs().max() > 1e-3
+        by_hand = model.bbox_attention(det.hs[-1], det.memory + det.pos, det.padding)
+        without = model.bbox_attention(det.hs[-1], det.memory, det.padding)
+    torch.testing.assert_close(det.attention_maps, by_hand, rtol=0, atol=0)
+    assert (det.attention_maps - without).abs().max() > 1e-3

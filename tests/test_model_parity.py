@@ -67,8 +67,8 @@ def max_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 @pytest.mark.parametrize("key", KEYS)
 def test_float64_matches_the_original(float64, official, key):
     _, out = float64
-    assert out[key].dtype == torch.float64
-    assert max_error(out[key], official[key]) < 1e-8
+    assert getattr(out, key).dtype == torch.float64
+    assert max_error(getattr(out, key), official[key]) < 1e-8
 
 
 def test_float64_fast_mask_path_matches_the_original(float64, official):
@@ -84,8 +84,8 @@ def test_float64_fast_mask_path_matches_the_original(float64, official):
 @pytest.mark.parametrize("key", list(FLOAT32_NOISE))
 def test_float32_within_three_times_the_original_noise(float32, official, key):
     _, out = float32
-    assert out[key].dtype == torch.float32
-    assert max_error(out[key], official[key]) < 3 * FLOAT32_NOISE[key]
+    assert getattr(out, key).dtype == torch.float32
+    assert max_error(getattr(out, key), official[key]) < 3 * FLOAT32_NOISE[key]
 
 
 def test_float32_fast_mask_path_equals_the_full_forward(float32):
@@ -93,7 +93,7 @@ def test_float32_fast_mask_path_equals_the_full_forward(float32):
     with torch.no_grad():
         masks = model.predict_masks(out, [torch.arange(100), torch.arange(100)])
     # same maths, only the first convolution's sum is split: float32 rounding apart
-    torch.testing.assert_close(torch.stack(masks), out["pred_masks"], rtol=0, atol=2e-4)
+    torch.testing.assert_close(torch.stack(masks), out.pred_masks, rtol=0, atol=2e-4)
 
 
 def test_reference_outputs_are_not_degenerate(official):
@@ -111,7 +111,7 @@ def test_float32_channels_last_within_three_times_the_original_noise(checkpoint,
     with torch.no_grad():
         out = model(PaddedBatch(official["input"].float(), official["input_mask"]))
     for key, noise in FLOAT32_NOISE.items():
-        assert max_error(out[key], official[key]) < 3 * noise
+        assert max_error(getattr(out, key), official[key]) < 3 * noise
 
 
 def test_prepared_for_inference_matches_the_original(checkpoint, official):
@@ -123,10 +123,10 @@ def test_prepared_for_inference_matches_the_original(checkpoint, official):
         det = model.detect(PaddedBatch(official["input"], official["input_mask"]))
         masks = model.predict_masks(det, queries)
         for key in ("layer4", "memory", "hs", "pred_logits", "pred_boxes"):
-            assert max_error(det[key], official[key]) < 1e-8
+            assert max_error(getattr(det, key), official[key]) < 1e-8
         for i, idx in enumerate(queries):
             assert max_error(masks[i], official["pred_masks"][i, idx]) < 1e-8
         model = load_pretrained(checkpoint).model.prepare_for_inference()  # folded in float32
         out = model(PaddedBatch(official["input"].float(), official["input_mask"]))
     for key, noise in FLOAT32_NOISE.items():
-        assert max_error(out[key], official[key]) < 3 * noise
+        assert max_error(getattr(out, key), official[key]) < 3 * noise

@@ -61,9 +61,9 @@ def test_kept_query_masks_equal_full_forward_masks(attention_pos):
     x = [preprocess(picture(48, 72, seed=s), 64, 96).double() for s in (0, 1)]
     batch = PaddedBatch.from_images([x[0], x[1][:, :48]])
     with torch.inference_mode():
-        full = model(batch)["pred_masks"]
+        full = model(batch).pred_masks
         det = model.detect(batch)
-        keep = select_queries(det["pred_logits"], 0.5)
+        keep = select_queries(det.pred_logits, 0.5)
         kept = model.predict_masks(det, keep)
     assert any(len(k) for k in keep)
     for i, k in enumerate(keep):

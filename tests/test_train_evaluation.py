@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -39,7 +41,9 @@ class Oracle(nn.Module):
         for s, lab in enumerate(self.target.labels.tolist()):
             logits[:, s, -1] = 0.0 if self.score_logit < 10 else -10.0
             logits[:, s, (lab + self.shift - 1) % 3 + 1] = self.score_logit
-        return {"pred_logits": logits.to(self.dtype), "pred_boxes": torch.rand(len(batch), self.n, 4)}
+        # the fields of a Detection that the evaluation reads
+        boxes = torch.rand(len(batch), self.n, 4)
+        return SimpleNamespace(pred_logits=logits.to(self.dtype), pred_boxes=boxes)
 
     def predict_masks(self, det, queries, chunk=None):
         small = self.target.masks[:, ::4, ::4].float() * 20 - 10  # S x H/4 x W/4
@@ -62,7 +66,7 @@ def test_oracle_scores_near_100_and_wrong_classes_0():
 def test_bfloat16_logits_near_the_threshold_select_as_float32():
     """Under bfloat16 autocast the logits are bfloat16: a query at probability 0.8808 (0.8789 once
     rounded) against threshold 0.88 must be kept or dropped the same by the query selection and
-    the post-processing (it used to be dropped by one and kept by the other: a ValueError)."""
+    the post-processing (dropped by one and kept by the other, it would be a ValueError)."""
     image, t = scene()
     val = [(image, t)] * 2
     evaluate = make_evaluator(CATS, threshold=0.88)

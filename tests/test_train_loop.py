@@ -205,3 +205,19 @@ def test_backbone_stem_frozen_unless_asked(tmp_path, train_stem):
     stem, layer2 = "backbone.body.conv1.weight", "backbone.body.layer2.0.conv1.weight"
     assert torch.equal(start[stem], end[stem]) != train_stem
     assert not torch.equal(start[layer2], end[layer2])
+
+
+def test_training_gives_the_model_its_trainable_flags_back(tmp_path):
+    """Stages and a frozen backbone change requires_grad while training; the run keeps what the
+    model left trainable itself and restores it at the end, storing nothing on the model."""
+    parts = make_parts(0.0)
+    model = parts.model
+    model.bbox_embed.weight.requires_grad_(False)  # frozen by its owner: must stay frozen
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    attributes = set(vars(model))
+    start = model.bbox_embed.weight.detach().clone()
+    cfg = make_cfg(tmp_path, steps=2, schedule="two_stage", stage1_steps=1, optim={"lr_backbone": 0.0})
+    train(cfg, parts=parts, progress=False)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert set(vars(model)) == attributes
+    assert torch.equal(model.bbox_embed.weight, start)

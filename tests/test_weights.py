@@ -145,7 +145,7 @@ def test_loaded_model_computes_with_the_loaded_weights():
     load_state_dict_strict(b, from_hf(to_hf(sd)))
     batch = PaddedBatch.from_images([torch.randn(3, 64, 64)])
     with torch.no_grad():
-        torch.testing.assert_close(a(batch)["pred_masks"], b(batch)["pred_masks"], rtol=0, atol=0)
+        torch.testing.assert_close(a(batch).pred_masks, b(batch).pred_masks, rtol=0, atol=0)
 
 
 def test_registry_records():

@@ -1,11 +1,13 @@
-"""A few-hundred-parameter stand-in with DETRPanoptic's training interface (detect,
-predict_masks, aux_outputs; mask head per query), for trainer tests that need no backbone."""
+"""A few-hundred-parameter stand-in with DETRPanoptic's training interface (detect returning a
+`Detection`, predict_masks, class_embed; mask head per query), for trainer tests that need no
+backbone. Its feature map stands in for the encoder memory (and every other map)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from panoptic_detr.model.detr import Detection, LayerOutput
 from panoptic_detr.structures import PaddedBatch, Target
 
 
@@ -22,33 +24,34 @@ class TinyDETR(nn.Module):
         self.bbox_attention = nn.Linear(dim, dim)
         self.mask_head = nn.Conv2d(1, 1, kernel_size=3, padding=1)
 
-    def detect(self, batch: PaddedBatch, return_attention: bool = False) -> dict:
+    def detect(self, batch: PaddedBatch, return_attention: bool = False) -> Detection:
         feats = self.backbone(batch.images)  # B x C x H/4 x W/4
         g = feats.mean(dim=(2, 3))[:, None]  # B x 1 x C
         hs = self.query_embed.weight[None] + g
-        outs = []
+        outs, states = [], []
         for layer in self.decoder:
             hs = self.dropout(torch.tanh(layer(hs) + g))
-            outs.append({"pred_logits": self.class_embed(hs), "pred_boxes": self.bbox_embed(hs).sigmoid()})
-        det = dict(outs[-1])
-        det["aux_outputs"] = outs[:-1]
-        det["features"] = feats
-        det["hs"] = hs
-        return det
+            outs.append(LayerOutput(self.class_embed(hs), self.bbox_embed(hs).sigmoid()))
+            states.append(hs)
+        padding = torch.zeros((feats.shape[0], *feats.shape[-2:]), dtype=torch.bool, device=feats.device)
+        last = outs[-1]
+        return Detection(pred_logits=last.pred_logits, pred_boxes=last.pred_boxes, aux_outputs=outs[:-1],
+                         layer4=feats, pos=torch.zeros_like(feats), memory=feats, hs=torch.stack(states),
+                         padding=padding, src_proj=feats, fpns=[feats])
 
-    def predict_masks(self, det: dict, queries: list[Tensor], chunk: int | None = None) -> list[Tensor]:
+    def predict_masks(self, det: Detection, queries: list[Tensor], chunk: int | None = None) -> list[Tensor]:
         out = []
         for i, q in enumerate(queries):
-            emb = self.bbox_attention(det["hs"][i, q])  # Q x C
-            m = torch.einsum("qc,chw->qhw", emb, det["features"][i])
+            emb = self.bbox_attention(det.hs[-1, i, q])  # Q x C
+            m = torch.einsum("qc,chw->qhw", emb, det.memory[i])
             out.append(self.mask_head(m[:, None])[:, 0])  # Q x H/4 x W/4
         return out
 
-    def forward(self, batch: PaddedBatch) -> dict:
+    def forward(self, batch: PaddedBatch) -> Detection:
         det = self.detect(batch)
-        n = det["pred_logits"].shape[1]
-        masks = self.predict_masks(det, [torch.arange(n)] * len(batch))
-        return {**det, "pred_masks": torch.stack(masks)}
+        n = det.pred_logits.shape[1]
+        det.pred_masks = torch.stack(self.predict_masks(det, [torch.arange(n)] * len(batch)))
+        return det
 
 
 class ToyScenes(torch.utils.data.Dataset):

@@ -322,12 +322,12 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
                                                        input_size, labels, pred.is_thing.cpu()).items()}
     queries = query_statuses(logits, boxes_px, selected.cpu(), result, seg_of_query, cats)
     threshold = pred.threshold
-    c5 = det["layer4"][0].float()  # C5 x h/32 x w/32
+    c5 = det.layer4[0].float()  # C5 x h/32 x w/32
     stride = 16 if getattr(getattr(model, "config", None), "dilation", False) else 32
     return Explanation(
         image=image, input_size=input_size, c5_norm=c5.norm(dim=0).cpu(),
         pred_logits=logits, pred_boxes=seg.boxes.cpu(),
-        attention_maps=det["attention_maps"][0].float().cpu(),
+        attention_maps=det.attention_maps[0].float().cpu(),
         mask_queries=mask_queries.cpu(), mask_logits=mask_logits.float().cpu(),
         result=result, queries=queries, categories=cats, threshold=threshold, c5_stride=stride,
         meta=meta,

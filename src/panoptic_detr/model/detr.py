@@ -4,9 +4,9 @@ backbone -> C5 -> 1x1 conv to d -> transformer(+ sine positions, N learned queri
 every query a class (K + no-object) and a box; the mask head turns the last decoder output's
 attention over the encoder memory, plus C4/C3/C2, into a mask per query at stride 4.
 
-`detect` runs everything but the mask head; `predict_masks` runs the mask head for chosen
-queries only (training: the matched ones; inference: the confident ones). `forward` does
-both for all queries, as the original.
+`detect` runs everything but the mask head and returns a `Detection`; `predict_masks` runs the
+mask head for chosen queries only (training: the matched ones; inference: the confident ones).
+`forward` does both for all queries, as the original.
 
 Parameter names equal the original checkpoints' without the `detr.` prefix (and with
 `backbone.body` for `backbone.0.body`); see `weights.py`.
@@ -14,20 +14,19 @@ Parameter names equal the original checkpoints' without the `detr.` prefix (and 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..settings import MaskChunk
 from ..structures import PaddedBatch
 from .backbone import Backbone
 from .config import DETRConfig
 from .mask_head import MaskHead, MHAttentionMap
 from .position import sine_position_encoding
 from .transformer import Transformer
-
-MaskChunk = int | None | Literal["auto"]
 
 MASK_CHUNK_BYTES = 24 * 2**20
 """chunk="auto" on a CPU: as many queries per mask-head call as keep its largest activation
@@ -36,6 +35,49 @@ pages the kernel zeroes on first touch: at 800x1066, 10 queries at a time made 6
 and the mask stage 45 % slower than 4 at a time (benchmarks/RESULTS.md)."""
 GPU_MASK_CHUNK = 10
 """chunk="auto" elsewhere: bounds the head's memory (chunk x d/8 x H/4 x W/4 values)."""
+
+
+@dataclass
+class LayerOutput:
+    """One decoder layer's predictions."""
+
+    pred_logits: Tensor
+    """[B, N, K+1] class logits (the last is no-object)."""
+    pred_boxes: Tensor
+    """[B, N, 4] normalised (cx, cy, w, h)."""
+
+
+@dataclass
+class Detection:
+    """What `DETRPanoptic.detect` computes: the predictions of every query and the
+    intermediates the mask head and `explain` read (B images, N queries, d = hidden_dim,
+    L decoder layers, h x w = H/32 x W/32 the C5 grid, or H/16 x W/16 with dilation)."""
+
+    pred_logits: Tensor
+    """[B, N, K+1] the last decoder layer's class logits (the last class is no-object)."""
+    pred_boxes: Tensor
+    """[B, N, 4] the last decoder layer's boxes, normalised (cx, cy, w, h)."""
+    aux_outputs: list[LayerOutput]
+    """The same for every decoder layer but the last (L - 1 entries), for the auxiliary losses."""
+    layer4: Tensor
+    """[B, C5, h, w] the backbone's last feature map."""
+    pos: Tensor
+    """[B, d, h, w] sine position encoding (float32, as the original, for any model dtype)."""
+    memory: Tensor
+    """[B, d, h, w] the encoder's output."""
+    hs: Tensor
+    """[L, B, N, d] every decoder layer's output."""
+    padding: Tensor
+    """[B, h, w] bool, True on padding."""
+    src_proj: Tensor
+    """[B, d, h, w] C5 projected to d (the transformer's input; the mask head's too)."""
+    fpns: list[Tensor]
+    """[C4, C3, C2] backbone maps for the mask head's FPN, [B, C_i, H/s, W/s] at s = 16, 8, 4."""
+    attention_maps: Tensor | None = None
+    """With `return_attention`: [B, N, M, h, w] the mask head's attention (softmax jointly over
+    M heads x positions, 0 on padding)."""
+    pred_masks: Tensor | None = None
+    """The full `forward` only: [B, N, H/4, W/4] mask logits of every query."""
 
 
 class MLP(nn.Module):
@@ -85,19 +127,8 @@ class DETRPanoptic(nn.Module):
             self.to(memory_format=torch.channels_last)
         return self
 
-    def detect(self, batch: PaddedBatch, return_attention: bool = False) -> dict[str, Any]:
-        """Everything but the masks.
-
-        Returns a dict with
-        - pred_logits [B, N, K+1], pred_boxes [B, N, 4] (normalised cx, cy, w, h),
-        - aux_outputs: one dict (pred_logits, pred_boxes) per decoder layer but the last,
-        - intermediates: layer4 (C5) [B, C5, H/32, W/32], pos [B, d, H/32, W/32],
-          memory [B, d, H/32, W/32], hs [L, B, N, d], padding [B, H/32, W/32],
-        - what the mask head needs: src_proj [B, d, H/32, W/32] (projected C5) and
-          fpns [C4, C3, C2],
-        - with `return_attention`, attention_maps [B, N, M, H/32, W/32] (the mask head's
-          input: softmax jointly over heads x positions, 0 on padding).
-        """
+    def detect(self, batch: PaddedBatch, return_attention: bool = False) -> Detection:
+        """Everything but the masks; with `return_attention`, also the mask head's attention maps."""
         feats, masks = self.backbone(batch.images, batch.mask)
         c5, padding = feats[-1], masks[-1]
         # float32 whatever the model's dtype, as the original (its float64 outputs carry this)
@@ -106,79 +137,79 @@ class DETRPanoptic(nn.Module):
         hs, memory = self.transformer(src_proj, padding, self.query_embed.weight, pos)
         logits = self.class_embed(hs)  # L x B x N x K+1
         boxes = self.bbox_embed(hs).sigmoid()  # L x B x N x 4
-        out: dict[str, Any] = {
-            "pred_logits": logits[-1],
-            "pred_boxes": boxes[-1],
-            "aux_outputs": [
-                {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
-            ],
-            "layer4": c5,
-            "pos": pos,
-            "memory": memory,
-            "hs": hs,
-            "padding": padding,
-            "src_proj": src_proj,
-            "fpns": [feats[2], feats[1], feats[0]],
-        }
+        det = Detection(
+            pred_logits=logits[-1],
+            pred_boxes=boxes[-1],
+            aux_outputs=[LayerOutput(lg, bx) for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)],
+            layer4=c5,
+            pos=pos,
+            memory=memory,
+            hs=hs,
+            padding=padding,
+            src_proj=src_proj,
+            fpns=[feats[2], feats[1], feats[0]],
+        )
         if return_attention:
-            out["attention_maps"] = self.bbox_attention(hs[-1], self._keys(out), padding)
-        return out
+            det.attention_maps = self.bbox_attention(hs[-1], self._keys(det), padding)
+        return det
 
-    def _keys(self, det: dict[str, Any]) -> Tensor:
-        """What the mask head's attention map attends over: [B, d, H/32, W/32]."""
+    def _keys(self, det: Detection) -> Tensor:
+        """What the mask head's attention map attends over: [B, d, h, w]."""
         if self.config.mask_attention_pos:
-            return det["memory"] + det["pos"].to(det["memory"].dtype)
-        return det["memory"]
+            return det.memory + det.pos.to(det.memory.dtype)
+        return det.memory
 
-    def mask_chunk(self, det: dict[str, Any]) -> int:
+    def mask_chunk(self, det: Detection) -> int:
         """What chunk="auto" of `predict_masks` means for `det` (see `MASK_CHUNK_BYTES`)."""
-        c2 = det["fpns"][-1]  # B x C2 x H/4 x W/4
+        c2 = det.fpns[-1]  # B x C2 x H/4 x W/4
         if c2.device.type != "cpu":
             return GPU_MASK_CHUNK
         per_query = self.mask_head.adapter3.out_channels * c2.shape[-2] * c2.shape[-1] * c2.element_size()
         return max(1, MASK_CHUNK_BYTES // per_query)
 
     def predict_masks(
-        self, det: dict[str, Any], queries: list[Tensor], chunk: MaskChunk = None
+        self, det: Detection, queries: list[Tensor], chunk: MaskChunk = None
     ) -> list[Tensor]:
         """Mask logits of the chosen queries only.
 
-        det: the output of `detect`; queries: per image a LongTensor of query indices.
+        det: what `detect` returned; queries: per image a LongTensor of query indices.
         chunk: run the per-query part of the head this many queries at a time (the same masks:
         the head is per query and its GroupNorm normalises each query on its own), which bounds
         its stride-4 activations (chunk x d/8 x H/4 x W/4 floats); None: all at once; "auto":
         `self.mask_chunk(det)`.
         Returns per image [Q_i, H/4, W/4] mask logits, in the order of `queries[i]`.
         """
-        if len(queries) != det["hs"].shape[1]:
-            raise ValueError(f"queries has {len(queries)} entries for {det['hs'].shape[1]} images")
+        if len(queries) != det.hs.shape[1]:
+            raise ValueError(f"queries has {len(queries)} entries for {det.hs.shape[1]} images")
         if chunk == "auto":
             chunk = self.mask_chunk(det)
-        last = det["hs"][-1]  # B x N x d
+        last = det.hs[-1]  # B x N x d
         keys = self._keys(det)
-        size = det["fpns"][-1].shape[-2:]  # H/4 x W/4
+        size = det.fpns[-1].shape[-2:]  # H/4 x W/4
         out = []
         for i, idx in enumerate(queries):
             if idx.numel() == 0:  # nothing kept: not even the image's shared part is needed
                 out.append(last.new_zeros((0, *size)))
                 continue
             one = slice(i, i + 1)
-            shared = self.mask_head.image_features(det["src_proj"][one], [f[one] for f in det["fpns"]])
+            shared = self.mask_head.image_features(det.src_proj[one], [f[one] for f in det.fpns])
             idx = idx.to(last.device)
             parts = []
             for part in idx.split(chunk) if chunk else (idx,):
-                att = self.bbox_attention(last[one, part], keys[one], det["padding"][one])[0]  # q x M x h x w
+                att = self.bbox_attention(last[one, part], keys[one], det.padding[one])[0]  # q x M x h x w
                 parts.append(self.mask_head.query_masks(shared, att))
             out.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         return out
 
-    def forward(self, batch: PaddedBatch, return_attention: bool = False) -> dict[str, Any]:
-        """The full model as the original: `detect` plus pred_masks [B, N, H/4, W/4] for every
-        query (through the mask head's direct formulation)."""
-        out = self.detect(batch, return_attention=True)
-        att = out["attention_maps"] if return_attention else out.pop("attention_maps")
-        out["pred_masks"] = self.mask_head(out["src_proj"], att, out["fpns"])
-        return out
+    def forward(self, batch: PaddedBatch, return_attention: bool = False) -> Detection:
+        """The full model as the original: `detect` plus `pred_masks` for every query (through
+        the mask head's direct formulation)."""
+        det = self.detect(batch, return_attention=True)
+        att = det.attention_maps
+        if not return_attention:
+            det.attention_maps = None
+        det.pred_masks = self.mask_head(det.src_proj, att, det.fpns)
+        return det
 
 
 def build_model(config: DETRConfig) -> DETRPanoptic:

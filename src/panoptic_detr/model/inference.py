@@ -8,13 +8,13 @@ Pure tensor code, like the rest of `model/`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..settings import MaskChunk
 from ..structures import PaddedBatch, PanopticResult
-from .detr import MaskChunk
+from .detr import Detection
 from .postprocess import StuffMerge, panoptic_postprocess, select_queries
 
 
@@ -33,7 +33,7 @@ class Segmentation:
     masks: Tensor
     """[Q, h/4, w/4] float32 mask logits of the kept queries (h, w: the network's input,
     padded when the image ran in a padded batch)."""
-    det: dict[str, Any] | None = None
+    det: Detection | None = None
     """With `keep_det`: the `detect` outputs of the batch the image ran in, row `row`."""
     row: int = 0
 
@@ -77,7 +77,7 @@ def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, mask_chu
              keep_det) -> list[Segmentation]:
     det = model.detect(batch, return_attention=return_attention)
     # post-processing in float32 whatever the network's dtype (bfloat16 weights, autocast)
-    logits, boxes = det["pred_logits"].float(), det["pred_boxes"].float()
+    logits, boxes = det.pred_logits.float(), det.pred_boxes.float()
     kept = select_queries(logits, threshold)
     masks = model.predict_masks(det, kept, chunk=mask_chunk)
     padded = tuple(batch.images.shape[-2:])

@@ -96,18 +96,24 @@ class OptimSection:
     """Linear warm-up from 0 over this many optimiser steps."""
 
 
-@dataclass
-class LossSection:
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms in the total (DETR's panoptic defaults); the `loss:` section."""
+
     ce: float = 1.0
     bbox: float = 5.0
     giou: float = 2.0
     mask: float = 1.0
+    """Sigmoid focal loss on mask logits."""
     dice: float = 1.0
     eos_coef: float = 0.1
+    """Relative class weight of no-object in the cross-entropy."""
     semantic: float = 0.0
-    """Dense class loss on the encoder memory (0: DETR's loss); speeds up learning from scratch."""
+    """Dense class loss on the encoder memory through the class head (`criterion.semantic_loss`);
+    0, the default, is DETR's loss. Speeds up learning from scratch."""
     segment: float = 0.0
-    """Class loss of each ground-truth segment's mask-pooled encoder memory (0: DETR's loss)."""
+    """Class loss of every ground-truth segment's mask-pooled encoder memory through the class
+    head (`criterion.segment_class_loss`); 0, the default, is DETR's loss."""
 
 
 @dataclass
@@ -115,7 +121,7 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
-    loss: LossSection = field(default_factory=LossSection)
+    loss: LossWeights = field(default_factory=LossWeights)
     schedule: str = "joint"
     """"joint" (everything at once), "two_stage" (detector for `stage1_steps`, then the frozen
     detector with the mask head), "finetune" (start from `init`, class head re-initialised)."""

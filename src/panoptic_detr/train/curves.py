@@ -1,4 +1,5 @@
-"""The training curve: losses and validation PQ against the step, as a PNG (matplotlib Agg)."""
+"""A run's metrics.jsonl (one JSON record a line: logged losses, or validation scores) and its
+curve: losses and validation PQ against the step, as a PNG (matplotlib Agg)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget records logged after the checkpoint (they will be logged again)."""
+    records = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def plot_curves(records: list[dict[str, Any]], png: str | Path, title: str = "") -> Path:

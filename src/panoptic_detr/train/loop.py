@@ -1,10 +1,11 @@
-"""The training loop: a config in, metrics out.
+"""The training run: a config in, metrics out.
 
 `train(cfg)` builds the model and data from the config (or takes them ready-made as `parts`),
-then runs optimiser steps until `cfg.steps`, logging to `OUT/metrics.jsonl` and `OUT/curves.png`,
-evaluating PQ on the validation set and writing checkpoints (rank 0 only). `train(cfg,
-resume=True)` continues from `OUT/checkpoint_last.pt` exactly where it stopped: the same
-parameters, optimiser and scheduler state, samples still to come in the epoch, and RNG states.
+then a `trainer.Trainer` runs optimiser steps until `cfg.steps` with the hooks of `hooks.py`:
+logging to `OUT/metrics.jsonl` and `OUT/curves.png`, evaluating PQ on the validation set and
+writing checkpoints (rank 0 only). `train(cfg, resume=True)` continues from
+`OUT/checkpoint_last.pt` exactly where it stopped: the same parameters, optimiser and scheduler
+state, samples still to come in the epoch, and RNG states.
 
 Exactness rests on three choices: the data order is a pure function of (seed, epoch) and the
 position in the epoch; every sample's augmentation is seeded by (seed, epoch, index), so neither
@@ -13,19 +14,15 @@ depends on workers or on when the run was interrupted; the global RNG (dropout) 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -33,10 +30,10 @@ from .. import checkpoint as ckpt_io
 from ..data.collate import collate_padded
 from ..data.files import atomic_write
 from ..data.transforms import PanopticTransform, eval_transforms, train_transforms
-from ..structures import Categories, Target
-from .config import TrainConfig
-from .criterion import LossWeights, ModelWithLoss, SetCriterion
-from .curves import plot_curves, read_metrics
+from ..structures import Categories, PaddedBatch, Target
+from .config import OptimSection, TrainConfig
+from .criterion import SetCriterion
+from .curves import truncate_metrics
 from .distributed import (
     DistInfo,
     ResumableSampler,
@@ -44,17 +41,21 @@ from .distributed import (
     broadcast_object,
     cleanup_distributed,
     init_distributed,
-    reduce_mean,
     resolve_device,
 )
+from .hooks import (
+    Checkpointer,
+    CurvePlotter,
+    EvaluateFn,
+    Exporter,
+    MetricsLogger,
+    PeriodicEvaluation,
+    set_rng_state,
+)
+from .trainer import Trainer, TrainState
 
-# evaluate_fn(model, val_set, device, dist_info) -> {"pq": ..., "pq_th": ..., "pq_st": ...}
-EvaluateFn = Callable[[nn.Module, Dataset, torch.device, DistInfo], dict[str, float]]
-
-MASK_HEAD_PREFIXES = ("bbox_attention.", "mask_head.")
-"""Parameters of the mask head (trained alone in the second stage of "two_stage")."""
-PLOT_EVERY_S = 60.0
-"""Seconds between redraws of curves.png while training (also drawn at checkpoints and at the end)."""
+__all__ = ["Augmented", "EvaluateFn", "RunParts", "TrainError", "build_parts", "lr_factor", "param_groups",
+           "total_steps", "train", "training_transform"]
 
 
 class TrainError(RuntimeError):
@@ -175,42 +176,10 @@ def lr_factor(step: int, warmup: int, drop: int, gamma: float) -> float:
     return f * (gamma if drop > 0 and step >= drop else 1.0)
 
 
-def configure_stage(model: nn.Module, cfg: TrainConfig, step: int, trainable: set[str]) -> str:
-    """Set which parameters train at `step`; returns the stage name.
-
-    trainable: the parameters the model itself leaves trainable (DETR freezes the backbone's
-    stem and layer1); nothing outside it is ever unfrozen. joint / finetune: all of those (a
-    backbone with lr_backbone 0 stays frozen). two_stage: the detector without the mask head
-    until `stage1_steps`, then the mask head alone on the frozen detector."""
-    stage = "joint"
-    if cfg.schedule == "two_stage":
-        stage = "detector" if step < cfg.stage1_steps else "masks"
-    for name, p in model.named_parameters():
-        is_mask = name.startswith(MASK_HEAD_PREFIXES)
-        train_it = name in trainable and {"joint": True, "detector": not is_mask, "masks": is_mask}[stage]
-        if name.startswith("backbone") and cfg.optim.lr_backbone <= 0:
-            train_it = False
-        p.requires_grad_(train_it)
-    return stage
-
-
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     if cfg.steps > 0:
         return cfg.steps
     return max(1, cfg.epochs * batches_per_epoch // cfg.grad_accum)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def train(
@@ -237,16 +206,7 @@ def train(
 def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[str, Any]:
     device = resolve_device(cfg.device, info)
     out = Path(cfg.out_dir)
-    last_path = out / ckpt_io.LAST
-    resume_path = Path(resume) if isinstance(resume, str) and resume else last_path
-    if not resume and last_path.exists() and not overwrite:
-        raise TrainError(f"{last_path}: a run is already there; pass --resume to continue it or --overwrite")
-    if resume:
-        # read before building anything, so a bad file fails fast with its own message
-        resumed = ckpt_io.load_checkpoint(resume_path)
-        if "train_state" not in resumed:
-            raise TrainError(f"{resume_path}: checkpoint has no training state to resume from")
-
+    resumed, resume_path = _resume_source(out, resume, overwrite)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     parts = parts or build_parts(cfg, info)
     if evaluate_fn is None and parts.val_set is not None:
@@ -254,169 +214,98 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
 
         evaluate_fn = make_evaluator(parts.categories, cfg.eval_threshold)
     model = parts.model.to(device)
-    criterion = SetCriterion(
-        num_classes=parts.categories.num_classes,
-        weights=LossWeights(**vars(cfg.loss)),
-    )
+    criterion = SetCriterion(num_classes=parts.categories.num_classes, weights=cfg.loss)
     train_set = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
         if parts.val_set is not None else None
-
-    # the fused kernel: one pass over all parameters (8 ms against 40 for the default per-tensor
-    # loops on the learning recipe's 13 M parameters, 2 CPU threads), the same update rule
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.lr, cfg.optim.lr_backbone),
-                                  weight_decay=cfg.optim.weight_decay, fused=device.type in ("cpu", "cuda"))
-    o = cfg.optim
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, o.warmup_steps, o.lr_drop, o.lr_gamma)
-    )
+    optimizer, scheduler = _optimizer(model, cfg.optim, device)
     per_epoch = len(train_set) // (cfg.batch_size * info.world_size)
     if per_epoch == 0:
         raise TrainError(f"{cfg.data.train or 'training set'}: {len(train_set)} images, fewer than "
                          f"one batch of {cfg.batch_size} x {info.world_size} processes")
-    steps = total_steps(cfg, per_epoch)
-    state = {"step": 0, "epoch": 0, "position": 0, "best_pq": -math.inf}
-    if resume:
+    state = TrainState()
+    if resumed is not None:
         ckpt_io.check_architecture(resumed, parts.model_config, resume_path)
         ckpt_io.load_model_state(model, resumed["model"], resume_path)
         ts = resumed["train_state"]
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
-        state.update({k: ts[k] for k in state})
+        state = TrainState(**{k: ts[k] for k in vars(state)})
         rngs = ts["rng"]
-        _set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0], device)
+        set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0], device)
         del resumed
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(out / "metrics.jsonl", state["step"])
-        if parts.init_report is not None:
-            from .finetune import summary
+        _prepare_out_dir(out, state.step, cfg, parts)
 
-            tqdm.write(f"init from {cfg.init}: {summary(parts.init_report)}")
-            report = json.dumps(parts.init_report, indent=1).encode()
-            atomic_write(out / "init_report.json", lambda f: f.write(report))
-
-    # what the model itself leaves trainable, recorded once: stages change requires_grad later
-    if not hasattr(model, "_trainable_at_start"):
-        model._trainable_at_start = {n for n, p in model.named_parameters() if p.requires_grad}
-    backbone = {n for n, _ in model.named_parameters() if n.startswith("backbone.")}
-    trainable = model._trainable_at_start | (backbone if cfg.optim.train_stem else set())
-    stage = configure_stage(model, cfg, state["step"], trainable)
-    step_module = _wrap(ModelWithLoss(model, criterion, cfg.all_query_masks), info, device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-
-    def batches():
-        """Batches from the current position on, across epochs; tracks epoch and position."""
-        while True:
-            train_set.epoch = state["epoch"]
-            sampler = ResumableSampler(train_set, info, cfg.seed, state["epoch"],
-                                       skip=state["position"] * cfg.batch_size)
-            loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                collate_fn=collate_padded, num_workers=cfg.data.num_workers,
-                                generator=torch.Generator())  # keeps the global RNG out of it
-            for batch in loader:
-                state["position"] += 1
-                yield batch
-            state["epoch"] += 1
-            state["position"] = 0
-
-    stream = batches()
-    # with a time budget the step count is only a cap: the bar shows the minutes left instead
-    # of an ETA to a step the run will not reach
-    bar = tqdm(total=None if cfg.time_limit > 0 else steps, initial=state["step"],
-               disable=not (progress and info.is_main), desc="train", unit="step", dynamic_ncols=True)
-    sums: dict[str, float] = {}
-    images, t0 = 0, time.perf_counter()
-    started = plotted = t0
-    metrics: dict[str, Any] = {}
-    model.train()
-    # images in the model's precision (float64 models train too: tests check exactness with them)
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    while state["step"] < steps:
-        micro_batches = [next(stream) for _ in range(cfg.grad_accum)]
-        # the loss normalisers count the whole step, so accumulated micro-batches add up to it
-        counts = [int((~t.iscrowd.bool()).sum()) for _, ts in micro_batches for t in ts]
-        for micro, (batch, targets) in enumerate(micro_batches):
-            batch = batch.to(device=device, dtype=dtype)
-            targets = [t.to(device) for t in targets]
-            sync = micro == cfg.grad_accum - 1 or not isinstance(step_module, DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else step_module.no_sync()):
-                with amp:
-                    losses = step_module(batch, targets, counts)
-                losses["loss"].backward()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            images += len(batch) * info.world_size
-        if o.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_max_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        step = state["step"]
-        bar.update(1)
-
-        if cfg.schedule == "two_stage" and configure_stage(model, cfg, step, trainable) != stage:
-            stage = configure_stage(model, cfg, step, trainable)
-            # DDP registers the trainable parameters when wrapping: wrap again for the new set
-            step_module = _wrap(ModelWithLoss(model, criterion, cfg.all_query_masks), info, device)
-
-        done = step == steps or (cfg.time_limit > 0 and _out_of_time(started, cfg.time_limit, info, device))
-        if step % cfg.log_every == 0 or done:
-            n = step % cfg.log_every or cfg.log_every
-            elapsed = time.perf_counter() - t0
-            metrics = reduce_mean({k: v / n for k, v in sums.items()}, info, device)
-            metrics.update(step=step, epoch=state["epoch"], lr=optimizer.param_groups[0]["lr"],
-                           images_per_s=images / max(elapsed, 1e-9), stage=stage)
-            post = {"loss": f"{metrics['loss']:.3f}", "img_s": f"{metrics['images_per_s']:.1f}"}
-            if cfg.time_limit > 0:
-                post["left"] = f"{max(0.0, cfg.time_limit - (time.perf_counter() - started) / 60):.1f}min"
-            bar.set_postfix(post)
-            if info.is_main:
-                _append_metrics(out / "metrics.jsonl", metrics)
-            sums, images, t0 = {}, 0, time.perf_counter()
-
-        evaluated = False
-        if val_set is not None and evaluate_fn is not None and (
-            done or (cfg.eval_every > 0 and step % cfg.eval_every == 0)
-        ):
-            model.eval()
-            with torch.no_grad():  # float32, as predict runs the weights by default
-                scores = evaluate_fn(model, val_set, device, info)
-            model.train()
-            metrics.update(scores)
-            evaluated = True
-            if info.is_main:
-                _append_metrics(out / "metrics.jsonl", {"step": step, **scores})
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()))
-
-        files = []
-        if done or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
-            files.append(ckpt_io.LAST)
-        if evaluated and metrics.get("pq", -math.inf) > state["best_pq"]:
-            state["best_pq"] = float(metrics["pq"])
-            files.append(ckpt_io.BEST)
-        if files:
-            _save(files, cfg, info, device, parts, model, optimizer, scheduler, state, out)
-        # redrawing costs ~0.2 s (a tenth of a second per 100 logged lines more): after an
-        # evaluation or a checkpoint, at the end, else at most once a minute
-        if info.is_main and (done or evaluated or files or (
-                step % cfg.log_every == 0 and time.perf_counter() - plotted > PLOT_EVERY_S)):
-            plot_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png", title=cfg.out_dir)
-            plotted = time.perf_counter()
-        if done:
-            break
-    bar.close()
-    if cfg.export and info.is_main:
-        best = out / ckpt_io.BEST
-        ckpt_io.export_checkpoint(best if best.exists() else out / ckpt_io.LAST, cfg.export)
-    return metrics
+    trainer = Trainer(model, criterion, optimizer, scheduler, _batches(train_set, cfg, info, state), state,
+                      total_steps(cfg, per_epoch), cfg, info, device)
+    metrics_path = out / "metrics.jsonl"
+    trainer.register(MetricsLogger(metrics_path, cfg.log_every, progress))
+    if val_set is not None and evaluate_fn is not None:
+        trainer.register(PeriodicEvaluation(evaluate_fn, val_set, cfg.eval_every, metrics_path))
+    trainer.register(Checkpointer(out, cfg.checkpoint_every, parts.model_config, parts.categories.to_json()))
+    if info.is_main:
+        trainer.register(CurvePlotter(out, cfg.log_every, cfg.out_dir))
+        if cfg.export:
+            trainer.register(Exporter(out, cfg.export))
+    return trainer.train()
 
 
-def _out_of_time(started: float, minutes: float, info: DistInfo, device: torch.device) -> bool:
-    """Whether the time budget is spent (decided the same on every rank)."""
-    elapsed = reduce_mean({"t": time.perf_counter() - started}, info, device)["t"]
-    return elapsed > minutes * 60
+def _resume_source(out: Path, resume: bool | str, overwrite: bool) -> tuple[dict[str, Any] | None, Path]:
+    """The checkpoint to resume from (None when starting afresh) and its path."""
+    last_path = out / ckpt_io.LAST
+    resume_path = Path(resume) if isinstance(resume, str) and resume else last_path
+    if not resume:
+        if last_path.exists() and not overwrite:
+            raise TrainError(f"{last_path}: a run is already there; pass --resume to continue it or "
+                             "--overwrite")
+        return None, resume_path
+    # read before building anything, so a bad file fails fast with its own message
+    resumed = ckpt_io.load_checkpoint(resume_path)
+    if "train_state" not in resumed:
+        raise TrainError(f"{resume_path}: checkpoint has no training state to resume from")
+    return resumed, resume_path
+
+
+def _optimizer(model: nn.Module, o: OptimSection, device: torch.device):
+    """AdamW over `param_groups` and its learning-rate schedule (`lr_factor`)."""
+    # the fused kernel: one pass over all parameters (8 ms against 40 for the default per-tensor
+    # loops on the learning recipe's 13 M parameters, 2 CPU threads), the same update rule
+    optimizer = torch.optim.AdamW(param_groups(model, o.lr, o.lr_backbone), weight_decay=o.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, o.warmup_steps, o.lr_drop, o.lr_gamma)
+    )
+    return optimizer, scheduler
+
+
+def _prepare_out_dir(out: Path, step: int, cfg: TrainConfig, parts: RunParts) -> None:
+    """Rank 0: the output folder, metrics.jsonl cut back to `step`, the init report."""
+    out.mkdir(parents=True, exist_ok=True)
+    truncate_metrics(out / "metrics.jsonl", step)
+    if parts.init_report is not None:
+        from .finetune import summary
+
+        tqdm.write(f"init from {cfg.init}: {summary(parts.init_report)}")
+        report = json.dumps(parts.init_report, indent=1).encode()
+        atomic_write(out / "init_report.json", lambda f: f.write(report))
+
+
+def _batches(train_set: Augmented, cfg: TrainConfig, info: DistInfo,
+             state: TrainState) -> Iterator[tuple[PaddedBatch, list[Target]]]:
+    """Batches from the current position on, across epochs; tracks epoch and position in `state`."""
+    while True:
+        train_set.epoch = state.epoch
+        skip = state.position * cfg.batch_size
+        sampler = ResumableSampler(train_set, info, cfg.seed, state.epoch, skip=skip)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                            collate_fn=collate_padded, num_workers=cfg.data.num_workers,
+                            generator=torch.Generator())  # keeps the global RNG out of it
+        for batch in loader:
+            state.position += 1
+            yield batch
+        state.epoch += 1
+        state.position = 0
 
 
 def training_transform(cfg: TrainConfig) -> PanopticTransform:
@@ -427,46 +316,3 @@ def training_transform(cfg: TrainConfig) -> PanopticTransform:
     if not d.augment:
         return eval_transforms(d.val_size, d.max_size)
     return train_transforms(d.scales, d.max_size, d.crop_scales, d.crop_min, d.crop_max)
-
-
-def _wrap(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
-    if not info.enabled:
-        return module
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
-
-
-def inference_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """What predict should use with this run's weights by default: its validation settings."""
-    return {"size": cfg.data.val_size, "max_size": cfg.data.max_size, "threshold": cfg.eval_threshold}
-
-
-def _save(files, cfg, info, device, parts, model, optimizer, scheduler, state, out) -> None:
-    """Write checkpoint `files` (names in `out`): rank 0 writes, every rank gives its RNG state."""
-    rng = _rng_state(device)
-    if info.enabled:
-        import torch.distributed as dist
-
-        rngs: list[Any] = [None] * info.world_size
-        dist.all_gather_object(rngs, rng)
-    else:
-        rngs = [rng]
-    if info.is_main:
-        train_state = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "rng": rngs, "world_size": info.world_size, "train_config": cfg.to_dict()}
-        for name in files:
-            ckpt_io.save_checkpoint(out / name, parts.model_config, parts.categories.to_json(),
-                                    model.state_dict(), train_state, inference_settings(cfg))
-    barrier(info)
-
-
-def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, forget records logged after the checkpoint (they will be logged again)."""
-    records = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(path, lambda f: f.write(text.encode()))
