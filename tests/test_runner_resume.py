@@ -194,3 +194,32 @@ def test_a_full_disk_at_predictions_json_keeps_the_lines_and_summary(tmp_path, c
     assert err[1].startswith(f"error: {out / 'predictions.json'}: could not write it (No space left")
     assert "1 predicted" in captured.out and "1 failed" in captured.out
     assert (out / "records" / "a.json").is_file()
+
+
+def test_a_dataset_gives_ids_and_names(tmp_path, predictor, capsys):
+    from panoptic_detr.data.synth import make_dataset
+
+    root = tmp_path / "data"
+    make_dataset(root, 3, seed=1, size=(40, 56), progress=False)
+    gt = json.loads((root / "panoptic.json").read_text())
+    ann = next(a for a in gt["annotations"] if a["image_id"] == gt["images"][1]["id"])
+    (root / "panoptic" / ann["file_name"]).rename(root / "panoptic" / "seventy.png")
+    gt["images"][1]["id"], ann["image_id"], ann["file_name"] = 70, 70, "seventy.png"
+    (root / "panoptic.json").write_text(json.dumps(gt))
+    outsider = save(tmp_path / "outsider.png", 5)
+    second = root / "images" / gt["images"][1]["file_name"]
+    summary = run([second, outsider], tmp_path / "out", predictor, dataset=root)
+    assert summary.done == [str(second.resolve())]
+    assert summary.failed == [f"{outsider.resolve()}: not an image of the dataset (no annotated image has "
+                              "this file name)"]
+    doc = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [(a["image_id"], a["file_name"]) for a in doc["annotations"]] == [(70, "seventy.png")]
+    assert (tmp_path / "out" / "seventy.png").is_file()
+    # no IMAGES: all of the dataset's annotated images
+    assert len(run([], tmp_path / "all", predictor, dataset=root).done) == 3
+    doc = json.loads((tmp_path / "all" / "predictions.json").read_text())
+    ids = [a["image_id"] for a in doc["annotations"]]
+    assert sorted(ids) == sorted(im["id"] for im in gt["images"])
+    with pytest.raises(SystemExit):
+        main(["predict", "--out", str(tmp_path / "o")])
+    assert "give IMAGES" in capsys.readouterr().err
