@@ -223,3 +223,20 @@ def test_a_dataset_gives_ids_and_names(tmp_path, predictor, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--out", str(tmp_path / "o")])
     assert "give IMAGES" in capsys.readouterr().err
+
+
+def test_a_record_naming_no_source_is_redone_under_its_name(tmp_path, predictor):
+    """A record written before records named their source: the file at its path is redone
+    under the same name, not skipped and not given a second name."""
+    image = save(tmp_path / "a.png", 0)
+    out = tmp_path / "out"
+    run([image], out, predictor)
+    record = json.loads((out / "records" / "a.json").read_text())
+    del record["image"]["sha256"]
+    (out / "records" / "a.json").write_text(json.dumps(record))
+    assert run([image], out, predictor).done == [str(image.resolve())]
+    assert set(records(out)) == {"a"} and "sha256" in records(out)["a"]["image"]
+    other = save(tmp_path / "b" / "a.png", 1)  # a name held by an unknown source is not free
+    (out / "records" / "a.json").write_text(json.dumps(record))
+    run([other], out, predictor)
+    assert set(records(out)) == {"a", "a_png"}

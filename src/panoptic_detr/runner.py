@@ -149,7 +149,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.Pa
             if not found:
                 problems.append(f"{path}: empty folder, no images in it")
             elif not kept(found):
-                problems.append(f"{path}: holds only outputs of this run's folder {skip}, no inputs")
+                problems.append(f"{path}: is inside the output folder {skip}, its files are not inputs")
             files.extend(kept(found))
         elif path.is_file():
             if not kept([path]):
@@ -364,11 +364,13 @@ def _plan(files: list[Path], out: Path, entries: Mapping[str, tuple[Path, int, s
         digests.append(digest)
         bases.append(entry[2] if entry is not None else f.stem)
         ids.append(entry[1] if entry is not None else None)
+    by_path = {str(f): digest for f, digest in zip(kept, digests, strict=True)}
     owners = {}
     for path in sorted((out / RECORDS).glob("*.json")):
         record = _read_record(path)
         if record is not None:  # an unreadable record is as good as none: its image is redone
-            owners[path.stem] = _source(record)
+            # a record naming no source keeps its name for the file at its path (which redoes it)
+            owners[path.stem] = _source(record) or by_path.get(str(record["image"].get("path")))
     stems = output_stems(kept, digests, owners, bases)
     return [_Job(f, stem, digest, image_id)
             for f, stem, digest, image_id in zip(kept, stems, digests, ids, strict=True)]
