@@ -155,3 +155,16 @@ def test_readme_predict_then_evaluate_scores_what_evaluate_weights_scores(demo_v
         "note: 8 prediction(s) paired with their ground-truth image by file name: their image ids are not "
         "the ground truth's"]
     assert json.loads((tmp_path / "pq2.json").read_text())["All"] == direct["All"]
+
+
+def test_integral_floats_are_integers(reference, tmp_path):
+    """3.0 where 3 belongs (JSON written from numpy floats) is accepted, as the API accepts it."""
+    gt_json, gt_dir, _, _ = paths(reference, "1")
+    pred_json, doc = broken_copy(reference, tmp_path)
+    for a in doc["annotations"]:
+        a["image_id"] = float(a["image_id"])
+        for seg in a["segments_info"]:
+            seg["id"], seg["category_id"] = float(seg["id"]), float(seg["category_id"])
+    pred_json.write_text(json.dumps(doc))
+    res = evaluate_files(gt_json, gt_dir, pred_json, None, workers=0)
+    assert_results_equal(res, expected(reference, "1"))

@@ -83,6 +83,9 @@ def load_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
 
 
 def _is_int(value: Any) -> bool:
+    """An integer, or a float equal to one (as JSON writers given numpy floats write ids)."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
