@@ -171,7 +171,7 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, checkpoint, capsys):
     assert captured.err.splitlines() == [
         f"error: {tmp_path / 'missing.png'}: no such file or folder",
         f"error: {tmp_path / 'out'}: is a file, not a folder; give --out a folder"]
-    assert "1 failed" in captured.out
+    assert "2 inputs: 0 predicted, 0 already done (skipped), 1 failed, 1 not run" in captured.out
 
 
 def test_a_full_disk_at_predictions_json_keeps_the_lines_and_summary(tmp_path, checkpoint, capsys,

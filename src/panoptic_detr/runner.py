@@ -120,11 +120,14 @@ class RunSummary:
     error: str | None = None
     """The problem that stopped the run or its predictions.json (an output folder that cannot
     be written), one line; None when there was none."""
+    not_run: list[str] = field(default_factory=list)
+    """The inputs a stopped run did not get to."""
 
     def line(self) -> str:
-        n = len(self.done) + len(self.skipped) + len(self.failed)
+        n = len(self.done) + len(self.skipped) + len(self.failed) + len(self.not_run)
+        stopped = f", {len(self.not_run)} not run" if self.not_run else ""
         return (f"{n} inputs: {len(self.done)} predicted, {len(self.skipped)} already done (skipped), "
-                f"{len(self.failed)} failed; results in {self.out_dir}")
+                f"{len(self.failed)} failed{stopped}; results in {self.out_dir}")
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None
@@ -269,6 +272,7 @@ def predict_files(
         files, summary.failed = expand_inputs(inputs, exclude=out)
     summary.error = _prepare_out_dir(out)
     if summary.error is not None:
+        summary.not_run = [str(f) for f in files]
         return summary
     jobs = _plan(files, out, entries, summary.failed)
     if predictor is None:
