@@ -270,13 +270,13 @@ def predict_files(
         files = [path for path, _, _ in entries.values()]
     else:
         files, summary.failed = expand_inputs(inputs, exclude=out)
+    if predictor is None:  # bad settings or weights fail before the output folder is made
+        predictor = Predictor(weights, settings, preset=preset, device=device, batch_size=batch_size, **given)
     summary.error = _prepare_out_dir(out)
     if summary.error is not None:
         summary.not_run = [str(f) for f in files]
         return summary
     jobs = _plan(files, out, entries, summary.failed)
-    if predictor is None:
-        predictor = Predictor(weights, settings, preset=preset, device=device, batch_size=batch_size, **given)
     todo = []
     for job in jobs:
         record = _read_record(out / RECORDS / f"{job.stem}.json")
