@@ -240,3 +240,16 @@ def test_a_record_naming_no_source_is_redone_under_its_name(tmp_path, predictor)
     (out / "records" / "a.json").write_text(json.dumps(record))
     run([other], out, predictor)
     assert set(records(out)) == {"a", "a_png"}
+
+
+def test_a_read_only_out_is_one_line_before_any_image(tmp_path, checkpoint, capsys, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(runner.tempfile, "mkstemp", read_only)
+    out = tmp_path / "out"
+    assert cli([save(tmp_path / "a.png", 0), "--out", out], checkpoint) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"error: {out}: cannot write the results there (Read-only file system)"]
+    assert "1 inputs: 0 predicted, 0 already done (skipped), 0 failed, 1 not run" in captured.out
