@@ -195,41 +195,6 @@ def test_model_mode_reports_unreadable_images_and_writes_the_rest(synth_dataset,
         write_model_predictions(predictor, data, tmp_path / "out", progress=False)
 
 
-def test_model_mode_without_setting_flags_scores_what_predict_then_evaluate_score(tmp_path, capsys):
-    """`evaluate --weights demo --data DIR` with no size or threshold flags runs the model as
-    `predict` does (the checkpoint's 128 px and threshold 0.5, not DETR's 800 px and 0.85):
-    its score is the score of `predict`'s files on the same images."""
-    from panoptic_detr.demo import DEMO_VAL
-
-    data = tmp_path / "val"  # the first 8 images of the bundled validation set
-    gt = json.loads((DEMO_VAL / "panoptic.json").read_text())
-    gt["images"] = gt["images"][:8]
-    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in {im["id"] for im in gt["images"]}]
-    for folder, key in (("images", "images"), ("panoptic", "annotations")):
-        (data / folder).mkdir(parents=True)
-        for entry in gt[key]:
-            shutil.copy(DEMO_VAL / folder / entry["file_name"], data / folder)
-    (data / "panoptic.json").write_text(json.dumps(gt))
-
-    assert main(["evaluate", "--weights", "demo", "--data", str(data), "--out", str(tmp_path / "ev"),
-                 "--workers", "0", "--quiet"]) == 0
-    direct = json.loads((tmp_path / "ev" / "pq.json").read_text())
-    assert main(["predict", str(data / "images"), "--out", str(tmp_path / "pred"), "--quiet"]) == 0
-    # predict numbers images 1..N in its own JSON: give each the dataset's id of its file
-    ids = {im["file_name"]: im["id"] for im in gt["images"]}
-    pred = json.loads((tmp_path / "pred" / "predictions.json").read_text())
-    names = {im["id"]: im["file_name"] for im in pred["images"]}
-    for a in pred["annotations"]:
-        a["image_id"] = ids[names[a["image_id"]]]
-    (tmp_path / "pred.json").write_text(json.dumps(pred))
-    via_files = evaluate_files(data / "panoptic.json", None, tmp_path / "pred.json", tmp_path / "pred",
-                               workers=0)
-    assert direct["images"] == via_files["images"] == len(gt["annotations"])
-    assert direct["All"]["pq"] > 0.3  # the demo model's score, not the 800 px one's (below 0.1)
-    for key in ("All", "Things", "Stuff", "per_class", "counts"):
-        assert direct[key] == json.loads(json.dumps(via_files[key])), key
-
-
 def test_model_mode_a_failing_image_costs_only_itself(synth_dataset, tmp_path, capsys, monkeypatch):
     """One image the network fails on (as a huge image running out of memory does) costs that
     image only, in a batch with others too: the rest are written, the run reports it, exit 1."""

@@ -73,13 +73,14 @@ def test_predict_files_writes_the_record_last(tmp_path, monkeypatch):
     write_json = runner.write_json
 
     def spy(target, doc, **kwargs):
-        seen.append((target.name, sorted(p.name for p in (tmp_path / "out").glob("*.png"))))
+        seen.append((target.name, sorted(str(p.relative_to(tmp_path / "out"))
+                                         for p in (tmp_path / "out").rglob("*.png"))))
         return write_json(target, doc, **kwargs)
 
     monkeypatch.setattr(runner, "write_json", spy)
     summary = runner.predict_files([path], tmp_path / "out", predictor=predictor, progress=False)
     assert summary.done == [str(path.resolve())] and not summary.failed
-    assert seen[0] == ("im0.json", ["im0.png", "im0_overlay.png"])
+    assert seen[0] == ("im0.json", ["im0.png", "overlays/im0.png"])
     assert seen[1][0] == "predictions.json"
     again = runner.predict_files([path], tmp_path / "out", predictor=predictor, progress=False)
     assert again.skipped == [str(path.resolve())] and not again.done

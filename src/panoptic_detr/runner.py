@@ -2,18 +2,26 @@
 
 `run_images` decodes, batches, predicts and hands each result to a writer; an image that
 cannot be read, predicted or written costs only itself (one line naming it), the others go
-on. `predict_files` is `panoptic-detr predict` on top of it: files, folders and globs in;
-COCO panoptic PNGs, overlays, per-image records (resume: finished images are skipped) and
-one predictions.json out. `eval.evaluate_model` writes a dataset's predictions with it.
+on. `predict_files` is `panoptic-detr predict` on top of it: files, folders and globs (or a
+COCO-panoptic dataset's images) in; COCO panoptic PNGs, overlays, per-image records and one
+predictions.json out. `eval.evaluate_model` writes a dataset's predictions with it.
+
+A run into a folder is safe to kill and repeat: an image is done only when its record exists
+and names the same source (the SHA-256 of the input file's bytes), every output name is
+assigned from the whole input list and the records already there before any work starts, a
+source never takes a name whose record names another, and predictions.json is rebuilt from
+all the records in the folder.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.coco_panoptic import find_layout
 from .data.files import write_json, write_png
 from .data.images import ImageError, load_image
 from .data.panoptic_png import write_panoptic_png
@@ -92,6 +101,13 @@ def _predict_isolating_failures(predictor: Predictor, loaded: list, failed: list
 
 # -- `panoptic-detr predict`: many files in, files out ---------------------------------------
 
+RECORDS = "records"
+"""OUT/records/<stem>.json: one image's entry, written last; its presence marks the image done."""
+OVERLAYS = "overlays"
+"""OUT/overlays/<stem>.png: the pictures to look at, in a folder of their own so that no input
+name can make an overlay's name another image's panoptic PNG."""
+
+
 @dataclass
 class RunSummary:
     """What `predict_files` did."""
@@ -101,16 +117,32 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)
     """One line per problem: "PATH: what is wrong"."""
     out_dir: Path = Path(".")
+    error: str | None = None
+    """The problem that stopped the run or its predictions.json (an output folder that cannot
+    be written), one line; None when there was none."""
+    not_run: list[str] = field(default_factory=list)
+    """The inputs a stopped run did not get to."""
 
     def line(self) -> str:
-        n = len(self.done) + len(self.skipped) + len(self.failed)
+        n = len(self.done) + len(self.skipped) + len(self.failed) + len(self.not_run)
+        stopped = f", {len(self.not_run)} not run" if self.not_run else ""
         return (f"{n} inputs: {len(self.done)} predicted, {len(self.skipped)} already done (skipped), "
-                f"{len(self.failed)} failed; results in {self.out_dir}")
+                f"{len(self.failed)} failed{stopped}; results in {self.out_dir}")
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None
+                  ) -> tuple[list[Path], list[str]]:
     """Files, folders (their files, not recursive, hidden ones left out) and globs -> (files in
-    order without repeats, one problem line per input that names nothing)."""
+    order without repeats, one problem line per input that names nothing).
+
+    Files inside the folder `exclude` (the output folder) are left out, so that a run writing
+    into its own input folder never predicts its outputs.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+
+    def kept(found: list[Path]) -> list[Path]:
+        return [p for p in found if skip is None or not p.resolve().is_relative_to(skip)]
+
     files: list[Path] = []
     problems: list[str] = []
     for item in map(str, inputs):
@@ -119,33 +151,77 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
             found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
             if not found:
                 problems.append(f"{path}: empty folder, no images in it")
-            files.extend(found)
+            elif not kept(found):
+                problems.append(f"{path}: is inside the output folder {skip}, its files are not inputs")
+            files.extend(kept(found))
         elif path.is_file():
-            files.append(path)
+            if not kept([path]):
+                problems.append(f"{path}: is inside the output folder {skip}, not an input")
+            files.extend(kept([path]))
         elif glob.has_magic(item):
             found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
             if not found:
                 problems.append(f"{item}: no file matches this pattern")
-            files.extend(found)
+            elif not kept(found):
+                problems.append(f"{item}: matches only files inside the output folder {skip}")
+            files.extend(kept(found))
         else:
             problems.append(f"{path}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in files))
     return unique, problems
 
 
-def output_stems(files: list[Path]) -> list[str]:
-    """<stem> per file, made unique deterministically (a.jpg, a.png -> a, a_png)."""
-    stems, used = [], set()
-    for f in files:
-        stem = f.stem
-        if stem in used:
-            stem = f"{f.stem}_{f.suffix.lstrip('.').lower() or 'file'}"
-            n = 2
-            while stem in used:
-                stem, n = f"{f.stem}_{n}", n + 1
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes: what a record names as its source."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _candidates(stem: str, suffix: str) -> Iterator[str]:
+    yield stem
+    yield f"{stem}_{suffix.lstrip('.').lower() or 'file'}"
+    n = 2
+    while True:
+        yield f"{stem}_{n}"
+        n += 1
+
+
+def output_stems(files: Sequence[Path], digests: Sequence[str | None] | None = None,
+                 owners: Mapping[str, str | None] | None = None, bases: Sequence[str] | None = None
+                 ) -> list[str]:
+    """<stem> per file, unique and deterministic: the first of <base>, <base>_<ext>, <base>_2,
+    <base>_3, ... that no earlier file took and that no existing record (`owners`: stem ->
+    the digest its record names, None when it names none) gives to another source.
+
+    bases: the names to start from (default: each file's stem); digests: each file's.
+    """
+    owners = owners or {}
+    stems: list[str] = []
+    used: set[str] = set()
+    for i, f in enumerate(files):
+        digest = digests[i] if digests is not None else None
+        for stem in _candidates(bases[i] if bases is not None else f.stem, f.suffix):
+            if stem in used:
+                continue
+            if stem in owners and (owners[stem] is None or owners[stem] != digest):
+                continue
+            break
         used.add(stem)
         stems.append(stem)
     return stems
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One input's place in a run: its file, output name, source digest and dataset id."""
+
+    file: Path
+    stem: str
+    digest: str
+    image_id: int | None = None
 
 
 def predict_files(
@@ -160,15 +236,26 @@ def predict_files(
     overwrite: bool = False,
     progress: bool = True,
     predictor: Predictor | None = None,
+    dataset: str | os.PathLike[str] | None = None,
     **given: Any,
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
-    <stem>.png (COCO panoptic), <stem>_overlay.png, records/<stem>.json (the image's entry,
-    written last: it marks the image done) and predictions.json (COCO panoptic, all images
-    done so far in this folder for these inputs). Finished images are skipped unless
-    `overwrite`; nothing existing is replaced without it. Problems are collected, one line
-    each, in the summary; a weights problem raises `WeightsError` and a bad setting
-    `SettingsError` before any image is read.
+    <stem>.png (COCO panoptic), overlays/<stem>.png, records/<stem>.json (the image's entry
+    with its source's SHA-256, written last: it marks the image done) and predictions.json
+    (COCO panoptic, every record in the folder).
+
+    An image whose record names the same source is skipped unless `overwrite`; one with
+    outputs but no record (a killed run) is redone; a source whose name is taken by another
+    source's record gets a name of its own (see `output_stems`). Files inside `out_dir` are
+    not inputs; temporary files a killed run left there are removed.
+
+    dataset: a COCO-panoptic dataset (root or JSON, see `data.coco_panoptic.find_layout`):
+    its image ids and annotation file names are used, so the predictions pair with its
+    ground truth; with no `inputs`, all its annotated images are predicted.
+
+    Problems are collected, one line each, in the summary; an output folder that cannot be
+    written is `summary.error`. A weights problem raises `WeightsError`, a bad setting
+    `SettingsError` and a bad dataset ValueError / FileNotFoundError before any image is read.
 
     settings / **given (threshold=, size=, ...): as `Predictor` takes them; or a ready
     `predictor` (its settings and batch size are used).
@@ -178,34 +265,146 @@ def predict_files(
         raise ValueError(f"device {device!r}: no CUDA device is available here; use --device cpu")
     out = Path(out_dir)
     summary = RunSummary(out_dir=out)
-    files, summary.failed = expand_inputs(inputs)
-    if predictor is None:
+    entries = _dataset_entries(dataset) if dataset is not None else None
+    if entries is not None and not inputs:
+        files = [path for path, _, _ in entries.values()]
+    else:
+        files, summary.failed = expand_inputs(inputs, exclude=out)
+    if predictor is None:  # bad settings or weights fail before the output folder is made
         predictor = Predictor(weights, settings, preset=preset, device=device, batch_size=batch_size, **given)
-    stems = output_stems(files)
+    summary.error = _prepare_out_dir(out)
+    if summary.error is not None:
+        summary.not_run = [str(f) for f in files]
+        return summary
+    jobs = _plan(files, out, entries, summary.failed)
     todo = []
-    for f, stem in zip(files, stems, strict=True):
-        if not overwrite and (out / "records" / f"{stem}.json").is_file():
-            summary.skipped.append(str(f))
+    for job in jobs:
+        record = _read_record(out / RECORDS / f"{job.stem}.json")
+        if not overwrite and record is not None and _source(record) == job.digest:
+            summary.skipped.append(str(job.file))
         else:
-            todo.append((f, (f, stem)))
-    out.mkdir(parents=True, exist_ok=True)
+            todo.append((job.file, job))
 
-    def write(item: tuple[Path, str], image: np.ndarray, result: PanopticResult) -> None:
-        save_result(result, image, item[0], item[1], out, predictor.categories, overwrite)
+    def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
+        save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
+                    image_id=job.image_id)
 
     done = run_images(predictor, todo, write, failed=summary.failed, progress=progress)
     summary.done = [str(f) for f in done]
-    _write_predictions(out, stems, predictor.categories)
+    target = out / "predictions.json"
+    try:
+        write_json(target, _predictions(out, predictor.categories, summary.failed), indent=None)
+    except OSError as e:
+        summary.error = (f"{target}: could not write it ({_why(e)}); the records of every image done are "
+                         f"in {out / RECORDS}, a re-run writes it")
     return summary
 
 
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _prepare_out_dir(out: Path) -> str | None:
+    """Make `out` and check that files can be written in it; remove the temporary files a
+    killed run left. Returns the problem as one line, or None."""
+    if out.exists() and not out.is_dir():
+        return f"{out}: is a file, not a folder; give --out a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"{out}: cannot write the results there ({_why(e)})"
+    # atomic_write's .NAME.XXXXXXXX.tmp files: only a killed writer leaves one behind
+    for folder in (out, out / RECORDS, out / OVERLAYS):
+        for tmp in folder.glob(".*.tmp"):
+            try:
+                if tmp.is_file():
+                    tmp.unlink()
+            except OSError:
+                pass
+    return None
+
+
+def _dataset_entries(dataset: str | os.PathLike[str]) -> dict[str, tuple[Path, int, str]]:
+    """{image file name: (its path, image id, the stem of its annotation's PNG)} of the
+    annotated images of a COCO-panoptic dataset."""
+    json_path, _, image_dir = find_layout(dataset)
+    if image_dir is None:
+        raise FileNotFoundError(f"{dataset}: no image folder found (images/ or the split's folder)")
+    try:
+        doc = json.loads(json_path.read_text())
+        images = {im["id"]: im["file_name"] for im in doc["images"]}
+        anns = [(a["image_id"], a["file_name"]) for a in doc["annotations"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{json_path}: not a COCO panoptic JSON with images and annotations ({e})") from None
+    entries = {}
+    for image_id, png in anns:
+        if image_id in images:
+            name = Path(images[image_id]).name
+            entries[name] = (image_dir / images[image_id], image_id, Path(png).stem)
+    return entries
+
+
+def _plan(files: list[Path], out: Path, entries: Mapping[str, tuple[Path, int, str]] | None,
+          failed: list[str]) -> list[_Job]:
+    """The output name of every input, from the whole list and the records already in `out`."""
+    kept, digests, bases, ids = [], [], [], []
+    for f in files:
+        entry = entries.get(f.name) if entries is not None else None
+        if entries is not None and entry is None:
+            failed.append(f"{f}: not an image of the dataset (no annotated image has this file name)")
+            continue
+        try:
+            digest = file_digest(f)
+        except FileNotFoundError:
+            failed.append(f"{f}: no such file")
+            continue
+        except OSError as e:
+            failed.append(f"{f}: cannot read: {_why(e)}")
+            continue
+        kept.append(f)
+        digests.append(digest)
+        bases.append(entry[2] if entry is not None else f.stem)
+        ids.append(entry[1] if entry is not None else None)
+    by_path = {str(f): digest for f, digest in zip(kept, digests, strict=True)}
+    owners = {}
+    for path in sorted((out / RECORDS).glob("*.json")):
+        record = _read_record(path)
+        if record is not None:  # an unreadable record is as good as none: its image is redone
+            # a record naming no source keeps its name for the file at its path (which redoes it)
+            owners[path.stem] = _source(record) or by_path.get(str(record["image"].get("path")))
+    stems = output_stems(kept, digests, owners, bases)
+    return [_Job(f, stem, digest, image_id)
+            for f, stem, digest, image_id in zip(kept, stems, digests, ids, strict=True)]
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A record, or None when it is missing or damaged."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("image"), dict)
+            and isinstance(record.get("annotation"), dict)):
+        return None
+    return record
+
+
+def _source(record: Mapping[str, Any]) -> str | None:
+    source = record["image"].get("sha256")
+    return source if isinstance(source, str) else None
+
+
 def save_result(result: PanopticResult, image: np.ndarray, file: Path, stem: str, out: Path,
-                categories: Categories, overwrite: bool) -> None:
-    """out/<stem>.png and out/<stem>_overlay.png, then out/records/<stem>.json, the image's
-    COCO entry, whose presence marks the image as finished."""
-    write_panoptic_png(out / f"{stem}.png", result.id_map, overwrite=overwrite)
-    write_png(out / f"{stem}_overlay.png", _overlay_image(image, result, categories), overwrite=overwrite)
-    write_json(out / "records" / f"{stem}.json", _record(result, categories, file, stem), overwrite=overwrite)
+                categories: Categories, *, digest: str, image_id: int | None = None) -> None:
+    """out/<stem>.png and out/overlays/<stem>.png, then out/records/<stem>.json, the image's
+    COCO entry naming its source (`digest`, the file's SHA-256), whose presence marks the
+    image as finished. Replaces what is there: the caller gave this source this name."""
+    write_panoptic_png(out / f"{stem}.png", result.id_map)
+    write_png(out / OVERLAYS / f"{stem}.png", _overlay_image(image, result, categories))
+    write_json(out / RECORDS / f"{stem}.json", _record(result, categories, file, stem, digest, image_id))
 
 
 def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Categories) -> np.ndarray:
@@ -220,7 +419,8 @@ def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Catego
     return overlay(image, result, categories)
 
 
-def _record(result: PanopticResult, categories: Categories, file: Path, stem: str) -> dict[str, Any]:
+def _record(result: PanopticResult, categories: Categories, file: Path, stem: str, digest: str,
+            image_id: int | None) -> dict[str, Any]:
     h, w = result.size
     segments = [
         {"id": s["id"], "category_id": s["category_id"], "name": categories.name(s["category_id"]),
@@ -228,23 +428,36 @@ def _record(result: PanopticResult, categories: Categories, file: Path, stem: st
          "score": round(float(s["score"]), 5)}
         for s in result.segments_info
     ]
-    return {"image": {"file_name": file.name, "path": str(file), "height": h, "width": w},
-            "annotation": {"file_name": f"{stem}.png", "segments_info": segments}}
+    image = {"file_name": file.name, "path": str(file), "height": h, "width": w, "sha256": digest}
+    if image_id is not None:
+        image = {"id": image_id, **image}
+    return {"image": image, "annotation": {"file_name": f"{stem}.png", "segments_info": segments}}
 
 
-def _write_predictions(out: Path, stems: list[str], categories: Categories) -> None:
-    images, annotations = [], []
-    for stem in stems:
-        rec_path = out / "records" / f"{stem}.json"
-        if not rec_path.is_file():
-            continue
-        rec = json.loads(rec_path.read_text())
-        image_id = len(images) + 1
-        images.append({"id": image_id, **rec["image"]})
-        annotations.append({"image_id": image_id, **rec["annotation"]})
-    doc = {"images": images, "annotations": annotations, "categories": categories.to_json()}
-    write_json(out / "predictions.json", doc, indent=None)
+def _predictions(out: Path, categories: Categories, failed: list[str]) -> dict[str, Any]:
+    """predictions.json of every record in out/records (sorted by name): a record's dataset
+    image id where it has one not used by another, the others numbered after the largest.
+    A damaged record gets a line in `failed` and is left out."""
+    records = []
+    for path in sorted((out / RECORDS).glob("*.json")):
+        record = _read_record(path)
+        if record is None:
+            failed.append(f"{path}: damaged record (not a JSON record of this tool), left out of "
+                          "predictions.json; delete it to predict its image again")
+        else:
+            records.append(record)
+    given = [r["image"].get("id") for r in records]
+    taken = {i for i in given if isinstance(i, int) and not isinstance(i, bool)}
+    next_id = max(taken, default=0) + 1
+    images, annotations, seen = [], [], set()
+    for record, image_id in zip(records, given, strict=True):
+        if image_id not in taken or image_id in seen:
+            image_id, next_id = next_id, next_id + 1
+        seen.add(image_id)
+        images.append({**record["image"], "id": image_id})
+        annotations.append({**record["annotation"], "image_id": image_id})
+    return {"images": images, "annotations": annotations, "categories": categories.to_json()}
 
 
-__all__ = ["OVERLAY_MAX_SIDE", "RunSummary", "expand_inputs", "output_stems", "predict_files", "run_images",
-           "save_result"]
+__all__ = ["OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs", "file_digest",
+           "output_stems", "predict_files", "run_images", "save_result"]

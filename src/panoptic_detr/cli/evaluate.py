@@ -14,16 +14,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="PQ / SQ / RQ of COCO-panoptic predictions, or of a model on a dataset",
         description="Files: --gt GT_JSON --pred PRED_JSON [--gt-dir DIR --pred-dir DIR] scores "
-        "predictions with the COCO panoptic API's rules. Model: --weights W --data DATASET runs "
-        "the model over the dataset as predict runs it, writes its predictions in COCO panoptic "
-        "format to --out and scores them. Prints the PQ table; --output writes everything (per "
-        "class too) as JSON.",
+        "predictions with the COCO panoptic API's rules; a prediction is paired with the ground-truth "
+        "image of its id when their file names agree, else with the image of its file name. "
+        "Model: --weights W --data DATASET runs the model over the dataset as predict runs it, "
+        "writes its predictions in COCO panoptic format to --out and scores them. Prints the PQ "
+        "table; --output writes everything (per class too) as JSON.",
     )
     files = p.add_argument_group("prediction files")
     files.add_argument("--gt", metavar="GT_JSON", help="ground-truth COCO panoptic JSON")
-    files.add_argument("--gt-dir", metavar="DIR", help="ground-truth PNGs (default: GT_JSON without .json)")
+    files.add_argument("--gt-dir", metavar="DIR",
+                       help="ground-truth PNGs (default: GT_JSON without .json, else its folder)")
     files.add_argument("--pred", metavar="PRED_JSON", help="predictions COCO panoptic JSON")
-    files.add_argument("--pred-dir", metavar="DIR", help="prediction PNGs (default: PRED_JSON without .json)")
+    files.add_argument("--pred-dir", metavar="DIR",
+                       help="prediction PNGs (default: PRED_JSON without .json, else its folder)")
     model = p.add_argument_group("a model on a dataset")
     model.add_argument("--weights", help="'demo', an original checkpoint name or a checkpoint path")
     model.add_argument("--preset", default=None, help="architecture, when --weights does not say")
@@ -61,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if results.get("repaired"):
+        print(f"note: {results['repaired']} prediction(s) paired with their ground-truth image by file name: "
+              "their image ids are not the ground truth's", file=sys.stderr)
     print(format_table(results, results.get("categories"), per_class=args.per_class))
     if output is not None:
         print(f"results written to {output}")

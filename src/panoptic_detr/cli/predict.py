@@ -13,11 +13,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
         help="panoptic segmentation of images into COCO panoptic files and overlays",
-        description="Writes OUT/<stem>.png (COCO panoptic ids), OUT/<stem>_overlay.png, "
-        "OUT/records/<stem>.json and OUT/predictions.json. Images already done in OUT are "
-        "skipped (re-run an interrupted run as it was); --overwrite redoes them.",
+        description="Writes OUT/<stem>.png (COCO panoptic ids), OUT/overlays/<stem>.png, "
+        "OUT/records/<stem>.json and OUT/predictions.json (every record in OUT). Images whose "
+        "record in OUT names the same file content are skipped (re-run an interrupted run as it "
+        "was); --overwrite redoes them. Another image whose name is taken in OUT gets a name of "
+        "its own. With --dataset the dataset's image ids and file names are used, so evaluate "
+        "pairs the predictions with its ground truth.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
+    p.add_argument("images", nargs="*", metavar="IMAGES",
+                   help="image files, folders or glob patterns (default with --dataset: all its images)")
+    p.add_argument("--dataset", metavar="DATASET", default=None,
+                   help="COCO panoptic dataset root or its JSON: image ids and names from it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--weights", default="demo",
                    help="'demo', an original checkpoint name (detr_r50_panoptic, ...) or a .pth path")
@@ -26,24 +32,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="images per batch (1); on a GPU one padded network batch, on a CPU run one by one")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     add_settings_flags(p)
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument("--overwrite", action="store_true", help="redo images already done in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..runner import predict_files
 
+    if not args.images and args.dataset is None:
+        args._parser.error("give IMAGES (files, folders or globs) or --dataset")
     try:
         summary = predict_files(
             args.images, args.out, weights=args.weights, preset=args.preset, device=args.device,
             batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
-            **settings_kwargs(args),
+            dataset=args.dataset, **settings_kwargs(args),
         )
-    except (ValueError, RuntimeError) as e:  # settings, weights or device: nothing ran yet
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # settings, weights, device, dataset
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line in summary.failed:
         print(f"error: {line}", file=sys.stderr)
+    if summary.error is not None:
+        print(f"error: {summary.error}", file=sys.stderr)
     print(summary.line())
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.error else 0

@@ -1,16 +1,18 @@
 """Scoring COCO-panoptic prediction files against ground truth (the file side of eval/pq.py).
 
-`evaluate_files` pairs the GT and prediction annotations by image id and streams the PNG
-pairs through a pool of worker processes (chunks of images each); a worker decodes the two
-PNGs, scores them with `pq_image` and returns the summed `PQStat` of its chunk, so memory
-stays flat whatever the dataset size. PNGs are decoded by data/panoptic_png.py (zlib-ng +
-libspng with the `fast-png` extra, else PIL). Workers need only numpy, the decoder and
-eval/pq.py, not torch, whose import alone costs ~700 MB per process.
+`evaluate_files` checks both JSONs field by field, pairs each prediction with its GT image
+(same id and file-name stem, else same stem) and streams the PNG pairs through a pool of
+worker processes (chunks of images each); a worker decodes the two PNGs, scores them with
+`pq_image` and returns the summed `PQStat` of its chunk, so memory stays flat whatever the
+dataset size. PNGs are decoded by data/panoptic_png.py (zlib-ng + libspng with the
+`fast-png` extra, else PIL). Workers need only numpy, the decoder and eval/pq.py, not torch,
+whose import alone costs ~700 MB per process.
 
-Every problem with the prediction (no annotation for an image, a missing or unreadable PNG,
-a size mismatch, ids in a PNG absent from the JSON or the reverse, unknown categories) is
-collected as one line naming the file, all images are still checked, and then
-`EvaluationError` carries the list: a partly wrong prediction gives no score.
+Every problem with the prediction (a malformed annotation, one of no GT image, two for one
+image, no annotation for an image, a missing or unreadable PNG, a size mismatch, ids in a
+PNG absent from the JSON or the reverse, unknown categories) is collected as one line naming
+the file, all images are still checked, and then `EvaluationError` carries the list: a
+partly wrong prediction gives no score.
 """
 
 from __future__ import annotations
@@ -80,24 +82,102 @@ def load_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     return data
 
 
+def _is_int(value: Any) -> bool:
+    """An integer, or a float equal to one (as JSON writers given numpy floats write ids)."""
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_annotations(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> tuple[list[dict], list[str]]:
+    """The well-formed annotations of a COCO panoptic JSON, and one line per malformed one
+    naming the file, the annotation (its image id, else its index) and the field: an entry
+    that is not an object, an image_id that is not an integer, a file_name that is not a
+    name, segments_info that is not a list of objects with integer id and category_id."""
+    good, problems = [], []
+    for i, ann in enumerate(doc["annotations"]):
+        if not isinstance(ann, dict):
+            problems.append(f"{path}: annotation #{i}: not an object ({json.dumps(ann)[:40]})")
+            continue
+        image_id = ann.get("image_id")
+        if _is_int(image_id):
+            label = f"annotation of image id {image_id}"
+        else:
+            label = f"annotation #{i}"
+            problems.append(f"{path}: {label}: image_id {json.dumps(image_id)[:40]} is not an integer"
+                            if "image_id" in ann else f"{path}: {label}: no image_id")
+        wrong = []
+        name = ann.get("file_name")
+        if not isinstance(name, str) or not Path(name).stem:
+            wrong.append(f"file_name {json.dumps(name)[:40]} is not a file name" if "file_name" in ann
+                         else "no file_name")
+        segments = ann.get("segments_info")
+        if not isinstance(segments, list):
+            wrong.append(f"segments_info is {type(segments).__name__ if segments is not None else 'null'}, "
+                         "not a list" if "segments_info" in ann else "no segments_info")
+        else:
+            for j, seg in enumerate(segments):
+                if not isinstance(seg, dict):
+                    wrong.append(f"segments_info[{j}] is not an object")
+                    continue
+                for key in ("id", "category_id"):
+                    value = json.dumps(seg.get(key))[:40]
+                    if not _is_int(seg.get(key)):
+                        wrong.append(f"segments_info[{j}].{key} {value} is not an integer" if key in seg
+                                     else f"segments_info[{j}] has no {key}")
+        problems += [f"{path}: {label}: {w}" for w in wrong]
+        if _is_int(image_id) and not wrong:
+            good.append(ann)
+    return good, problems
+
+
+def _stem(file_name: str) -> str:
+    return Path(file_name).stem
+
+
 def pair_annotations(gt: Mapping[str, Any], pred: Mapping[str, Any], gt_dir: Path, pred_dir: Path,
-                     pred_json: str | os.PathLike[str]) -> tuple[list[Task], list[str]]:
-    """Match GT and predicted annotations by image id, as the API does (extra predictions
-    are ignored). Returns the tasks and a problem line per GT image without a prediction."""
-    by_image = {a.get("image_id"): a for a in pred["annotations"]}
-    tasks, problems = [], []
-    for g in gt["annotations"]:
-        p = by_image.get(g["image_id"])
-        if p is None:
+                     gt_json: str | os.PathLike[str], pred_json: str | os.PathLike[str]
+                     ) -> tuple[list[Task], list[str], int]:
+    """Pair each prediction with its ground-truth image: the GT image of the same id when the
+    annotations' file-name stems agree, else the GT image of the same stem (a re-pairing: ids
+    numbered another way). Returns (tasks, problems, re-pairings); a problem is a malformed
+    annotation, a prediction no GT image has the stem of, an image with two predictions, or a
+    GT image without one, each a line naming the file."""
+    gt_anns, problems = check_annotations(gt, gt_json)
+    preds, pred_problems = check_annotations(pred, pred_json)
+    problems += pred_problems
+    if problems:
+        return [], problems, 0
+    by_id = {g["image_id"]: g for g in gt_anns}
+    by_stem: dict[str, dict | None] = {}
+    for g in gt_anns:  # a stem two GT images share pairs nothing
+        by_stem[_stem(g["file_name"])] = None if _stem(g["file_name"]) in by_stem else g
+    paired: dict[int, list[dict]] = {}
+    repaired = 0
+    for p in preds:
+        g = by_id.get(p["image_id"])
+        if g is None or _stem(g["file_name"]) != _stem(p["file_name"]):
+            g = by_stem.get(_stem(p["file_name"]))
+            if g is None:
+                problems.append(f"{pred_json}: the prediction {p['file_name']} (image id {p['image_id']}) "
+                                "is of no ground-truth image: none has this file name or this id with it")
+                continue
+            repaired += 1
+        paired.setdefault(g["image_id"], []).append(p)
+    tasks = []
+    for g in gt_anns:
+        found = paired.get(g["image_id"], [])
+        if not found:
             problems.append(f"{pred_json}: no prediction for image id {g['image_id']} ({g['file_name']})")
-            continue
-        if "file_name" not in p or "segments_info" not in p:
-            problems.append(f"{pred_json}: the annotation of image id {g['image_id']} lacks "
-                            f"{'file_name' if 'file_name' not in p else 'segments_info'}")
-            continue
-        tasks.append((str(gt_dir / g["file_name"]), g["segments_info"],
-                      str(pred_dir / p["file_name"]), p["segments_info"]))
-    return tasks, problems
+        elif len(found) > 1:
+            names = ", ".join(f"{p['file_name']} (image id {p['image_id']})" for p in found)
+            problems.append(f"{pred_json}: {len(found)} predictions for image id {g['image_id']} "
+                            f"({g['file_name']}): {names}")
+        else:
+            p = found[0]
+            tasks.append((str(gt_dir / g["file_name"]), g["segments_info"],
+                          str(pred_dir / p["file_name"]), p["segments_info"]))
+    return tasks, problems, repaired
 
 
 def _init_worker() -> None:
@@ -120,6 +200,12 @@ def _init_worker() -> None:
 
 
 
+def _png_dir(json_path: str | os.PathLike[str]) -> Path:
+    """The API's convention, NAME.json beside NAME/; else the JSON's own folder (predict's)."""
+    beside = Path(str(json_path).removesuffix(".json"))
+    return beside if beside.is_dir() or not Path(json_path).is_file() else Path(json_path).parent
+
+
 def _chunks(tasks: list[Task], size: int, categories: frozenset[int]
             ) -> Iterator[tuple[list[Task], frozenset[int]]]:
     for i in range(0, len(tasks), size):
@@ -131,15 +217,19 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
                    workers: int = 2, chunk_size: int = 16, progress: bool = False) -> dict[str, Any]:
     """PQ/SQ/RQ of a COCO-panoptic prediction against its ground truth.
 
-    gt_dir / pred_dir default to the JSON path without ".json" (the API's convention).
+    Each prediction is paired with the GT image of its id when their file-name stems agree,
+    else with the GT image of its stem (counted in "repaired"); see `pair_annotations`.
+    gt_dir / pred_dir default to the JSON path without ".json" (the API's convention), or
+    the JSON's folder when there is no such folder (what `predict` writes).
     workers: processes decoding and scoring (0 or 1: in this process).
     Returns the API's results dict (All/Things/Stuff pq, sq, rq, n; per_class) plus
-    "images", the number of images scored, "counts", {category_id: {tp, fp, fn, iou}} for the
+    "images", the number of images scored, "repaired", the number paired by file name,
+    "counts", {category_id: {tp, fp, fn, iou}} for the
     categories with any GT or prediction, and "categories" (id, name, isthing).
     Raises EvaluationError listing every problem.
     """
-    gt_dir = Path(gt_dir) if gt_dir is not None else Path(str(gt_json).removesuffix(".json"))
-    pred_dir = Path(pred_dir) if pred_dir is not None else Path(str(pred_json).removesuffix(".json"))
+    gt_dir = Path(gt_dir) if gt_dir is not None else _png_dir(gt_json)
+    pred_dir = Path(pred_dir) if pred_dir is not None else _png_dir(pred_json)
     gt = load_json(gt_json, "ground-truth")
     pred = load_json(pred_json, "prediction")
     categories = gt.get("categories") or []
@@ -148,7 +238,7 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
     for folder, what in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
         if not folder.is_dir():
             raise EvaluationError([f"{folder}: {what} PNG folder missing"])
-    tasks, problems = pair_annotations(gt, pred, gt_dir, pred_dir, pred_json)
+    tasks, problems, repaired = pair_annotations(gt, pred, gt_dir, pred_dir, gt_json, pred_json)
     cat_ids = frozenset(int(c["id"]) for c in categories)
 
     stat = PQStat()
@@ -180,6 +270,7 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
         raise EvaluationError(problems)
     out = pq_results(stat, categories)
     out["images"] = len(tasks)
+    out["repaired"] = repaired
     out["counts"] = {cat: {"tp": s.tp, "fp": s.fp, "fn": s.fn, "iou": s.iou}
                      for cat, s in sorted(stat.per_class.items()) if s.tp + s.fp + s.fn}
     out["categories"] = [{"id": c["id"], "name": c.get("name", str(c["id"])), "isthing": c.get("isthing", 0)}
