@@ -159,8 +159,9 @@ def test_train_with_a_missing_init_file_says_so_first(tmp_path, monkeypatch, cap
     monkeypatch.setattr(loop, "_check_data", lambda *a, **k: pytest.fail("dataset checked first"))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {{preset: tiny}}\ndata: {{train: {tmp_path / 'data'}}}\ndevice: cpu\n")
-    assert main(["train", "--config", str(cfg), f"init={tmp_path / 'nope.pt'}", f"out_dir={tmp_path / 'r'}"]) == 1
-    assert _one_line(capsys) == (f"error: init={tmp_path / 'nope.pt'}: no such file (expected a checkpoint "
+    missing = tmp_path / "nope.pt"
+    assert main(["train", "--config", str(cfg), f"init={missing}", f"out_dir={tmp_path / 'r'}"]) == 1
+    assert _one_line(capsys) == (f"error: init={missing}: no such file (expected a checkpoint "
                                  "path or a name: demo, " + _names() + ")")
 
 
