@@ -79,7 +79,7 @@ def test_cli_train_reports_a_bad_config_in_one_line(tmp_path, capsys):
 
     p = tmp_path / "bad.yaml"
     p.write_text("optim: {lr: fast}\n")
-    assert main(["train", "--config", str(p)]) == 1
+    assert main(["train", "--config", str(p)]) == 2  # a config error is a usage error: nothing ran
     err = capsys.readouterr().err.strip()
     assert err == f"error: {p}: optim.lr: expected a number, got 'fast'"
     assert main(["train", "--config", str(p), "--resume", "optim.lr=1e-4", f"out_dir={tmp_path}/run"]) == 1

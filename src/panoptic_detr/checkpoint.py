@@ -23,6 +23,7 @@ import errno
 import io
 import pickle
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,9 @@ def _reason(e: Exception) -> str:
         return (f"it holds {what}, which is neither a tensor nor a plain value; refused unread, "
                 "so that no code in the file runs")
     first = text.splitlines()[0] if text else ""
-    return (f"{type(e).__name__}: {first}" if first else type(e).__name__)[:200]
+    # at most 200 characters, cut between words
+    return textwrap.shorten(f"{type(e).__name__}: {first}" if first else type(e).__name__, 200,
+                            placeholder=" ...")
 
 
 def is_project(obj: Any) -> bool:

@@ -96,10 +96,11 @@ def demo_path() -> Path:
     return Path(str(resources.files("panoptic_detr.assets").joinpath("demo", "demo.pt")))
 
 
-def cached_path(record: PretrainedWeights) -> Path:
+def cached_path(record: PretrainedWeights, option: str = "--weights") -> Path:
     """The checkpoint file of `record`, downloaded into torch hub's cache when absent.
 
     A file already there is hash-checked too, so a wrong or truncated manual copy is caught.
+    `option`: how the caller's user names a weights path, for the message (training: "init=").
     """
     dest = Path(torch.hub.get_dir()) / "checkpoints" / record.filename
     if not dest.is_file():
@@ -110,7 +111,7 @@ def cached_path(record: PretrainedWeights) -> Path:
         except Exception as e:  # offline, HTTP error, hash mismatch: all end the same way
             raise WeightsError(
                 f"could not download {record.url} ({type(e).__name__}: {e}). Download it where "
-                f"there is internet access and put it at {dest} (or pass its path as --weights)"
+                f"there is internet access and put it at {dest} (or pass its path as {option})"
             ) from None
         return dest
     digest = _sha256(dest)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import add_quiet_flag, whole_number
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,22 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="source -> target category mapping (a file, or a bundled name: coco_coarse)")
     p.add_argument("--order", choices=["area", "annotation"], default="area",
                    help="overlapping instances: smaller on top (area) or later on top (annotation)")
-    p.add_argument("--min-area", type=int, default=None, metavar="N",
+    p.add_argument("--min-area", type=whole_number(0), default=None, metavar="N",
                    help="drop fragments left with fewer pixels after overlaps are resolved (default 16)")
     p.add_argument("--skip-unannotated", action="store_true",
                    help="skip images without annotations (default: keep them with source labels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="processes")
-    p.add_argument("--model-size", type=int, nargs=2, metavar=("SHORT", "MAX"),
+    p.add_argument("--workers", type=whole_number(1), default=1, metavar="N", help="processes")
+    p.add_argument("--model-size", type=whole_number(1), nargs=2, metavar=("SHORT", "MAX"),
                    help="a model source resizes images to this shortest side and longest-side cap "
                         "(default: the checkpoint's, else 800 1333)")
     p.add_argument("--no-previews", dest="previews", action="store_false", help="skip preview overlays")
+    add_quiet_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..gt import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
-    from ..settings import SettingsError
 
     if args.min_area is None:
         args.min_area = DEFAULT_MIN_AREA
@@ -45,14 +47,11 @@ def run(args: argparse.Namespace) -> int:
         report = build_gt(args.instances, args.images, args.out, stuff_from=args.stuff_from,
                           taxonomy=args.taxonomy, order=args.order, min_area=args.min_area,
                           skip_unannotated=args.skip_unannotated, overwrite=args.overwrite,
-                          workers=args.workers, previews=args.previews,
+                          workers=args.workers, previews=args.previews, progress=not args.quiet,
                           model_size=tuple(args.model_size) if args.model_size else None)
-    except BuildError as e:
+    except BuildError as e:  # printed as it is worded (it may span lines)
         print(e, file=sys.stderr)
         return 1
-    except SettingsError as e:  # --model-size or model:WEIGHTS@THRESHOLD out of range
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(format_summary(report))
     print(f"written: {args.out} (report: {args.out}/report.json)")
     return 1 if report["images"]["failed"] else 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from . import add_quiet_flag, whole_number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-dir", help="folder of images (overrides the layout)")
     p.add_argument("--no-decode", action="store_true",
                    help="read image headers only (faster; misses corrupt image data)")
-    p.add_argument("--workers", type=int, default=1, help="processes for the per-image checks (default 1)")
+    p.add_argument("--workers", type=whole_number(1), default=1,
+                   help="processes for the per-image checks (default 1)")
+    add_quiet_flag(p)
     p.set_defaults(func=run)
 
 
@@ -26,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
 
     if args.dataset is None and args.json_path is None:
-        print("error: give a DATASET or --json")
+        print("error: give a DATASET or --json", file=sys.stderr)
         return 2
     problems, stats = check_dataset(args.dataset, json_path=args.json_path, png_dir=args.png_dir,
                                     image_dir=args.image_dir, decode_images=not args.no_decode,
-                                    workers=args.workers)
+                                    workers=args.workers, progress=not args.quiet)
     for p in problems:
         print(p)
     files = len({p.file for p in problems})

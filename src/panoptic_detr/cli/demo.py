@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from . import add_quiet_flag
 from .settings_flags import add_settings_flags, settings_kwargs
 
 
@@ -20,24 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--weights", default="demo", help="checkpoint to use instead of the bundled one")
     p.add_argument("--train", action="store_true", help="train the demo checkpoint first (minutes)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    add_quiet_flag(p, "--no-progress")
     add_settings_flags(p.add_argument_group("inference settings"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
-    from ..loading import WeightsError
-    from ..settings import SettingsError
 
-    try:
-        result = run_demo(args.images, args.out, weights=args.weights, train=args.train,
-                          device=args.device, progress=not args.no_progress, **settings_kwargs(args))
-    except SettingsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    result = run_demo(args.images, args.out, weights=args.weights, train=args.train, device=args.device,
+                      progress=not args.quiet, **settings_kwargs(args))
     return 1 if result.failed else 0

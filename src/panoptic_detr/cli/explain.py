@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
 
 
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="segments to explain: 'all' (default) or ids like 1,3")
     p.add_argument("--path-segment", type=int, default=None, metavar="ID",
                    help="segment of the path figure (default: the most confident one)")
-    p.add_argument("--near-misses", type=int, default=3, metavar="N",
+    p.add_argument("--near-misses", type=whole_number(0), default=3, metavar="N",
                    help="also show the masks of the N dropped queries with the best class scores (default 3)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_settings_flags(p)
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_out_dir(args.out, args.overwrite)
         predictor = Predictor(args.weights, preset=args.preset, device=args.device, **settings_kwargs(args))
-    except (FileExistsError, ValueError) as e:  # settings, weights or the output folder
+    except (FileExistsError, ValueError) as e:  # settings, weights or the output folder: nothing ran
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from . import add_quiet_flag, probability, whole_number
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -25,24 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Scenes are deterministic for (seed, index): use different seeds for train and val.",
     )
     p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
-    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--n", type=whole_number(1), required=True, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     p.add_argument("--size", type=_size, default=(256, 256), metavar="WxH",
                    help="image size (default 256x256)")
-    p.add_argument("--crowd-prob", type=float, default=0.0, metavar="P",
+    p.add_argument("--crowd-prob", type=probability, default=0.0, metavar="P",
                    help="probability that an image gets a crowd region (default 0)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    add_quiet_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.synth import make_dataset
 
-    try:
-        path = make_dataset(args.out, args.n, args.seed, args.size, crowd_prob=args.crowd_prob,
-                            overwrite=args.overwrite)
-    except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    path = make_dataset(args.out, args.n, args.seed, args.size, crowd_prob=args.crowd_prob,
+                        overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {args.n} images to {path.parent} ({path.name})")
     return 0

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from . import add_quiet_flag, check_device
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -20,30 +22,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sections, e.g. optim.lr=2e-4 model.preset=detr_r18_small). Writes checkpoints, "
         "metrics.jsonl and curves.png to out_dir.",
     )
-    p.add_argument("--config", help="YAML training config (see configs/)")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML training config (see configs/); required")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint_last.pt")
     p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint instead")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an out_dir that holds a run")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (overrides the config's device)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_flag(p, "--no-progress")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError
-    from ..data.images import ImageError
-    from ..train.config import ConfigError, load_config
-    from ..train.loop import TrainError, train
+    if args.config is None:
+        print("error: train needs --config FILE.yaml (examples in configs/; KEY=VALUE pairs then "
+              "override it)", file=sys.stderr)
+        return 2
+    from ..train.config import load_config  # errors: one line each, from cli.main
+    from ..train.loop import train
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    try:
-        cfg = load_config(args.config, overrides)
-        resume = args.resume_from or args.resume
-        metrics = train(cfg, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ConfigError, CheckpointError, TrainError, ImageError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = load_config(args.config, overrides)
+    if not args.device:
+        check_device(cfg.device)
+    metrics = train(cfg, resume=args.resume_from or args.resume, overwrite=args.overwrite,
+                    progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary, not one per process
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, str)}))
     return 0

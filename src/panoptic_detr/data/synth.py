@@ -35,6 +35,29 @@ _THING_COLORS = [(220, 20, 60), (0, 130, 200), (255, 180, 0), (145, 30, 180), (6
 _STUFF_COLORS = [(135, 190, 240), (80, 140, 40), (20, 80, 130), (150, 60, 40), (210, 190, 130)]
 
 
+class SynthError(ValueError):
+    """A parameter of `make_dataset` / `make_scene` out of its range (one line: name, value,
+    range); `name` is the parameter's."""
+
+    def __init__(self, name: str, value: Any, expected: str) -> None:
+        super().__init__(f"{name}: {value!r} is out of range (expected {expected})")
+        self.name, self.value, self.expected = name, value, expected
+
+
+def check_params(size: tuple[int, int], crowd_prob: float, max_things: int,
+                 thing_size: tuple[float, float]) -> None:
+    """SynthError unless the scene parameters are in range (NaN never is)."""
+    if len(size) != 2 or not all(isinstance(v, int) and v >= 16 for v in size):
+        raise SynthError("size", size, "(height, width), each a whole number >= 16")
+    if not (isinstance(crowd_prob, int | float) and 0 <= crowd_prob <= 1):
+        raise SynthError("crowd_prob", crowd_prob, "a probability from 0 to 1")
+    if isinstance(max_things, bool) or not isinstance(max_things, int) or max_things < 0:
+        raise SynthError("max_things", max_things, "a whole number >= 0")
+    low, high = thing_size
+    if not 0 < low <= high <= 1:
+        raise SynthError("thing_size", thing_size, "(low, high) fractions with 0 < low <= high <= 1")
+
+
 def synth_categories() -> list[dict[str, Any]]:
     """COCO `categories` of the synthetic scenes: things 1-6, stuff 7-11 (class index = id)."""
     cats = [
@@ -307,8 +330,12 @@ def make_dataset(
     Refuses a non-empty `out` unless `overwrite`. Every file is written atomically and the
     JSON last (and fsynced), so a dataset with a JSON is complete, power cuts aside.
     `size` is (height, width); `crowd_prob`, `max_things` and `thing_size` go to `make_scene`.
-    Returns the JSON's path.
+    Returns the JSON's path. A parameter out of range is a `SynthError`, before anything is
+    written.
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SynthError("n", n, "a whole number of images >= 1")
+    check_params(tuple(size), crowd_prob, max_things, tuple(thing_size))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")

@@ -10,6 +10,7 @@ field overrides (`model.overrides.num_queries=50`); the class count comes from t
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -24,6 +25,26 @@ SCHEDULES = ("joint", "two_stage", "finetune")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit `TrainConfig` (one line: file, key, problem)."""
+
+
+def _check_range(obj: Any, name: str, low: float, *, above: bool = False, high: float | None = None,
+                 below: bool = False, range_text: str) -> None:
+    """ConfigError naming `name`, its value and `range_text` unless low <= value (low < value
+    when `above`) and value <= high (value < high when `below`); NaN and infinities never fit."""
+    v = getattr(obj, name)
+    values = v if isinstance(v, list) else [v]
+    for x in values:
+        ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+        ok = ok and (x > low if above else x >= low)
+        if ok and high is not None:
+            ok = x < high if below else x <= high
+        if not ok:
+            raise ConfigError(f"{name}: {v!r} is out of range (expected {range_text})")
+
+
+def _at_least(obj: Any, names: str, low: int, why: str = "") -> None:
+    for name in names.split():
+        _check_range(obj, name, low, range_text=f"a whole number >= {low}{why}")
 
 
 @dataclass
@@ -52,6 +73,14 @@ class SynthSection:
     thing_size: list[float] = field(default_factory=lambda: [0.12, 0.40])
     """Range of a thing's diameter as a fraction of the scene side."""
 
+    def __post_init__(self) -> None:
+        _at_least(self, "n_train n_val max_things", 0, "; 0: none")
+        _at_least(self, "size", 16)
+        _check_range(self, "crowd_prob", 0, high=1, range_text="a probability from 0 to 1")
+        _check_range(self, "thing_size", 0, above=True, high=1, range_text="fractions in (0, 1]")
+        if len(self.thing_size) != 2 or self.thing_size[0] > self.thing_size[1]:
+            raise ConfigError(f"thing_size: {self.thing_size!r} is not a range (expected [low, high])")
+
 
 @dataclass
 class DataSection:
@@ -78,11 +107,19 @@ class DataSection:
     """DataLoader worker processes (augmentation is seeded per sample: results do not depend
     on this)."""
 
+    def __post_init__(self) -> None:
+        _at_least(self, "scales max_size crop_scales crop_min crop_max val_size", 1)
+        _at_least(self, "num_workers", 0, "; 0: load in the training process")
+        if self.crop_max < self.crop_min:
+            raise ConfigError(f"crop_max: {self.crop_max} is out of range "
+                              f"(expected >= crop_min, {self.crop_min})")
+
 
 @dataclass
 class OptimSection:
     lr: float = 1e-4
     lr_backbone: float = 1e-5
+    """Learning rate of the backbone (0 = frozen: its parameters get no gradient)."""
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     """Gradient norm clipping (0 = off)."""
@@ -94,6 +131,14 @@ class OptimSection:
     lr_gamma: float = 0.1
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many optimiser steps."""
+
+    def __post_init__(self) -> None:
+        _check_range(self, "lr", 0, above=True, range_text="a finite number > 0")
+        _check_range(self, "lr_backbone", 0, range_text="a finite number >= 0; 0: frozen backbone")
+        _check_range(self, "weight_decay", 0, range_text="a finite number >= 0")
+        _check_range(self, "clip_max_norm", 0, range_text="a finite number >= 0; 0: off")
+        _check_range(self, "lr_gamma", 0, above=True, range_text="a finite number > 0")
+        _at_least(self, "lr_drop warmup_steps", 0, "; 0: none")
 
 
 @dataclass(frozen=True)
@@ -114,6 +159,10 @@ class LossWeights:
     segment: float = 0.0
     """Class loss of every ground-truth segment's mask-pooled encoder memory through the class
     head (`criterion.segment_class_loss`); 0, the default, is DETR's loss."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_range(self, f.name, 0, range_text="a finite weight >= 0; 0: term off")
 
 
 @dataclass
@@ -165,8 +214,12 @@ class TrainConfig:
             raise ConfigError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.schedule == "finetune" and not self.init:
             raise ConfigError("init: the finetune schedule needs weights to start from")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("batch_size and grad_accum must be >= 1")
+        _at_least(self, "batch_size grad_accum epochs log_every", 1)
+        _at_least(self, "steps", 0, "; 0: from epochs")
+        _at_least(self, "stage1_steps eval_every checkpoint_every", 0)
+        _check_range(self, "time_limit", 0, range_text="minutes, a finite number >= 0; 0: none")
+        _check_range(self, "eval_threshold", 0, high=1, below=True,
+                     range_text="a number from 0 up to (not including) 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -129,6 +129,8 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
             elif problem := _other_synth_dataset(Path(root), n, seed, synth.size):
                 raise TrainError(problem)
     barrier(info)
+    if cfg.init:
+        _fetch_init(cfg.init)  # an unreachable checkpoint fails now, not after the dataset check
     if cfg.data.check:
         problem = _check_data([cfg.data.train, cfg.data.val], cfg.data.num_workers) if info.is_main else None
         problem = broadcast_object(problem, info)
@@ -145,6 +147,24 @@ def build_parts(cfg: TrainConfig, info: DistInfo | None = None) -> RunParts:
 
         report = init_from(model, cfg.init, reinit_class_head=cfg.schedule == "finetune")
     return RunParts(model, dataclasses.asdict(mcfg), categories, train_set, val_set, report)
+
+
+def _fetch_init(init: str) -> None:
+    """Make sure `init` can be read: a file that exists, or a published checkpoint, downloaded
+    (and hash-checked) now. Reading it into the model stays where it was, after the model is
+    built, so the initial weights do not change."""
+    from ..loading import cached_path
+    from ..model.weights import WEIGHTS
+
+    path = Path(init)
+    if path.is_file() or init == "demo":
+        return
+    if init in WEIGHTS:
+        cached_path(WEIGHTS[init], option="init=PATH")
+        return
+    names = ", ".join(["demo", *WEIGHTS])
+    raise ckpt_io.CheckpointError(f"init={init}: no such file (expected a checkpoint path or a name: "
+                                  f"{names})")
 
 
 def _check_data(roots: list[str], workers: int) -> str | None:
@@ -280,8 +300,11 @@ def _optimizer(model: nn.Module, o: OptimSection, device: torch.device):
 
 
 def _prepare_out_dir(out: Path, step: int, cfg: TrainConfig, parts: RunParts) -> None:
-    """Rank 0: the output folder, metrics.jsonl cut back to `step`, the init report."""
+    """Rank 0: the output folder, metrics.jsonl cut back to `step`, the init report; the
+    temporary files of a killed run (`data.files.atomic_write`'s `.NAME.*.tmp`) removed."""
     out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
     truncate_metrics(out / "metrics.jsonl", step)
     if parts.init_report is not None:
         from .finetune import summary
