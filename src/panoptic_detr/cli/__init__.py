@@ -33,6 +33,8 @@ COMMANDS = {
     "train": "train",
     "build-gt": "build_gt",
     "convert": "convert",
+    "export": "export",
+    "serve": "serve",
 }
 
 USAGE_ERRORS = (
