@@ -56,8 +56,9 @@ RUN_ERRORS = (
 Looked up in sys.modules only: an error of a module never imported cannot have been raised,
 and classifying one must not import torch."""
 
-COUNTS = {"batch_size": "--batch-size", "workers": "--workers"}
-"""Count flags of any command: whole numbers >= 1, checked before the command runs."""
+COUNTS = {"batch_size": "--batch-size"}
+"""Count flags of any command: whole numbers >= 1, checked before the command runs (--workers
+is checked by each parser: 0 means "in this process" where a command allows it)."""
 
 
 class OptionError(ValueError):

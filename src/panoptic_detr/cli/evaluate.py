@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
 
 
@@ -38,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="FILE.json",
                    help="write the results as JSON (a model's: default OUT/pq.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output / predictions")
-    p.add_argument("--workers", type=int, default=2, help="processes decoding and scoring PNGs (2)")
+    p.add_argument("--workers", type=whole_number(0), default=2,
+                   help="processes decoding and scoring PNGs (default 2; 0: in this process)")
     p.add_argument("--per-class", action="store_true", help="also print a row per class")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run, _parser=p)
