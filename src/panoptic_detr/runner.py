@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.coco_panoptic import find_layout
 from .data.files import write_json, write_png
 from .data.images import ImageError, load_image
+from .data.layout import find_layout
 from .data.panoptic_png import write_panoptic_png
 from .predictor import Predictor
 from .settings import InferenceSettings

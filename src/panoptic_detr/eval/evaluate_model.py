@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..data.coco_panoptic import find_layout
 from ..data.files import write_json
+from ..data.layout import find_layout
 from ..data.panoptic_png import write_panoptic_png
-from ..predictor import Predictor, check_settings
-from ..runner import run_images
 from ..settings import InferenceSettings
 from .evaluate import EvaluationError, evaluate_files
+
+if TYPE_CHECKING:  # the model's modules (and torch) load only for a model evaluation
+    from ..predictor import Predictor
 
 DEFAULT_OUT = Path("runs/evaluate")
 """Where a model evaluation writes its predictions and pq.json unless told."""
@@ -41,6 +42,8 @@ def write_model_predictions(predictor: Predictor, data: str | os.PathLike[str], 
     the images that could not be read or predicted (the others are written), and
     FileExistsError if `out` holds predictions and not `overwrite`.
     """
+    from ..runner import run_images
+
     gt_json, gt_dir, image_dir = find_layout(data)
     if image_dir is None:
         raise EvaluationError([f"{data}: no image folder found (images/ or the split's folder)"])
@@ -123,6 +126,8 @@ def run_evaluation(
     if not model_mode and (settings is not None or any(v is not None for v in given.values())):
         raise UsageError("inference settings apply to a model evaluation (--weights and --data) only")
     if model_mode:
+        from ..predictor import Predictor, check_settings
+
         check_settings(given)  # bad settings fail before the dataset is looked at
         out = Path(out or DEFAULT_OUT)
         output = output or out / "pq.json"
