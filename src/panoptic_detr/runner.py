@@ -34,6 +34,14 @@ from .data.coco_panoptic import find_layout
 from .data.files import write_json, write_png
 from .data.images import ImageError, load_image
 from .data.panoptic_png import write_panoptic_png
+from .parallel import (
+    DistInfo,
+    all_gather_object,
+    broadcast_object,
+    process_group,
+    rank_device,
+    shard,
+)
 from .predictor import Predictor
 from .settings import InferenceSettings
 from .structures import Categories, PanopticResult
@@ -270,34 +278,83 @@ def predict_files(
         files = [path for path, _, _ in entries.values()]
     else:
         files, summary.failed = expand_inputs(inputs, exclude=out)
-    if predictor is None:  # bad settings or weights fail before the output folder is made
-        predictor = Predictor(weights, settings, preset=preset, device=device, batch_size=batch_size, **given)
-    summary.error = _prepare_out_dir(out)
-    if summary.error is not None:
-        summary.not_run = [str(f) for f in files]
-        return summary
-    jobs = _plan(files, out, entries, summary.failed)
-    todo = []
+    with process_group(dev) as group:
+        dev = rank_device(dev, group)  # one device per process, the CPU's cores shared out
+        if predictor is None:  # bad settings or weights fail before the output folder is made
+            predictor = Predictor(weights, settings, preset=preset, device=dev, batch_size=batch_size,
+                                  **given)
+        files, summary.failed = broadcast_object((files, summary.failed), group)  # rank 0's list
+        digests = _digests([f for f in files if entries is None or f.name in entries], group)
+        plan = None
+        if group.is_main:  # names from the whole list, before any process writes
+            summary.error = _prepare_out_dir(out)
+            if summary.error is None:
+                plan = _todo(_plan(files, out, entries, summary.failed, digests), out, overwrite)
+        summary.error, summary.failed, plan = broadcast_object((summary.error, summary.failed, plan), group)
+        if plan is None:
+            summary.not_run = [str(f) for f in files]
+            return summary
+        summary.skipped, todo = plan
+
+        def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
+            save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
+                        image_id=job.image_id)
+
+        failed: list[str] = []
+        desc = f"rank 0 of {group.world_size}" if group.enabled else None
+        done = run_images(predictor, shard(todo, group), write, failed=failed,
+                          progress=progress and group.is_main, desc=desc)
+        try:
+            shares = all_gather_object(([str(f) for f in done], failed), group)
+        except RuntimeError as e:  # another process of the run died: what is done stays done
+            summary.done, summary.failed = [str(f) for f in done], summary.failed + failed
+            why = (str(e).splitlines() or [""])[0][:120]
+            summary.error = (f"another process of this run stopped ({why}); "
+                             f"the images finished are recorded in {out / RECORDS}: run the command again "
+                             "(with any number of processes) to do the rest")
+            return summary
+        order = {str(f): i for i, (f, _) in enumerate(todo)}
+        summary.done = sorted((d for share, _ in shares for d in share), key=order.__getitem__)
+        summary.failed += [line for _, lines in shares for line in lines]
+        if group.is_main:
+            summary.error = _write_predictions(out, predictor.categories, summary.failed)
+        summary.error, summary.failed = broadcast_object((summary.error, summary.failed), group)
+    return summary
+
+
+def _write_predictions(out: Path, categories: Categories, failed: list[str]) -> str | None:
+    """out/predictions.json from every record in out; the problem as one line, or None."""
+    target = out / "predictions.json"
+    try:
+        write_json(target, _predictions(out, categories, failed), indent=None)
+    except OSError as e:
+        return (f"{target}: could not write it ({_why(e)}); the records of every image done are "
+                f"in {out / RECORDS}, a re-run writes it")
+    return None
+
+
+def _digests(files: Sequence[Path], group: DistInfo) -> dict[str, str | OSError]:
+    """{path: its SHA-256, or the error reading it}; each process hashes its share."""
+    mine: dict[str, str | OSError] = {}
+    for f in shard(files, group):
+        try:
+            mine[str(f)] = file_digest(f)
+        except OSError as e:
+            mine[str(f)] = e
+    return {k: v for share in all_gather_object(mine, group) for k, v in share.items()}
+
+
+def _todo(jobs: list[_Job], out: Path, overwrite: bool) -> tuple[list[str], list[tuple[Path, _Job]]]:
+    """(the inputs already done, skipped; the (file, job) pairs to run): an image is done when
+    its record names the same source."""
+    skipped, todo = [], []
     for job in jobs:
         record = _read_record(out / RECORDS / f"{job.stem}.json")
         if not overwrite and record is not None and _source(record) == job.digest:
-            summary.skipped.append(str(job.file))
+            skipped.append(str(job.file))
         else:
             todo.append((job.file, job))
-
-    def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
-        save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
-                    image_id=job.image_id)
-
-    done = run_images(predictor, todo, write, failed=summary.failed, progress=progress)
-    summary.done = [str(f) for f in done]
-    target = out / "predictions.json"
-    try:
-        write_json(target, _predictions(out, predictor.categories, summary.failed), indent=None)
-    except OSError as e:
-        summary.error = (f"{target}: could not write it ({_why(e)}); the records of every image done are "
-                         f"in {out / RECORDS}, a re-run writes it")
-    return summary
+    return skipped, todo
 
 
 def _why(e: OSError) -> str:
@@ -348,21 +405,21 @@ def _dataset_entries(dataset: str | os.PathLike[str]) -> dict[str, tuple[Path, i
 
 
 def _plan(files: list[Path], out: Path, entries: Mapping[str, tuple[Path, int, str]] | None,
-          failed: list[str]) -> list[_Job]:
-    """The output name of every input, from the whole list and the records already in `out`."""
+          failed: list[str], hashed: Mapping[str, str | OSError]) -> list[_Job]:
+    """The output name of every input, from the whole list and the records already in `out`
+    (hashed: each file's SHA-256 or the error reading it, see `_digests`)."""
     kept, digests, bases, ids = [], [], [], []
     for f in files:
         entry = entries.get(f.name) if entries is not None else None
         if entries is not None and entry is None:
             failed.append(f"{f}: not an image of the dataset (no annotated image has this file name)")
             continue
-        try:
-            digest = file_digest(f)
-        except FileNotFoundError:
+        digest = hashed[str(f)]
+        if isinstance(digest, FileNotFoundError):
             failed.append(f"{f}: no such file")
             continue
-        except OSError as e:
-            failed.append(f"{f}: cannot read: {_why(e)}")
+        if isinstance(digest, OSError):
+            failed.append(f"{f}: cannot read: {_why(digest)}")
             continue
         kept.append(f)
         digests.append(digest)

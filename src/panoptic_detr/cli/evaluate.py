@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "image of its id when their file names agree, else with the image of its file name. "
         "Model: --weights W --data DATASET runs the model over the dataset as predict runs it, "
         "writes its predictions in COCO panoptic format to --out and scores them. Prints the PQ "
-        "table; --output writes everything (per class too) as JSON.",
+        "table; --output writes everything (per class too) as JSON. A model evaluation runs under "
+        "torchrun too: each process predicts and scores its share of the images, rank 0 reports "
+        "(docs/distributed_inference.md).",
     )
     files = p.add_argument_group("prediction files")
     files.add_argument("--gt", metavar="GT_JSON", help="ground-truth COCO panoptic JSON")
@@ -49,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..eval.evaluate import EvaluationError, format_table
     from ..eval.evaluate_model import UsageError, run_evaluation
+    from ..parallel import dist_info
+
+    main_process = dist_info().is_main  # under torchrun rank 0 reports for every process
 
     try:
         results, output = run_evaluation(
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as e:
         args._parser.error(str(e))
     except EvaluationError as e:
+        if not main_process:
+            return 1
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
         print(f"{len(e.problems)} problem(s); no score", file=sys.stderr)
@@ -66,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not main_process:
+        return 0
     if results.get("repaired"):
         print(f"note: {results['repaired']} prediction(s) paired with their ground-truth image by file name: "
               "their image ids are not the ground truth's", file=sys.stderr)

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "record in OUT names the same file content are skipped (re-run an interrupted run as it "
         "was); --overwrite redoes them. Another image whose name is taken in OUT gets a name of "
         "its own. With --dataset the dataset's image ids and file names are used, so evaluate "
-        "pairs the predictions with its ground truth.",
+        "pairs the predictions with its ground truth. Under torchrun (torchrun --nproc-per-node N -m "
+        "panoptic_detr predict ...) each process predicts its share of the images and rank 0 "
+        "writes predictions.json (docs/distributed_inference.md).",
     )
     p.add_argument("images", nargs="*", metavar="IMAGES",
                    help="image files, folders or glob patterns (default with --dataset: all its images)")
@@ -38,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..parallel import dist_info
     from ..runner import predict_files
 
     if not args.images and args.dataset is None:
@@ -51,9 +54,15 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # settings, weights, device, dataset
         print(f"error: {e}", file=sys.stderr)
         return 2
+    code = 1 if summary.failed or summary.error else 0
+    rank = dist_info().rank
+    if rank != 0:  # under torchrun rank 0 reports for every process; another only why it stopped
+        if summary.error is not None:
+            print(f"error: rank {rank}: {summary.error}", file=sys.stderr)
+        return code
     for line in summary.failed:
         print(f"error: {line}", file=sys.stderr)
     if summary.error is not None:
         print(f"error: {summary.error}", file=sys.stderr)
     print(summary.line())
-    return 1 if summary.failed or summary.error else 0
+    return code
