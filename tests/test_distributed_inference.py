@@ -104,8 +104,18 @@ def two_ranks(dataset, tmp_path_factory):
                 ["evaluate", "--data", str(dataset), "--out", str(run / "evaluate"), *SMALL],
                 ["predict", str(run / "broken.jpg"), str(dataset / "images"), "--out", str(run / "bad"),
                  *SMALL]]
+    from panoptic_detr.gt.convert import panoptic_to_instances_file
+
+    panoptic_to_instances_file(dataset / "panoptic.json", run / "instances.json", progress=False)
+    commands.append(build_gt_argv(dataset, run, run / "gt"))
     spawn(commands, run / "log")
     return run, [json.loads((run / f"log.{r}.codes").read_text()) for r in range(2)]
+
+
+def build_gt_argv(dataset: Path, run: Path, out: Path) -> list[str]:
+    """build-gt: the dataset's things from instances, the rest from the demo model."""
+    return ["build-gt", "--instances", str(run / "instances.json"), "--images", str(dataset / "images"),
+            "--out", str(out), "--stuff-from", "model:demo@0.5", "--model-size", "96", "128", "--quiet"]
 
 
 def test_shards_are_exact_and_uneven():
@@ -161,6 +171,17 @@ def test_a_broken_image_is_one_line_and_the_others_are_done(dataset, two_ranks, 
         run / "log.0.out").read_text()
     assert main(["predict", str(dataset / "images"), "--out", str(tmp_path / "one"), *SMALL]) == 0
     assert outputs(run / "bad") == outputs(tmp_path / "one")
+
+
+def test_build_gt_on_two_ranks_builds_the_dataset_of_one_process(dataset, two_ranks, tmp_path, one_thread):
+    run, codes = two_ranks
+    assert codes[0][3] == codes[1][3] == 0, (run / "log.0.err").read_text() + (run / "log.1.err").read_text()
+    assert main(build_gt_argv(dataset, run, tmp_path / "gt")) == 0
+    one, two = tmp_path / "gt", run / "gt"
+    assert json.loads((two / "panoptic.json").read_text()) == json.loads((one / "panoptic.json").read_text())
+    assert outputs(two) == outputs(one)  # PNGs, images, previews, report
+    assert json.loads((two / "report.json").read_text())["images"]["processed"] == N_IMAGES
+    assert "written:" in (run / "log.0.out").read_text() and "written:" not in (run / "log.1.out").read_text()
 
 
 def test_a_rerun_with_another_world_size_completes_a_run_whose_rank_died(dataset, tmp_path, capsys,

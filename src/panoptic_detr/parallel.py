@@ -112,9 +112,12 @@ def cleanup_distributed() -> None:
 def process_group(device: str | torch.device = "auto") -> Iterator[DistInfo]:
     """`init_distributed` for a block; leaves the group when the block joined it (a group the
     caller set up stays)."""
+    if not dist_info().enabled:  # one process: torch not even imported
+        yield DistInfo()
+        return
     import torch.distributed as dist
 
-    joined = dist_info().enabled and not (dist.is_available() and dist.is_initialized())
+    joined = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device)
     try:
         yield info
@@ -167,9 +170,9 @@ def rank_device(name: str | torch.device, info: DistInfo) -> torch.device:
     see `threads_per_process`); one process: `name` as it is."""
     import torch
 
-    if not info.enabled:
-        return torch.device(name)
     device = resolve_device(name, info)
+    if not info.enabled:
+        return device
     if device.type == "cpu":
         torch.set_num_threads(threads_per_process(info))
     return device
