@@ -204,3 +204,19 @@ def test_a_rerun_with_another_world_size_completes_a_run_whose_rank_died(dataset
     assert outputs(out) == outputs(tmp_path / "ref")
     assert (json.loads((out / "predictions.json").read_text())
             == json.loads((tmp_path / "ref" / "predictions.json").read_text()))
+
+
+def test_decoding_in_loader_workers_changes_nothing(dataset, tmp_path, capsys):
+    """--loader-workers 2 (DataLoader processes decoding ahead, writer thread behind) writes
+    what decoding in the process writes, a broken image included, batches of 2 over 6 inputs."""
+    (tmp_path / "broken.jpg").write_bytes(b"not a JPEG")
+    inputs = [str(tmp_path / "broken.jpg"), str(dataset / "images")]
+    for name, workers in (("serial", "0"), ("loaders", "2")):
+        argv = ["predict", *inputs, "--out", str(tmp_path / name), "--batch-size", "2",
+                "--loader-workers", workers, *SMALL]
+        assert main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0] == err[1] and "broken.jpg" in err[0]
+    assert outputs(tmp_path / "loaders") == outputs(tmp_path / "serial")
+    assert ((tmp_path / "loaders" / "predictions.json").read_bytes()
+            == (tmp_path / "serial" / "predictions.json").read_bytes())

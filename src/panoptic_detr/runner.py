@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,9 +58,14 @@ OVERLAY_MAX_SIDE = 2048
 
 def run_images(predictor: Predictor, items: Sequence[tuple[Path, T]], write: Writer[T], *,
                failed: list[str], batch_size: int | None = None, progress: bool = True,
-               desc: str | None = None) -> list[Path]:
+               desc: str | None = None, loader_workers: int = 0) -> list[Path]:
     """Predict the image file of each (path, item) pair and `write(item, image, result)`, in
     order, `batch_size` images per network call (default: the predictor's).
+
+    The network runs in this thread; `write` runs in a writer thread, one batch behind (PNG
+    encoding overlaps the next batch's network); with `loader_workers` > 0 the files are
+    decoded by that many DataLoader processes, a few batches ahead. Both queues are bounded,
+    so memory stays flat however many images there are.
 
     One line per image that could not be read, predicted or written is appended to `failed`;
     returns the paths written.
@@ -69,24 +75,73 @@ def run_images(predictor: Predictor, items: Sequence[tuple[Path, T]], write: Wri
     batch_size = batch_size or predictor.batch_size
     done: list[Path] = []
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress or not items, file=sys.stderr)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        loaded = []
-        for path, item in chunk:
-            try:
-                loaded.append((path, item, load_image(path)))
-            except ImageError as e:
-                failed.append(str(e))
-        for (path, item, image), result in _predict_isolating_failures(predictor, loaded, failed):
-            try:
-                write(item, image, result)
-                done.append(path)
-            except OSError as e:
-                failed.append(f"{path}: could not write its results ({e})")
-        bar.update(len(chunk))
-        bar.set_postfix(failed=len(failed), refresh=False)
-    bar.close()
+    writer = ThreadPoolExecutor(1, thread_name_prefix="writer")
+    pending: list[tuple[Path, Future]] = []  # the previous batch's writes
+    try:
+        for chunk, loaded in _decoded(items, batch_size, loader_workers, failed):
+            pairs = _predict_isolating_failures(predictor, loaded, failed)
+            _collect_writes(pending, done, failed)
+            pending = [(path, writer.submit(write, item, image, result))
+                       for (path, item, image), result in pairs]
+            bar.update(len(chunk))
+            bar.set_postfix(failed=len(failed), refresh=False)
+        _collect_writes(pending, done, failed)
+    finally:  # an interrupt leaves no write half-started behind it
+        writer.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     return done
+
+
+def _collect_writes(pending: list[tuple[Path, Future]], done: list[Path], failed: list[str]) -> None:
+    for path, future in pending:
+        try:
+            future.result()
+            done.append(path)
+        except OSError as e:
+            failed.append(f"{path}: could not write its results ({e})")
+
+
+def _decoded(items: Sequence[tuple[Path, T]], batch_size: int, workers: int, failed: list[str]
+             ) -> Iterator[tuple[Sequence[tuple[Path, T]], list[tuple[Path, T, np.ndarray]]]]:
+    """(chunk of items, its (path, item, image) decoded) per batch, in order; an image that
+    cannot be read is a line in `failed`."""
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    if workers > 0 and items:
+        from torch.utils.data import DataLoader
+
+        images = DataLoader(_Decode([path for path, _ in items]), batch_size=batch_size, num_workers=workers,
+                            collate_fn=list, prefetch_factor=2)
+    else:
+        images = ([_decode(path) for path, _ in chunk] for chunk in chunks)
+    for chunk, decoded in zip(chunks, images, strict=True):
+        loaded = []
+        for (path, item), image in zip(chunk, decoded, strict=True):
+            if isinstance(image, str):
+                failed.append(image)
+            else:
+                loaded.append((path, item, image))
+        yield chunk, loaded
+
+
+def _decode(path: Path) -> np.ndarray | str:
+    """The image, or the line saying why it cannot be read."""
+    try:
+        return load_image(path)
+    except ImageError as e:
+        return str(e)
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Image files decoded in DataLoader workers (see `_decode`)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray | str:
+        return _decode(self.paths[i])
 
 
 def _predict_isolating_failures(predictor: Predictor, loaded: list, failed: list[str]) -> list:
@@ -245,6 +300,7 @@ def predict_files(
     progress: bool = True,
     predictor: Predictor | None = None,
     dataset: str | os.PathLike[str] | None = None,
+    loader_workers: int = 0,
     **given: Any,
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
@@ -266,7 +322,16 @@ def predict_files(
     `SettingsError` and a bad dataset ValueError / FileNotFoundError before any image is read.
 
     settings / **given (threshold=, size=, ...): as `Predictor` takes them; or a ready
-    `predictor` (its settings and batch size are used).
+    `predictor` (its settings and batch size are used). loader_workers: processes decoding
+    the images (0: this one; see `run_images`).
+
+    Under torchrun (or in a process group set up by the caller, see `parallel`) every process
+    calls this with the same arguments: the names are assigned from the whole input list by
+    rank 0, each process predicts every world_size-th image still to do (on its own GPU, or
+    its share of the CPU's cores), and rank 0 writes predictions.json from all the records.
+    Every process returns the summary of the whole run. If a process dies, the others say so
+    in `summary.error`; what was done is recorded, and a rerun (any number of processes) does
+    the rest.
     """
     dev = torch.device(device)  # a malformed name raises ValueError/RuntimeError here
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -303,7 +368,7 @@ def predict_files(
         failed: list[str] = []
         desc = f"rank 0 of {group.world_size}" if group.enabled else None
         done = run_images(predictor, shard(todo, group), write, failed=failed,
-                          progress=progress and group.is_main, desc=desc)
+                          progress=progress and group.is_main, desc=desc, loader_workers=loader_workers)
         try:
             shares = all_gather_object(([str(f) for f in done], failed), group)
         except RuntimeError as e:  # another process of the run died: what is done stays done

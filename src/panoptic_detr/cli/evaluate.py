@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--out", metavar="DIR", help="predictions and pq.json go here (runs/evaluate)")
     model.add_argument("--batch-size", type=int, default=1, help="images per network batch (1)")
     model.add_argument("--device", default="cpu", help="torch device (cpu)")
+    model.add_argument("--loader-workers", type=whole_number(0), default=None, metavar="N",
+                       help="processes decoding images ahead of the network (default 0: this process)")
     add_settings_flags(model)
     p.add_argument("--output", metavar="FILE.json",
                    help="write the results as JSON (a model's: default OUT/pq.json)")
@@ -59,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         results, output = run_evaluation(
             gt=args.gt, gt_dir=args.gt_dir, pred=args.pred, pred_dir=args.pred_dir, weights=args.weights,
             data=args.data, out=args.out, output=args.output, preset=args.preset, device=args.device,
-            batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
-            progress=not args.quiet, **settings_kwargs(args))
+            batch_size=args.batch_size, workers=args.workers, loader_workers=args.loader_workers,
+            overwrite=args.overwrite, progress=not args.quiet, **settings_kwargs(args))
     except UsageError as e:
         args._parser.error(str(e))
     except EvaluationError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
 
 
@@ -33,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per batch (1); on a GPU one padded network batch, on a CPU run one by one")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    p.add_argument("--loader-workers", type=whole_number(0), default=0, metavar="N",
+                   help="processes decoding images ahead of the network (default 0: this process)")
     add_settings_flags(p)
     p.add_argument("--overwrite", action="store_true", help="redo images already done in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         summary = predict_files(
             args.images, args.out, weights=args.weights, preset=args.preset, device=args.device,
             batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
-            dataset=args.dataset, **settings_kwargs(args),
+            dataset=args.dataset, loader_workers=args.loader_workers, **settings_kwargs(args),
         )
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # settings, weights, device, dataset
         print(f"error: {e}", file=sys.stderr)

@@ -79,7 +79,8 @@ def _write_prediction(pred_dir: Path, info: dict, ann: dict, result: Any) -> dic
 
 
 def write_model_predictions(predictor: Predictor, data: str | os.PathLike[str], out: str | os.PathLike[str],
-                            overwrite: bool = False, progress: bool = True) -> tuple[Path, Path, Path, Path]:
+                            overwrite: bool = False, progress: bool = True, loader_workers: int = 0
+                            ) -> tuple[Path, Path, Path, Path]:
     """Run `predictor` (a `predictor.Predictor`) over the images of dataset `data` (a root or
     its JSON, see `CocoPanoptic`), `predictor.batch_size` images at a time, into `out`.
 
@@ -94,7 +95,8 @@ def write_model_predictions(predictor: Predictor, data: str | os.PathLike[str], 
         annotations.append(_write_prediction(d.pred_dir, *item, result))
 
     items = [(d.image_dir / info["file_name"], (info, ann)) for info, ann in d.todo]
-    run_images(predictor, items, write, failed=d.problems, progress=progress, desc="predict")
+    run_images(predictor, items, write, failed=d.problems, progress=progress, desc="predict",
+               loader_workers=loader_workers)
     categories = predictor.categories.to_json()
     write_json(d.pred_json, {"annotations": annotations, "categories": categories}, overwrite=True)
     if d.problems:
@@ -104,22 +106,24 @@ def write_model_predictions(predictor: Predictor, data: str | os.PathLike[str], 
 
 def evaluate_model(predictor: Predictor, data: str | os.PathLike[str], out: str | os.PathLike[str],
                    workers: int = 2, overwrite: bool = False, progress: bool = True,
-                   group: DistInfo | None = None) -> dict[str, Any]:
+                   group: DistInfo | None = None, loader_workers: int = 0) -> dict[str, Any]:
     """Predict dataset `data` into `out` (see `write_model_predictions`) and score it with
     `evaluate_files`. Returns its results dict, plus "predictions" (the JSON's path).
 
     group: the process group of a torchrun run (`parallel.init_distributed`); each process
-    then predicts and scores its share of the images (see `_evaluate_shared`)."""
+    then predicts and scores its share of the images (see `_evaluate_shared`). loader_workers:
+    processes decoding the images (see `runner.run_images`)."""
     if group is not None and group.enabled:
-        return _evaluate_shared(predictor, data, out, group, overwrite, progress)
-    gt_json, gt_dir, pred_json, pred_dir = write_model_predictions(predictor, data, out, overwrite, progress)
+        return _evaluate_shared(predictor, data, out, group, overwrite, progress, loader_workers)
+    gt_json, gt_dir, pred_json, pred_dir = write_model_predictions(predictor, data, out, overwrite, progress,
+                                                                   loader_workers)
     results = evaluate_files(gt_json, gt_dir, pred_json, pred_dir, workers=workers, progress=progress)
     results["predictions"] = str(pred_json)
     return results
 
 
 def _evaluate_shared(predictor: Predictor, data: str | os.PathLike[str], out: str | os.PathLike[str],
-                     group: DistInfo, overwrite: bool, progress: bool) -> dict[str, Any]:
+                     group: DistInfo, overwrite: bool, progress: bool, loader_workers: int) -> dict[str, Any]:
     """`evaluate_model` in many processes: each predicts its share of the images, writes their
     PNGs and scores each against its GT PNG as soon as it is written (`score_pair`); only the
     annotations and the per-image statistics are gathered, never a PNG. Every process gets the
@@ -142,7 +146,7 @@ def _evaluate_shared(predictor: Predictor, data: str | os.PathLike[str], out: st
     items = [(d.image_dir / info["file_name"], (i, info, ann)) for i, (info, ann) in enumerate(d.todo)]
     failed: list[str] = []
     run_images(predictor, shard(items, group), write, failed=failed, progress=progress and group.is_main,
-               desc=f"predict, rank 0 of {group.world_size}")
+               desc=f"predict, rank 0 of {group.world_size}", loader_workers=loader_workers)
     shares = all_gather_object((scored, failed), group)
     scored = sorted((x for share, _ in shares for x in share), key=lambda x: x[0])
     problems = d.problems + [line for _, lines in shares for line in lines]
@@ -182,6 +186,7 @@ def run_evaluation(
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    loader_workers: int | None = None,
     **given: Any,
 ) -> tuple[dict[str, Any], Path | None]:
     """Score prediction files (`gt` + `pred`, see `evaluate_files`) or a model on a dataset
@@ -203,6 +208,8 @@ def run_evaluation(
         raise UsageError("give --gt and --pred (prediction files), or --weights and --data (a model)")
     if not model_mode and (settings is not None or any(v is not None for v in given.values())):
         raise UsageError("inference settings apply to a model evaluation (--weights and --data) only")
+    if not model_mode and loader_workers is not None:
+        raise UsageError("--loader-workers applies to a model evaluation (--weights and --data) only")
     if model_mode:
         check_settings(given)  # bad settings fail before the dataset is looked at
         out = Path(out or DEFAULT_OUT)
@@ -217,7 +224,7 @@ def run_evaluation(
             predictor = Predictor(weights, settings, preset=preset, device=dev, batch_size=batch_size,
                                   **given)
             results = evaluate_model(predictor, data, out, workers=workers, overwrite=overwrite,
-                                     progress=progress, group=group)
+                                     progress=progress, group=group, loader_workers=loader_workers or 0)
     else:
         results = evaluate_files(gt, gt_dir, pred, pred_dir, workers=workers, progress=progress)
     if output is not None and dist_info().is_main:
