@@ -11,6 +11,10 @@ and names the same source (the SHA-256 of the input file's bytes), every output 
 assigned from the whole input list and the records already there before any work starts, a
 source never takes a name whose record names another, and predictions.json is rebuilt from
 all the records in the folder.
+
+Under torchrun the same calls share the work (`parallel`: process group, exact shards): rank 0
+names every image, each process predicts its share and writes its images' files, rank 0
+rebuilds predictions.json; see `predict_files` and docs/distributed_inference.md.
 """
 
 from __future__ import annotations
