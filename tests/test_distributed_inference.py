@@ -220,3 +220,10 @@ def test_decoding_in_loader_workers_changes_nothing(dataset, tmp_path, capsys):
     assert outputs(tmp_path / "loaders") == outputs(tmp_path / "serial")
     assert ((tmp_path / "loaders" / "predictions.json").read_bytes()
             == (tmp_path / "serial" / "predictions.json").read_bytes())
+
+
+def test_loader_workers_belong_to_a_model_evaluation(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--gt", "a.json", "--pred", "b.json", "--loader-workers", "2"])
+    assert stop.value.code == 2
+    assert "--loader-workers applies to a model evaluation" in capsys.readouterr().err
