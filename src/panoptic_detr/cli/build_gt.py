@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build-gt", help="build a COCO-panoptic dataset from instance annotations and a source",
         description="Annotated things (COCO instances: polygons, RLE, crowd) win; every other pixel "
                     "comes from --stuff-from, mapped through --taxonomy. Writes OUT/panoptic.json, "
-                    "OUT/panoptic/*.png, OUT/images/ (hard links), OUT/previews/, OUT/report.json.")
+                    "OUT/panoptic/*.png, OUT/images/ (hard links), OUT/previews/, OUT/report.json. Under "
+                    "torchrun each process builds its share of the images (docs/distributed_inference.md).")
     p.add_argument("--instances", required=True, metavar="ANN.json", help="COCO instances JSON")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of the images")
     p.add_argument("--out", required=True, metavar="DIR", help="output dataset folder")
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..gt import DEFAULT_MIN_AREA, BuildError, build_gt, format_summary
+    from ..parallel import dist_info
 
     if args.min_area is None:
         args.min_area = DEFAULT_MIN_AREA
@@ -50,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
                           workers=args.workers, previews=args.previews, progress=not args.quiet,
                           model_size=tuple(args.model_size) if args.model_size else None)
     except BuildError as e:  # printed as it is worded (it may span lines)
-        print(e, file=sys.stderr)
+        rank = dist_info().rank
+        print(e if rank == 0 else f"rank {rank}: {e}", file=sys.stderr)
         return 1
+    if not dist_info().is_main:  # under torchrun rank 0 reports for every process
+        return 1 if report["images"]["failed"] else 0
     print(format_summary(report))
     print(f"written: {args.out} (report: {args.out}/report.json)")
     return 1 if report["images"]["failed"] else 0

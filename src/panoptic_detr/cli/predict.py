@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
 
 
@@ -18,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "record in OUT names the same file content are skipped (re-run an interrupted run as it "
         "was); --overwrite redoes them. Another image whose name is taken in OUT gets a name of "
         "its own. With --dataset the dataset's image ids and file names are used, so evaluate "
-        "pairs the predictions with its ground truth.",
+        "pairs the predictions with its ground truth. Under torchrun (torchrun --nproc-per-node N -m "
+        "panoptic_detr predict ...) each process predicts its share of the images and rank 0 "
+        "writes predictions.json (docs/distributed_inference.md).",
     )
     p.add_argument("images", nargs="*", metavar="IMAGES",
                    help="image files, folders or glob patterns (default with --dataset: all its images)")
@@ -31,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per batch (1); on a GPU one padded network batch, on a CPU run one by one")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    p.add_argument("--loader-workers", type=whole_number(0), default=0, metavar="N",
+                   help="processes decoding images ahead of the network (default 0: this process)")
     add_settings_flags(p)
     p.add_argument("--overwrite", action="store_true", help="redo images already done in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -38,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..parallel import dist_info
     from ..runner import predict_files
 
     if not args.images and args.dataset is None:
@@ -46,14 +52,20 @@ def run(args: argparse.Namespace) -> int:
         summary = predict_files(
             args.images, args.out, weights=args.weights, preset=args.preset, device=args.device,
             batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
-            dataset=args.dataset, **settings_kwargs(args),
+            dataset=args.dataset, loader_workers=args.loader_workers, **settings_kwargs(args),
         )
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # settings, weights, device, dataset
         print(f"error: {e}", file=sys.stderr)
         return 2
+    code = 1 if summary.failed or summary.error else 0
+    rank = dist_info().rank
+    if rank != 0:  # under torchrun rank 0 reports for every process; another only why it stopped
+        if summary.error is not None:
+            print(f"error: rank {rank}: {summary.error}", file=sys.stderr)
+        return code
     for line in summary.failed:
         print(f"error: {line}", file=sys.stderr)
     if summary.error is not None:
         print(f"error: {summary.error}", file=sys.stderr)
     print(summary.line())
-    return 1 if summary.failed or summary.error else 0
+    return code

@@ -9,6 +9,9 @@ Output folder layout:
     OUT/previews/*.jpg       audit overlays (gt.preview)
     OUT/report.json          what happened: images kept/skipped, pixel shares, overlaps, ...
 
+Under torchrun each process builds its share of the images (a model source on its own
+device) and rank 0 writes the dataset and the report from every process's records.
+
 Nothing partial appears in OUT: the build runs in a hidden folder beside it
 (`.OUT.partial`), finished images are kept there (`parts/`), so an interrupted run resumes
 where it stopped, and the folder is renamed into place at the end.
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from ..data.files import atomic_write, write_json
 from ..data.panoptic_png import write_panoptic_png
-from ..parallel import pool_context
+from ..parallel import DistInfo, all_gather_object, barrier, pool_context, process_group, rank_device, shard
 from ..structures import Categories
 from .compose import compose
 from .instances import ORDERS, decode_annotations, instances_to_panoptic
@@ -103,6 +106,20 @@ def build_gt(
     if not images_dir.is_dir():
         raise BuildError(f"{images_dir}: image folder not found")
     data = _read_instances(instances_json)
+    with process_group() as group:  # under torchrun: each process builds its share of the images
+        return _build(data, instances_json, images_dir, out_dir, stuff_from, taxonomy, order, min_area,
+                      skip_unannotated, overwrite, workers, previews, model_size, progress, log, group)
+
+
+def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir: Path,
+           stuff_from: str | Source | None, taxonomy: str | Path | None, order: str, min_area: int,
+           skip_unannotated: bool, overwrite: bool, workers: int, previews: bool,
+           model_size: tuple[int, int] | None, progress: bool, log: Callable[[str], None], group: DistInfo
+           ) -> dict[str, Any]:
+    if group.enabled:
+        rank_device("auto", group)  # a model source's device is then this process's own
+    if not group.is_main:  # rank 0 reports every process's problems, once
+        log = _quiet
     try:
         options = {"size": model_size[0], "max_size": model_size[1]} if model_size else {}
         source = open_source(stuff_from, **options) if isinstance(stuff_from, str) else stuff_from
@@ -126,16 +143,32 @@ def build_gt(
               "images": str(images_dir.resolve()), "stuff_from": source and source.spec,
               "model_size": model_size and list(model_size), "order": order, "min_area": min_area,
               "previews": previews, "categories": tax.targets, "taxonomy": _digest(taxonomy)}
-    _prepare_work(work, config, log)
+    if group.is_main:
+        _prepare_work(work, config, log)
+    barrier(group)
     job = _Job(str(instances_json), images_dir, work, source, rules, ann_targets,
                {int(t["id"]): bool(t["isthing"]) for t in tax.targets},
                Categories(tax.targets), order, min_area, previews)
 
     records, todo = _plan(data["images"], by_image, work, source, skip_unannotated, instances_json, warn)
-    records += _run(job, todo, workers, progress, warn)
+    planned = len(problems)
+    built = _run(job, shard(todo, group), workers, progress and group.is_main, warn)
+    shares = all_gather_object((built, problems[planned:]), group)
+    order = {img["file_name"]: i for i, (img, _) in enumerate(todo)}  # canonical, whoever built it
+    records += sorted((r for share, _ in shares for r in share), key=lambda r: order[r["file_name"]])
+    problems[planned:] = [line for _, lines in shares for line in lines]
+    for rank, (_, lines) in enumerate(shares):
+        for line in lines if rank != group.rank else []:
+            log(line)
     report = make_report(records, tax.targets, problems, instances_json, source and source.spec)
-    _finish(work, out_dir, data, records, tax, report, overwrite)
+    if group.is_main:
+        _finish(work, out_dir, data, records, tax, report, overwrite)
+    barrier(group)  # the dataset is in place when any process returns
     return report
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 # ---------------------------------------------------------------- inputs
