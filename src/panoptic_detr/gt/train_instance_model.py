@@ -7,7 +7,9 @@ Reproducible from the seed: scene `k` of step `s` is `data.synth.make_scene(seed
     PYTHONPATH=src python -m panoptic_detr.gt.train_instance_model \
         src/panoptic_detr/assets/demo/demo_maskrcnn.pt --steps 120
 
-(about 10 minutes on two shared CPU cores; the log gives the losses).
+(2026-12-05: 30 minutes of wall time on two CPU cores shared with five other jobs, far less
+CPU time; losses at the end: classifier 0.63, box 0.60, mask 0.42, objectness 0.05). 120
+steps of 4 scenes is little: the mask head inside a given box is what it learns best.
 """
 
 from __future__ import annotations
