@@ -307,3 +307,19 @@ def test_cli_things_from_without_instances(tmp_path, capsys):
     assert report["things_from"] == "model:demo-maskrcnn@0.3" and report["images"]["processed"] == 2
     assert main(["build-gt", "--images", str(pan.parent / "images"), "--out", str(tmp_path / "o2")]) == 1
     assert "nothing to build from" in capsys.readouterr().err
+
+
+def test_standin_training_is_reproducible_from_its_seed(tmp_path):
+    from panoptic_detr.checkpoint import load_checkpoint
+    from panoptic_detr.gt.train_instance_model import train_instance_model
+
+    config = MaskRCNNConfig(widths=(8, 8, 16, 16), fpn_channels=16, box_head=32, mask_head=(16,),
+                            min_size=64, max_size=64)
+    runs = [load_checkpoint(train_instance_model(tmp_path / f"{name}.pt", steps=2, seed=seed, batch_size=1,
+                                                 size=(64, 64), config=config, log=lambda line: None))
+            for name, seed in (("a", 3), ("b", 3), ("c", 4))]
+    a, b, c = (r["model"] for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert runs[0]["inference"]["trained"]["seed"] == 3
+    assert load_instance_model(tmp_path / "a.pt").categories[0]["name"] == "circle"
