@@ -1,8 +1,10 @@
 """Audit overlays of built ground truth: annotated pixels vs pixels labelled by the source.
 
 Annotated segments are painted in solid colour with a white outline around each instance;
-source pixels get a translucent fill of their colour over the photo; void pixels show the
-photo darkened. A glance tells what a person drew and what a model guessed. Colours and
+thing masks a model made (predicted in an annotated box, or found by the instance model) are
+solid too but outlined in yellow; source pixels get a translucent fill of their colour over
+the photo; void pixels show the photo darkened. A glance tells what a person drew and what a
+model guessed. Colours and
 outlines are those of `viz` (the class colour, shaded apart for instances of one class).
 """
 
@@ -20,6 +22,7 @@ from ..viz import outlines, palette
 
 SOURCE_ALPHA = 0.45
 VOID_DIM = 0.5
+MODEL_OUTLINE = (255, 210, 0)
 
 
 def draw_preview(
@@ -28,8 +31,10 @@ def draw_preview(
     segments_info: Sequence[dict[str, Any]],
     annotated: np.ndarray,
     categories: Categories,
+    model_made: np.ndarray | None = None,
 ) -> np.ndarray:
-    """image [H, W, 3] uint8, id_map [H, W] (0 = void), annotated [H, W] bool.
+    """image [H, W, 3] uint8, id_map [H, W] (0 = void), annotated [H, W] bool, model_made [H, W]
+    bool (annotated pixels whose mask a model made: yellow outlines).
     Colours are `viz.palette`'s: the class colour, shaded apart for instances of one class.
     Returns [H, W, 3] uint8."""
     pal = palette(PanopticResult(torch.from_numpy(np.asarray(id_map)), list(segments_info)), categories)
@@ -48,7 +53,10 @@ def draw_preview(
     out.paste(color, mask=_mask(annotated))
     out.paste(photo.point(lambda v: int(v * VOID_DIM)), mask=_mask(id_map == 0))
     arr = np.asarray(out).copy()
-    arr[outlines(np.where(annotated, id_map, 0)) & annotated] = 255
+    edges = outlines(np.where(annotated, id_map, 0)) & annotated
+    arr[edges] = 255
+    if model_made is not None:
+        arr[edges & model_made] = MODEL_OUTLINE
     return arr
 
 
