@@ -157,7 +157,7 @@ def test_uploads_decode_as_load_image(tmp_path):
 
 def test_model_health_ready_metrics_page(client, predictor):
     m = client.get("/v1/model").json()
-    assert m["runtime"] == "torch" and m["device"] == "cpu" and m["weights"]
+    assert m["runtime"] == "torch" and m["device"] == "cpu" and m["weights"] == "demo"  # no server paths
     assert m["settings"]["threshold"] == predictor.threshold and m["settings"]["size"] == predictor.size
     assert m["categories"] == predictor.categories.to_json()
     assert m["limits"]["max_upload_bytes"] == 200_000 and "JPEG" in m["limits"]["formats"]

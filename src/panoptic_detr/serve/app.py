@@ -203,7 +203,8 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
 
     config = getattr(predictor.pretrained, "config", None)
     model_info = {
-        "weights": model_name or predictor.pretrained.source,
+        # a name, not the server's paths: "demo (/home/...)" -> "demo", "/srv/w/r50.pth" -> "r50.pth"
+        "weights": model_name or Path(predictor.pretrained.source.split(" (", 1)[0]).name,
         "preset": preset_name(config) if config is not None else None,
         "runtime": "torch", "device": str(predictor.device),
         "settings": dataclasses.asdict(predictor.settings),

@@ -101,6 +101,7 @@ async function show(result) {
   }
   $("stage").hidden = false;
   $("controls").hidden = false;
+  fit();
   $("threshold").value = result.threshold;
   $("threshold-value").textContent = Number(result.threshold).toFixed(2);
   const n = result.segments_info.length;
@@ -108,6 +109,15 @@ async function show(result) {
   downloads(result);
   legend();
   draw();
+}
+
+// the picture as large as the column and 75 % of the window allow (small images up to 4x)
+function fit() {
+  const r = state.result;
+  if (!r) return;
+  const room = $("left").clientWidth;
+  const scale = Math.min(room / r.width, 0.75 * window.innerHeight / r.height, 4);
+  $("overlay").style.width = `${Math.max(1, Math.floor(r.width * scale))}px`;
 }
 
 function segmentById(id) {
@@ -291,6 +301,7 @@ function init() {
     const item = [...e.clipboardData.items].find((i) => i.type.startsWith("image/"));
     if (item) upload(item.getAsFile());
   });
+  window.addEventListener("resize", fit);
   $("overlay").addEventListener("mousemove", onMove);
   $("overlay").addEventListener("mouseleave", () => setHover(0, null));
   $("threshold").addEventListener("input", (e) => {
