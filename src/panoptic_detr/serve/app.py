@@ -236,6 +236,8 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
              openapi_extra=UPLOAD_BODY, responses={200: {"content": {"image/png": {}}, "description": (
                  "JSON, or the COCO panoptic PNG with Accept: image/png")}})
     async def segment(request: Request, threshold: ThresholdQuery = None) -> Response:
+        if worker.full:  # refuse before reading the upload
+            raise QueueFull
         data, field = await read_upload(request, limits.max_upload_bytes)
         if threshold is None and field is not None:
             threshold = _form_threshold(field)

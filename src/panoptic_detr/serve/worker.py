@@ -41,10 +41,15 @@ class Worker:
         """Jobs waiting or running."""
         return self._pending
 
+    @property
+    def full(self) -> bool:
+        """Whether `run` would refuse a job now (callers check before reading a large body)."""
+        return self.closing or self._pending > self.max_queue
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) on the worker thread; QueueFull or JobTimeout instead when it cannot."""
         with self._lock:
-            if self.closing or self._pending > self.max_queue:  # one running + max_queue waiting
+            if self.full:  # one running + max_queue waiting
                 raise QueueFull
             self._pending += 1
         future: Future[T] = self._pool.submit(fn, *args)
