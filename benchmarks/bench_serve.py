@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,13 +195,15 @@ def main() -> None:
     ap.add_argument("--keep", type=int, default=20)
     args = ap.parse_args()
     images = sorted(args.images.glob("*.jpg")) if args.images else SCENES
-    if args.r50_reference is not None:
-        import tempfile
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as work:
+        if args.r50_reference is not None:
+            ckpt, images, args.threshold = r50_reference(args.r50_reference, Path(work), args.keep)
+            args.weights = str(ckpt)
+            print(f"R50 reference weights, threshold {args.threshold:.6f} keeps {args.keep} queries")
+        run(args, images)
 
-        work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-        ckpt, images, args.threshold = r50_reference(args.r50_reference, work, args.keep)
-        args.weights = str(ckpt)
-        print(f"R50 reference weights, threshold {args.threshold:.6f} keeps {args.keep} queries")
+
+def run(args, images: list[Path]) -> None:
     if len(args.requests) == 1:
         args.requests *= len(args.concurrency)
 

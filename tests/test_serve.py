@@ -301,6 +301,30 @@ def test_queue_full_and_timeout(predictor):
     worker.close()
 
 
+def test_close_finishes_the_queued_jobs():
+    # graceful shutdown: jobs already queued run to the end, new ones are refused
+    from panoptic_detr.serve.worker import QueueFull, Worker
+
+    worker = Worker(max_queue=4, timeout_s=10)
+
+    def slow(i: int) -> int:
+        time.sleep(0.05)
+        return i
+
+    async def scenario():
+        jobs = [asyncio.create_task(worker.run(slow, i)) for i in range(4)]
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(asyncio.to_thread(worker.close))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await worker.run(slow, 9)
+        assert await asyncio.gather(*jobs) == [0, 1, 2, 3]
+        await closing
+        assert worker.depth == 0
+
+    asyncio.run(scenario())
+
+
 def test_cache_is_bounded(predictor):
     with TestClient(create_app(predictor, Limits(cache_bytes=2_500_000))) as c:
         ids = [c.post("/v1/segment", content=s.read_bytes()).json()["request_id"] for s in SCENES]
