@@ -325,6 +325,16 @@ def test_close_finishes_the_queued_jobs():
     asyncio.run(scenario())
 
 
+def test_not_ready_while_closing(predictor):
+    with TestClient(create_app(predictor)) as c:
+        assert c.get("/readyz").status_code == 200
+        c.app.state.worker.close()
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["detail"] == "shutting down"
+        refused = c.post("/v1/segment", content=SCENES[3].read_bytes())
+        assert refused.status_code == 503 and "Retry-After" in refused.headers
+
+
 def test_cache_is_bounded(predictor):
     with TestClient(create_app(predictor, Limits(cache_bytes=2_500_000))) as c:
         ids = [c.post("/v1/segment", content=s.read_bytes()).json()["request_id"] for s in SCENES]

@@ -123,6 +123,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Accept"])
+
     async def authorize(credentials: Credentials) -> None:
         given = credentials.credentials if credentials is not None else ""
         if not secrets.compare_digest(given.encode(), api_key.encode()):  # type: ignore[union-attr]
@@ -131,73 +132,9 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)] if api_key else [], responses=ERRORS)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", None)  # the template: no ids as labels
-        route = route or ("/static" if request.url.path.startswith("/static/") else "unmatched")
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - start)
-        if response.status_code >= 400:
-            metrics.errors.labels(ERROR_KINDS.get(response.status_code, str(response.status_code))).inc()
-        if route == "/":
-            response.headers["Content-Security-Policy"] = (
-                "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; object-src 'none'")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(e.detail)}, e.status_code, headers=e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "malformed request"}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"detail": f"{where}: {first['msg']}" if where else first["msg"]}, 422)
-
-    @app.exception_handler(UploadError)
-    async def bad_upload(_: Request, e: UploadError) -> JSONResponse:
-        return JSONResponse({"detail": e.detail}, e.status)
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(_: Request, e: QueueFull) -> JSONResponse:
-        return JSONResponse({"detail": f"busy: {worker.depth} requests are queued for the network; "
-                                       "retry later"}, 503, headers={"Retry-After": "1"})
-
-    @app.exception_handler(JobTimeout)
-    async def timed_out(_: Request, e: JobTimeout) -> JSONResponse:
-        return JSONResponse({"detail": f"the network did not answer within {limits.timeout_s:g} s; "
-                                       "retry later"}, 503, headers={"Retry-After": "5"})
-
-    @app.exception_handler(Exception)
-    async def bug(request: Request, e: Exception) -> JSONResponse:  # never expected
-        log.exception("error in %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error ({type(e).__name__})"}, 500)
-
-    # ---- the page and the probes -----------------------------------------------------------
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    @app.get("/healthz", summary="The process answers")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="The model is loaded and requests are taken",
-             responses={503: {"model": Error, "description": "shutting down"}})
-    async def readyz() -> JSONResponse:
-        if worker.closing:
-            return JSONResponse({"detail": "shutting down"}, 503)
-        return JSONResponse({"ready": True, "queue_depth": worker.depth})
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    _observe(app, metrics)
+    _error_responses(app, worker, limits)
+    _page_and_probes(app, worker, metrics)
 
     # ---- the API ----------------------------------------------------------------------------
 
@@ -289,6 +226,84 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
     app.include_router(v1)
     app.state.worker, app.state.cache, app.state.engine = worker, cache, engine
     return app
+
+
+def _page_and_probes(app: FastAPI, worker: Worker, metrics: Metrics) -> None:
+    """The page at /, its files, /healthz, /readyz, /metrics."""
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/healthz", summary="The process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and requests are taken",
+             responses={503: {"model": Error, "description": "shutting down"}})
+    async def readyz() -> JSONResponse:
+        if worker.closing:
+            return JSONResponse({"detail": "shutting down"}, 503)
+        return JSONResponse({"ready": True, "queue_depth": worker.depth})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _observe(app: FastAPI, metrics: Metrics) -> None:
+    """Count and time every request; security headers."""
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", None)  # the template: no ids as labels
+        route = route or ("/static" if request.url.path.startswith("/static/") else "unmatched")
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - start)
+        if response.status_code >= 400:
+            metrics.errors.labels(ERROR_KINDS.get(response.status_code, str(response.status_code))).inc()
+        if route == "/":
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; object-src 'none'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+
+def _error_responses(app: FastAPI, worker: Worker, limits: Limits) -> None:
+    """Every error as JSON with a one-line `detail`."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(e.detail)}, e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "malformed request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"detail": f"{where}: {first['msg']}" if where else first["msg"]}, 422)
+
+    @app.exception_handler(UploadError)
+    async def bad_upload(_: Request, e: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": e.detail}, e.status)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, e: QueueFull) -> JSONResponse:
+        why = "shutting down" if worker.closing else f"busy: {worker.depth} requests wait for the network"
+        return JSONResponse({"detail": f"{why}; retry later"}, 503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(JobTimeout)
+    async def timed_out(_: Request, e: JobTimeout) -> JSONResponse:
+        return JSONResponse({"detail": f"the network did not answer within {limits.timeout_s:g} s; "
+                                       "retry later"}, 503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception) -> JSONResponse:  # never expected
+        log.exception("error in %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(e).__name__})"}, 500)
 
 
 def _form_threshold(text: str) -> float:
