@@ -225,6 +225,11 @@ def test_other_errors(client):
         (client.post(f"/v1/segment/{rid}/threshold", content=b"{",
                      headers={"Content-Type": "application/json"}), 422),
         (client.get(f"/v1/segment/{rid}/explain/0"), 422),
+        (client.post(f"/v1/segment/{rid}/threshold", content=b" " * 300_000,  # any body is bounded
+                     headers={"Content-Type": "application/json"}), 413),
+        (client.post(f"/v1/segment/{rid}/threshold", content=iter([b" " * 100_000] * 3),  # chunked
+                     headers={"Content-Type": "application/json"}), 413),
+        (client.post("/v1/segment", content=iter([b"\xff\xd8"] + [b"0" * 100_000] * 3)), 413),
         (client.get("/no/such/page"), 404),
         (client.get("/v1/segment"), 405),
     ]

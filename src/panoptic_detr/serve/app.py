@@ -39,7 +39,7 @@ from ..structures import PanopticResult
 from ..viz import palette
 from .engine import Engine, Entry, ResultCache
 from .metrics import Metrics
-from .uploads import FORMATS, UploadError, decode_upload, read_upload
+from .uploads import FORMATS, MULTIPART_SLACK, BodyLimit, UploadError, decode_upload, read_upload
 from .worker import JobTimeout, QueueFull, Worker
 
 STATIC = Path(__file__).parent / "static"
@@ -120,6 +120,8 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
 
     app = FastAPI(title="panoptic-detr", version=__version__, lifespan=lifespan,
                   description="Panoptic segmentation with DETR: upload an image, get its segments.")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes + MULTIPART_SLACK,
+                       streamed=("/v1/segment",))
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Accept"])

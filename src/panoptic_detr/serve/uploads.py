@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 from PIL import Image
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..data.images import ImageError, decode_image
 
@@ -32,6 +34,43 @@ class UploadError(Exception):
     def __init__(self, status: int, detail: str):
         super().__init__(detail)
         self.status, self.detail = status, detail
+
+
+class BodyLimit:
+    """ASGI middleware: no request body over `max_bytes`, whatever the route (JSON ones too),
+    answered with a JSON 413: at once for a Content-Length over it, else once that much has
+    arrived. The body is read here (at most `max_bytes`) and handed on, except on the routes
+    in `streamed`, which read and bound their bodies themselves (`read_upload`)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: tuple[str, ...] = ()):
+        self.app, self.max_bytes, self.streamed = app, max_bytes, streamed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = JSONResponse({"detail": f"the request body is over the limit of {self.max_bytes} bytes"},
+                                 413)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await too_large(scope, receive, send)
+        if scope["path"] in self.streamed:
+            return await self.app(scope, receive, send)
+        chunks, seen, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_bytes:
+                return await too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        body: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
 
 
 async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | None]:
