@@ -232,7 +232,6 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
 
 def _page_and_probes(app: FastAPI, worker: Worker, metrics: Metrics) -> None:
     """The page at /, its files, /healthz, /readyz, /metrics."""
-
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
