@@ -545,15 +545,20 @@ def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Catego
     return overlay(image, result, categories)
 
 
-def _record(result: PanopticResult, categories: Categories, file: Path, stem: str, digest: str,
-            image_id: int | None) -> dict[str, Any]:
-    h, w = result.size
-    segments = [
+def segments_json(result: PanopticResult, categories: Categories) -> list[dict[str, Any]]:
+    """The result's `segments_info` as predict writes them (records, predictions.json, serve)."""
+    return [
         {"id": s["id"], "category_id": s["category_id"], "name": categories.name(s["category_id"]),
          "isthing": int(bool(s["isthing"])), "iscrowd": 0, "area": s["area"], "bbox": s["bbox"],
          "score": round(float(s["score"]), 5)}
         for s in result.segments_info
     ]
+
+
+def _record(result: PanopticResult, categories: Categories, file: Path, stem: str, digest: str,
+            image_id: int | None) -> dict[str, Any]:
+    h, w = result.size
+    segments = segments_json(result, categories)
     image = {"file_name": file.name, "path": str(file), "height": h, "width": w, "sha256": digest}
     if image_id is not None:
         image = {"id": image_id, **image}
@@ -586,4 +591,4 @@ def _predictions(out: Path, categories: Categories, failed: list[str]) -> dict[s
 
 
 __all__ = ["OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs", "file_digest",
-           "output_stems", "predict_files", "run_images", "save_result"]
+           "output_stems", "predict_files", "run_images", "save_result", "segments_json"]

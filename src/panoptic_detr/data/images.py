@@ -1,12 +1,14 @@
 """Image files in, network input out: decoding any image to RGB, and DETR's resize + normalisation.
 
-`load_image` is the one place an image file is opened. Anything that stops a file from being
+`load_image` (a file) and `decode_image` (a file's bytes: an upload) are the one place an
+image is opened. Anything that stops a file from being
 a usable RGB picture becomes an `ImageError` naming the file and the problem in one line, so
 callers can report it and go on with the other files.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -72,35 +74,47 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     path = Path(path)
     if path.is_dir():
         raise ImageError(path, "is a directory, not an image")
+    return _decode(path, path, max_pixels, None)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 formats: tuple[str, ...] | None = None) -> np.ndarray:
+    """`load_image` of an image file's bytes (an upload): the same pixels, the same checks;
+    `ImageError`s name `name`. formats: Pillow format names to try (None: all it knows)."""
+    return _decode(io.BytesIO(data), name, max_pixels, formats)
+
+
+def _decode(source: Path | io.BytesIO, name: str | Path, max_pixels: int,
+            formats: tuple[str, ...] | None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # we apply our own size limit below; Pillow's warning would be noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(source, formats=formats)
     except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
+        raise ImageError(name, "no such file") from None
     except PermissionError:
-        raise ImageError(path, "permission denied") from None
+        raise ImageError(name, "permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image (or a format Pillow cannot read)") from None
+        raise ImageError(name, "not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(path, f"too many pixels (decompression-bomb guard): {e}") from None
+        raise ImageError(name, f"too many pixels (decompression-bomb guard): {e}") from None
     except OSError as e:
-        raise ImageError(path, f"cannot read: {e}") from None
+        raise ImageError(name, f"cannot read: {e}") from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
-            raise ImageError(path, f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
+            raise ImageError(name, f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
                                    "(decompression-bomb guard; pass max_pixels to allow it)")
         if w == 0 or h == 0:
-            raise ImageError(path, f"empty image ({w}x{h})")
+            raise ImageError(name, f"empty image ({w}x{h})")
         fmt = im.format or "image"
         try:
             # full decode now: truncation surfaces here (unless some other code has set
             # PIL.ImageFile.LOAD_TRUNCATED_IMAGES, which makes Pillow pad with grey instead)
             im.load()
         except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(path, f"truncated or corrupt {fmt} ({e})") from None
+            raise ImageError(name, f"truncated or corrupt {fmt} ({e})") from None
         try:
             upright = ImageOps.exif_transpose(im)
         except Exception:  # broken EXIF block: the pixels are fine, keep them as stored
@@ -108,7 +122,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         try:
             return _to_rgb(upright)
         except (OSError, ValueError) as e:
-            raise ImageError(path, f"cannot convert {fmt} mode {upright.mode} to RGB ({e})") from None
+            raise ImageError(name, f"cannot convert {fmt} mode {upright.mode} to RGB ({e})") from None
 
 
 def resize_shape(h: int, w: int, short: int, max_size: int | None) -> tuple[int, int]:
