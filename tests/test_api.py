@@ -149,3 +149,21 @@ def test_package_import_and_cli_parser_stay_torch_free():
             "from panoptic_detr import Predictor; assert 'torch' in sys.modules")
     src = str(Path(__file__).resolve().parents[1] / "src")  # this checkout, installed or not
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": src})
+
+
+def test_the_readme_python_section_runs_as_written(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    blocks = [b for b in blocks if not b.startswith("# Hugging Face")]  # needs transformers and a download
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    Image.open(SCENE).save("photo.jpg", quality=95)  # the README's photo
+    scope: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), scope)
+    assert (tmp_path / "overlay.png").is_file() and (tmp_path / "out" / "photo.png").is_file()
+    assert len(capsys.readouterr().out.splitlines()) == len(scope["result"].segments)
+    same(scope["e"], scope["d"])
+    for r in (scope["a"], scope["b"], scope["c"]):
+        same(r, scope["d"])
