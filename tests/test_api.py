@@ -167,3 +167,29 @@ def test_the_readme_python_section_runs_as_written(tmp_path, monkeypatch, capsys
     same(scope["e"], scope["d"])
     for r in (scope["a"], scope["b"], scope["c"]):
         same(r, scope["d"])
+
+
+# -- which weights run: said by every command that runs a model -----------------------------
+
+def test_predict_and_evaluate_say_which_weights(tmp_path, capsys):
+    from panoptic_detr.cli import build_parser, main
+    from panoptic_detr.data.synth import make_dataset
+
+    assert main(["predict", str(SCENE), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("weights: demo, the bundled synthetic demo model, as no --weights was given")
+    assert "--weights detr_r50_panoptic" in first
+    assert main(["predict", str(SCENE), "--out", str(tmp_path / "b"), "--weights", "demo", "--quiet"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("weights: demo, the bundled synthetic demo model (") and "demo.pt" in first
+    data = make_dataset(tmp_path / "ds", 2, size=(64, 64), progress=False)
+    assert main(["evaluate", "--data", str(data), "--out", str(tmp_path / "ev"), "--workers", "0",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("weights: demo, the bundled synthetic demo model, as no --weights was given")
+    assert "PQ" in out
+    parser = build_parser()
+    for command in (["predict", "x", "--out", "o"], ["evaluate"], ["explain", "x", "--out", "o"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--help"])
+        assert "(default: demo)" in " ".join(capsys.readouterr().out.split())

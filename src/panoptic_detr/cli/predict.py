@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from .settings_flags import add_settings_flags, settings_kwargs
+from .weights_flag import add_weights_flag, announce, resolve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", metavar="DATASET", default=None,
                    help="COCO panoptic dataset root or its JSON: image ids and names from it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--weights", default="demo",
-                   help="'demo', an original checkpoint name (detr_r50_panoptic, ...) or a .pth path")
+    add_weights_flag(p)
     p.add_argument("--preset", default=None, help="architecture, when --weights is a file that does not say")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per batch (1); on a GPU one padded network batch, on a CPU run one by one")
@@ -42,9 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.images and args.dataset is None:
         args._parser.error("give IMAGES (files, folders or globs) or --dataset")
+    announce(args)
     try:
         summary = predict_files(
-            args.images, args.out, weights=args.weights, preset=args.preset, device=args.device,
+            args.images, args.out, weights=resolve(args), preset=args.preset, device=args.device,
             batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
             dataset=args.dataset, **settings_kwargs(args),
         )
