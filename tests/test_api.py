@@ -193,3 +193,40 @@ def test_predict_and_evaluate_say_which_weights(tmp_path, capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([*command, "--help"])
         assert "(default: demo)" in " ".join(capsys.readouterr().out.split())
+
+
+# -- folders: image files only, --recursive, dataset folders ---------------------------------
+
+def test_folders_give_their_image_files(tmp_path):
+    from panoptic_detr.runner import expand_inputs
+
+    for name in ("a.jpg", "b.PNG", ".hidden.png", "sub/c.tif", "sub/deeper/d.webp", ".git/e.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+    for name in ("notes.txt", "panoptic.json.bak", "sub/readme.md"):
+        (tmp_path / name).write_text("not an image")
+    files, problems = expand_inputs([tmp_path])
+    assert problems == [] and [f.name for f in files] == ["a.jpg", "b.PNG"]
+    files, problems = expand_inputs([tmp_path], recursive=True)
+    assert problems == [] and [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "a.jpg", "b.PNG", "sub/c.tif", "sub/deeper/d.webp"]
+    (tmp_path / "sub" / "c.tif").unlink()
+    files, problems = expand_inputs([tmp_path / "sub"])
+    assert files == [] and problems == [f"{tmp_path / 'sub'}: no image files in it (.jpg, .png, .tif, .webp, "
+                                        "...); --recursive looks in its subfolders"]
+    files, problems = expand_inputs([tmp_path / "notes.txt"])  # named on its own: tried (and reported)
+    assert files == [tmp_path / "notes.txt"] and problems == []
+
+
+def test_a_dataset_folder_gives_its_images_not_its_annotations(tmp_path, capsys):
+    from panoptic_detr.cli import main
+    from panoptic_detr.data.synth import make_dataset
+    from panoptic_detr.runner import expand_inputs
+
+    make_dataset(tmp_path / "ds", 2, size=(48, 48), progress=False)
+    data = tmp_path / "ds"
+    images = sorted((data / "images").iterdir())
+    for recursive in (False, True):
+        assert expand_inputs([data], recursive=recursive) == ([p.resolve() for p in images], [])
+    assert main(["predict", str(data), "--out", str(tmp_path / "out"), "--quiet", "--recursive"]) == 0
+    assert "2 inputs: 2 predicted" in capsys.readouterr().out

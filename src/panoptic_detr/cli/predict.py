@@ -22,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pairs the predictions with its ground truth.",
     )
     p.add_argument("images", nargs="*", metavar="IMAGES",
-                   help="image files, folders or glob patterns (default with --dataset: all its images)")
+                   help="image files, folders (their image files) or glob patterns (default with "
+                        "--dataset: all its images)")
+    p.add_argument("--recursive", action="store_true",
+                   help="folders: also the images in their subfolders (a folder gives its image files: "
+                        ".jpg, .png, .tif, .webp, ...; a dataset folder its images/)")
     p.add_argument("--dataset", metavar="DATASET", default=None,
                    help="COCO panoptic dataset root or its JSON: image ids and names from it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         summary = predict_files(
             args.images, args.out, weights=resolve(args), preset=args.preset, device=args.device,
             batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
-            dataset=args.dataset, **settings_kwargs(args),
+            dataset=args.dataset, recursive=args.recursive, **settings_kwargs(args),
         )
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # settings, weights, device, dataset
         print(f"error: {e}", file=sys.stderr)
