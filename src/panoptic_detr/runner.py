@@ -501,5 +501,5 @@ def _predictions(out: Path, categories: Categories, failed: list[str]) -> dict[s
     return {"images": images, "annotations": annotations, "categories": categories.to_json()}
 
 
-__all__ = ["IMAGE_EXTENSIONS", "OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs", "file_digest",
-           "output_stems", "predict_files", "run_images", "save_result"]
+__all__ = ["IMAGE_EXTENSIONS", "OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs",
+           "file_digest", "output_stems", "predict_files", "run_images", "save_result"]
