@@ -22,7 +22,8 @@ def main() -> None:
     scene = Image.open(sorted(DEMO_SCENES.glob("*.jpg"))[1]).convert("RGB")
     for side, name in ((256, "overlay_256.png"), (3000, "overlay_3000.jpg")):
         scale = side / max(scene.size)
-        image = scene.resize((round(scene.width * scale), round(scene.height * scale)), Image.Resampling.BICUBIC)
+        size = (round(scene.width * scale), round(scene.height * scale))
+        image = scene.resize(size, Image.Resampling.BICUBIC)
         picture = predictor(image).overlay(image)
         picture.save(OUT / name, **({"quality": 85} if name.endswith(".jpg") else {}))
         print(f"wrote {OUT / name} ({picture.width}x{picture.height})")
