@@ -12,6 +12,8 @@ _HOMES = {
     "PanopticResult": "structures",
     "Segment": "structures",
     "Target": "structures",
+    "predict_video": "video",
+    "read_frames": "video",
 }
 """Public name -> the module that defines it."""
 __all__ = [*_HOMES, "__version__"]
