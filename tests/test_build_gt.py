@@ -328,6 +328,8 @@ def test_preview_shows_annotations_solid_and_source_translucent(tmp_path):
     build_gt(instances, tmp_path / "orig" / "images", out, stuff_from=f"semantic:{semantic}", progress=False)
     image = np.asarray(Image.open(tmp_path / "orig" / "images" / f"{_name(0)}.jpg")).astype(float)
     prev = np.asarray(Image.open(out / "previews" / f"{_name(0)}.jpg")).astype(float)
+    assert prev.shape[1] > SIZE[1]  # a legend on the right names the segments
+    prev = prev[:, : SIZE[1]]
     data = json.loads((out / "panoptic.json").read_text())
     segs = data["annotations"][0]["segments_info"]
     id_map = read_panoptic_png(out / "panoptic" / data["annotations"][0]["file_name"])

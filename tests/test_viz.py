@@ -11,7 +11,16 @@ import torch
 from scipy import ndimage
 
 from panoptic_detr.structures import Categories, PanopticResult
-from panoptic_detr.viz import colorize, font_size, label_anchor, line_width, outlines, overlay, palette
+from panoptic_detr.viz import (
+    colorize,
+    font_size,
+    label_anchor,
+    legend_rows,
+    line_width,
+    outlines,
+    overlay,
+    palette,
+)
 
 
 def scene(h: int = 40, w: int = 60) -> tuple[np.ndarray, PanopticResult, Categories]:
@@ -133,3 +142,14 @@ def test_overlay_empty_result_is_the_image():
     image = np.full((3, 1, 3), 7, np.uint8)
     empty = PanopticResult(torch.zeros((3, 1), dtype=torch.int64), [])
     assert np.array_equal(overlay(image, empty, Categories.coco_panoptic()), image)
+
+
+def test_legend_rows_name_number_and_score_each_segment():
+    _, result, cats = scene()
+    pal = palette(result, cats)
+    sky = "sky-other-merged"
+    assert legend_rows(result, cats) == [(f"{sky} 90%", pal[1]), ("person 1 99%", pal[2]),
+                                         ("person 2 80%", pal[3]), ("car 70%", pal[4])]
+    for s in result.segments_info:
+        del s["score"]  # ground truth: no scores
+    assert [text for text, _ in legend_rows(result, cats)] == [sky, "person 1", "person 2", "car"]

@@ -173,6 +173,12 @@ def _entries(result: PanopticResult, categories: Categories, pal: dict[int, tupl
     return out
 
 
+def legend_rows(result: PanopticResult, categories: Categories) -> list[tuple[str, tuple[int, int, int]]]:
+    """(text, colour) per segment, as `overlay` labels and lists them: "name", "name 2" for the
+    2nd instance of a thing class seen more than once, the score when there is one."""
+    return [(e.text, e.color) for e in _entries(result, categories, palette(result, categories))]
+
+
 # -- the overlay -----------------------------------------------------------------------------
 
 def overlay(
@@ -207,7 +213,7 @@ def overlay(
     size = font_size(h, w)
     if labels:
         out = _draw_labels(out, id_map, entries, size)
-    return _with_legend(out, entries, size) if legend else out
+    return add_legend(out, [(e.text, e.color) for e in entries]) if legend else out
 
 
 def _draw_outlines(out: np.ndarray, id_map: np.ndarray, inside: np.ndarray, width: int) -> None:
@@ -263,27 +269,32 @@ def _draw_labels(out: np.ndarray, id_map: np.ndarray, entries: list[_Entry], siz
     return np.asarray(Image.alpha_composite(canvas, layer).convert("RGB")).copy()
 
 
-def _with_legend(image: np.ndarray, entries: list[_Entry], size: int) -> np.ndarray:
-    """A dark panel on the right: one line per segment (swatch + text), in columns when they do
-    not fit the image's height."""
+def add_legend(image: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """`image` ([H, W, 3] uint8) with a dark panel on the right: one line per (text, colour) row
+    (a swatch, then the text), in columns when they do not fit the image's height; font as
+    `font_size` gives for the image. Returns [max(H, one line), W + panel width, 3] uint8."""
+    if not rows:
+        return image
+    h, w = image.shape[:2]
+    size = font_size(h, w)
     fnt = font(size)
     pad, line = max(4, size // 2), round(size * 1.35)
     swatch = size
-    h, w = image.shape[:2]
     per_col = max(1, (h - 2 * pad) // line)
-    columns = [entries[i : i + per_col] for i in range(0, len(entries), per_col)]
+    columns = [rows[i : i + per_col] for i in range(0, len(rows), per_col)]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    widths = [pad * 2 + swatch + max(int(probe.textlength(e.text, font=fnt)) for e in col) for col in columns]
-    rows = min(len(entries), per_col)
-    canvas = Image.new("RGB", (w + sum(widths) + pad, max(h, 2 * pad + rows * line)), _LEGEND_BG)
+    widths = [pad * 2 + swatch + max(int(probe.textlength(text, font=fnt)) for text, _ in col)
+              for col in columns]
+    lines = min(len(rows), per_col)
+    canvas = Image.new("RGB", (w + sum(widths) + pad, max(h, 2 * pad + lines * line)), _LEGEND_BG)
     canvas.paste(Image.fromarray(image), (0, 0))
     draw = ImageDraw.Draw(canvas)
     x = w + pad
     for col, width in zip(columns, widths, strict=True):
-        for i, e in enumerate(col):
+        for i, (text, color) in enumerate(col):
             y = pad + i * line
             draw.rectangle([x, y + (line - swatch) // 2, x + swatch - 1, y + (line + swatch) // 2 - 1],
-                           fill=e.color, outline=_LIGHT)
-            draw.text((x + swatch + pad, y + line // 2), e.text, fill=(235, 235, 235), font=fnt, anchor="lm")
+                           fill=tuple(color), outline=_LIGHT)
+            draw.text((x + swatch + pad, y + line // 2), text, fill=(235, 235, 235), font=fnt, anchor="lm")
         x += width
     return np.asarray(canvas).copy()
