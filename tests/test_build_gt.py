@@ -406,6 +406,7 @@ def test_model_source_labels_the_rest_and_load_errors_stop(tmp_path, monkeypatch
                 raise RuntimeError("broken.pt: not a checkpoint\n(details)")
             seen.update(weights=weights, threshold=threshold, device=device)
             self.categories = Categories(synth_categories())
+            self.pretrained = types.SimpleNamespace(source=f"{weights} (a test double)")
 
         def predict(self, path):
             i = int(Path(path).stem)
@@ -422,8 +423,9 @@ def test_model_source_labels_the_rest_and_load_errors_stop(tmp_path, monkeypatch
     report = build_gt(instances, images, tmp_path / "m", stuff_from="model:some.pt@0.6", workers=2,
                       progress=False, log=lines.append)
     assert seen["weights"] == "some.pt" and seen["threshold"] == 0.6
-    assert lines[0] == "model:some.pt@0.6: one model in memory on its device: --workers ignored"
-    assert lines[1] == f"{images / _name(2)}.jpg: model:some.pt@0.6: truncated JPEG"
+    assert lines[0] == "model:some.pt@0.6: weights some.pt (a test double)"  # which weights run
+    assert lines[1] == "model:some.pt@0.6: one model in memory on its device: --workers ignored"
+    assert lines[2] == f"{images / _name(2)}.jpg: model:some.pt@0.6: truncated JPEG"
     assert [f["file_name"] for f in report["images"]["failed"]] == [f"{_name(2)}.jpg"]
     original, rebuilt = _segments(tmp_path / "orig"), _segments(tmp_path / "m")
     for i in (0, 1):

@@ -108,6 +108,8 @@ def build_gt(
         source = open_source(stuff_from, **options) if isinstance(stuff_from, str) else stuff_from
     except SourceError as e:
         raise BuildError(str(e)) from None
+    if isinstance(source, ModelSource):
+        log(f"{source.spec}: weights {source.weights_source}")
     if isinstance(source, ModelSource) and workers > 1:
         log(f"{source.spec}: one model in memory on its device: --workers ignored")
         workers = 1
