@@ -197,13 +197,21 @@ class RunSummary:
                 f"{len(self.failed)} failed{stopped}; results in {self.out_dir}")
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None
-                  ) -> tuple[list[Path], list[str]]:
-    """Files, folders (their files, not recursive, hidden ones left out) and globs -> (files in
-    order without repeats, one problem line per input that names nothing).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                              ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
+"""The files a folder gives as inputs (any case); a file named on its own is tried whatever its name."""
 
-    Files inside the folder `exclude` (the output folder) are left out, so that a run writing
-    into its own input folder never predicts its outputs.
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None,
+                  recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Files, folders and globs -> (files in order without repeats, one problem line per input
+    that names nothing).
+
+    A folder gives its image files (`IMAGE_EXTENSIONS`, hidden ones left out), with `recursive`
+    those of its subfolders too; a COCO-panoptic dataset folder (panoptic.json or
+    annotations/panoptic_*.json) gives its image folder's, never its annotation PNGs. Files
+    inside the folder `exclude` (the output folder) are left out, so that a run writing into its
+    own input folder never predicts its outputs.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
 
@@ -215,9 +223,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.Pa
     for item in map(str, inputs):
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            found = _folder_images(path, recursive)
             if not found:
-                problems.append(f"{path}: empty folder, no images in it")
+                problems.append(f"{path}: {_no_images(path, recursive)}")
             elif not kept(found):
                 problems.append(f"{path}: is inside the output folder {skip}, its files are not inputs")
             files.extend(kept(found))
@@ -236,6 +244,38 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.Pa
             problems.append(f"{path}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in files))
     return unique, problems
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """The image files of `folder` (of its subfolders too when `recursive`), sorted; a dataset
+    folder's are those of its image folder."""
+    if (folder / "panoptic.json").is_file() or any((folder / "annotations").glob("panoptic_*.json")):
+        try:
+            _, png_dir, image_dir = find_layout(folder)
+        except (FileNotFoundError, ValueError):
+            png_dir = image_dir = None
+        if image_dir is not None:
+            return _folder_images(image_dir, recursive)
+        if png_dir is not None:  # no image folder: anything but the annotation PNGs
+            return [p for p in _folder_images_plain(folder, recursive) if not p.is_relative_to(png_dir)]
+    return _folder_images_plain(folder, recursive)
+
+
+def _folder_images_plain(folder: Path, recursive: bool) -> list[Path]:
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        found += [Path(root) / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(f for f in found if f.is_file())
+
+
+def _no_images(folder: Path, recursive: bool) -> str:
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return "empty folder, no images in it"
+    sub = "" if recursive or not any(p.is_dir() for p in entries) else "; --recursive looks in its subfolders"
+    return f"no image files in it (.jpg, .png, .tif, .webp, ...){sub}"
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -305,6 +345,7 @@ def predict_files(
     predictor: Predictor | None = None,
     dataset: str | os.PathLike[str] | None = None,
     loader_workers: int = 0,
+    recursive: bool = False,
     **given: Any,
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
@@ -319,7 +360,8 @@ def predict_files(
 
     dataset: a COCO-panoptic dataset (root or JSON, see `data.coco_panoptic.find_layout`):
     its image ids and annotation file names are used, so the predictions pair with its
-    ground truth; with no `inputs`, all its annotated images are predicted.
+    ground truth; with no `inputs`, all its annotated images are predicted. recursive: folders
+    give the images of their subfolders too (see `expand_inputs`).
 
     Problems are collected, one line each, in the summary; an output folder that cannot be
     written is `summary.error`. A weights problem raises `WeightsError`, a bad setting
@@ -346,7 +388,7 @@ def predict_files(
     if entries is not None and not inputs:
         files = [path for path, _, _ in entries.values()]
     else:
-        files, summary.failed = expand_inputs(inputs, exclude=out)
+        files, summary.failed = expand_inputs(inputs, exclude=out, recursive=recursive)
     with process_group(dev) as group:
         dev = rank_device(dev, group)  # one device per process, the CPU's cores shared out
         if predictor is None:  # bad settings or weights fail before the output folder is made
@@ -590,5 +632,5 @@ def _predictions(out: Path, categories: Categories, failed: list[str]) -> dict[s
     return {"images": images, "annotations": annotations, "categories": categories.to_json()}
 
 
-__all__ = ["OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs", "file_digest",
-           "output_stems", "predict_files", "run_images", "save_result", "segments_json"]
+__all__ = ["IMAGE_EXTENSIONS", "OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs",
+           "file_digest", "output_stems", "predict_files", "run_images", "save_result", "segments_json"]

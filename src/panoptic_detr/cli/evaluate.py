@@ -8,6 +8,7 @@ import sys
 
 from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
+from .weights_flag import add_weights_flag, announce, resolve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,11 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Files: --gt GT_JSON --pred PRED_JSON [--gt-dir DIR --pred-dir DIR] scores "
         "predictions with the COCO panoptic API's rules; a prediction is paired with the ground-truth "
         "image of its id when their file names agree, else with the image of its file name. "
-        "Model: --weights W --data DATASET runs the model over the dataset as predict runs it, "
-        "writes its predictions in COCO panoptic format to --out and scores them. Prints the PQ "
-        "table; --output writes everything (per class too) as JSON. A model evaluation runs under "
-        "torchrun too: each process predicts and scores its share of the images, rank 0 reports "
-        "(docs/distributed_inference.md).",
+        "Model: --data DATASET [--weights W, default demo] runs the model over the dataset as "
+        "predict runs it, writes its predictions in COCO panoptic format to --out and scores them. "
+        "Prints the PQ table; --output writes everything (per class too) as JSON. A model evaluation "
+        "runs under torchrun too: each process predicts and scores its share of the images, rank 0 "
+        "reports (docs/distributed_inference.md).",
     )
     files = p.add_argument_group("prediction files")
     files.add_argument("--gt", metavar="GT_JSON", help="ground-truth COCO panoptic JSON")
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     files.add_argument("--pred-dir", metavar="DIR",
                        help="prediction PNGs (default: PRED_JSON without .json, else its folder)")
     model = p.add_argument_group("a model on a dataset")
-    model.add_argument("--weights", help="'demo', an original checkpoint name or a checkpoint path")
+    add_weights_flag(model)
     model.add_argument("--preset", default=None, help="architecture, when --weights does not say")
     model.add_argument("--data", metavar="DATASET", help="COCO panoptic dataset root or its JSON")
     model.add_argument("--out", metavar="DIR", help="predictions and pq.json go here (runs/evaluate)")
@@ -57,9 +58,13 @@ def run(args: argparse.Namespace) -> int:
 
     main_process = dist_info().is_main  # under torchrun rank 0 reports for every process
 
+    weights = args.weights
+    if args.data is not None:  # a model evaluation: --weights, else the demo model
+        announce(args)
+        weights = resolve(args)
     try:
         results, output = run_evaluation(
-            gt=args.gt, gt_dir=args.gt_dir, pred=args.pred, pred_dir=args.pred_dir, weights=args.weights,
+            gt=args.gt, gt_dir=args.gt_dir, pred=args.pred, pred_dir=args.pred_dir, weights=weights,
             data=args.data, out=args.out, output=args.output, preset=args.preset, device=args.device,
             batch_size=args.batch_size, workers=args.workers, loader_workers=args.loader_workers,
             overwrite=args.overwrite, progress=not args.quiet, **settings_kwargs(args))

@@ -159,6 +159,8 @@ def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir
             box_masks = things if same else parse_instance_spec(box_masks, **(instance_options or {}))
     except SourceError as e:
         raise BuildError(str(e)) from None
+    if isinstance(source, ModelSource):
+        log(f"{source.spec}: weights {source.weights_source}")
     for model in (source, things, box_masks):
         if isinstance(model, ModelSource | InstanceModelSource) and workers > 1:
             log(f"{model.spec}: one model in memory on its device: --workers ignored")
