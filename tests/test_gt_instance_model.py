@@ -138,7 +138,8 @@ def test_previews_outline_model_made_masks_apart():
     segs = [{"id": i, "category_id": 1, "isthing": 1} for i in (1, 2)]
     photo = np.full((20, 30, 3), 100, np.uint8)
     args = (photo, id_map, segs, id_map > 0, Categories([{"id": 1, "name": "a", "isthing": 1}]))
-    plain, marked = draw_preview(*args), draw_preview(*args, model_made=id_map == 2)
+    plain = draw_preview(*args, legend=False)
+    marked = draw_preview(*args, model_made=id_map == 2, legend=False)
     differs = (plain != marked).any(-1)
     assert differs.any() and not differs[id_map != 2].any()  # only the model's outline changes
     assert (marked[differs] == MODEL_OUTLINE).all() and (plain[differs] == 255).all()
