@@ -79,11 +79,15 @@ class Predictor:
             settings = settings.replace(**given)
         self.pretrained, self.settings, self.batch_size = pretrained, settings, batch_size
         self.model: DETRPanoptic = pretrained.model.eval()
+        if settings.runtime != "torch":  # its ONNX export, with the same detect / predict_masks
+            from .export.cache import exported_model
+
+            self.model = exported_model(pretrained, settings)
         # BN folded into the convolutions, channels-last: faster convolutions (a model without
         # the method, e.g. a test double with DETR's interface, runs as it is)
-        if settings.prepare and hasattr(self.model, "prepare_for_inference"):
+        elif settings.prepare and hasattr(self.model, "prepare_for_inference"):
             self.model.prepare_for_inference()
-        if settings.dtype != "float32":  # after folding BN, which is best done in float32
+        if settings.dtype != "float32" and settings.runtime == "torch":  # after folding BN (float32)
             self.model.to(NETWORK_DTYPES[settings.dtype])
         self.categories: Categories = pretrained.categories
         param = next(self.model.parameters())
