@@ -32,6 +32,10 @@ def add_settings_flags(group: argparse._ActionsContainer) -> None:
     group.add_argument("--no-prepare", dest="prepare", action="store_const", const=False, default=None,
                        help="run the model as loaded: no BN folding or channels-last (slower; the "
                             "same segments up to float32 rounding)")
+    add_runtime_flag(group)
+
+
+def add_runtime_flag(group: argparse._ActionsContainer) -> None:
     group.add_argument("--runtime", choices=RUNTIMES, default=None,
                        help="what runs the network: torch, or its ONNX export (built on first use, "
                             "cached beside torch hub's cache) run by onnxruntime or openvino on the CPU "

@@ -80,6 +80,7 @@ def build_gt(
     workers: int = 1,
     previews: bool = True,
     model_size: tuple[int, int] | None = None,
+    runtime: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -92,7 +93,8 @@ def build_gt(
     logged one line each and the rest is built; BuildError means nothing could be built (bad
     options, unreadable inputs, unloadable source). `model_size` = (shortest side, longest
     side cap) a model source resizes images to (default: the checkpoint's, else DETR's 800,
-    1333, as `predict` does).
+    1333, as `predict` does). `runtime`: what runs a model source's network (see
+    `settings.InferenceSettings.runtime`; default torch).
     """
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
     if order not in ORDERS:
@@ -105,6 +107,7 @@ def build_gt(
     data = _read_instances(instances_json)
     try:
         options = {"size": model_size[0], "max_size": model_size[1]} if model_size else {}
+        options.update({"runtime": runtime} if runtime else {})
         source = open_source(stuff_from, **options) if isinstance(stuff_from, str) else stuff_from
     except SourceError as e:
         raise BuildError(str(e)) from None
