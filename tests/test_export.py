@@ -221,3 +221,23 @@ def test_build_gt_model_source_runs_the_chosen_runtime(ort_predictor):
     exported, torch_source = open_source("model:demo", runtime="onnxruntime"), open_source("model:demo")
     assert isinstance(exported._load().model, ExportedModel)
     assert np.array_equal(exported.labels(SCENES[0], h, w)[0], torch_source.labels(SCENES[0], h, w)[0])
+
+
+def test_export_moves_a_complete_export_into_place(tmp_path, monkeypatch, capsys):
+    """`export` builds in a temporary folder beside --out, moves the files in, leaves nothing
+    else behind, and replaces an export only with --overwrite (the graphs themselves: above)."""
+    from panoptic_detr.export import exporter
+
+    def fake(model, folder, **kwargs):
+        for name in exporter.FILES:
+            (folder / name).write_text(name)
+        return exporter.ExportReport(folder, "dynamo", {"pred_logits": 1e-6})
+
+    monkeypatch.setattr(exporter, "write_graphs", fake)
+    out = tmp_path / "onnx"
+    assert main(["export", "--out", str(out)]) == 0
+    assert "max difference 1e-06 (pred_logits)" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(exporter.FILES)
+    assert main(["export", "--out", str(out)]) == 1
+    assert main(["export", "--out", str(out), "--overwrite"]) == 0

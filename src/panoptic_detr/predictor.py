@@ -45,7 +45,7 @@ class Predictor:
     used as it is, and changed in place when `prepare` (see `InferenceSettings.prepare`).
     settings: the `InferenceSettings` to run with, complete (the checkpoint's recommendation
     is then not read); **given: single settings (threshold=, size=, max_size=, stuff_merge=,
-    mask_chunk=, dtype=, batched_network=, prepare=) over `settings`, else over what the
+    mask_chunk=, dtype=, batched_network=, prepare=, runtime=) over `settings`, else over what the
     checkpoint recommends, else DETR's defaults (`InferenceSettings.resolve`). None values
     count as not given. A bad value raises `SettingsError` before any weights load.
     batch_size: images per network call of `predict_batch` (how many images are run, not
