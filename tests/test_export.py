@@ -17,6 +17,7 @@ outputs by more than 1e-2 of their scale.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -241,3 +242,30 @@ def test_export_moves_a_complete_export_into_place(tmp_path, monkeypatch, capsys
     assert sorted(p.name for p in out.iterdir()) == sorted(exporter.FILES)
     assert main(["export", "--out", str(out)]) == 1
     assert main(["export", "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.skipif(not os.environ.get("PANOPTIC_DETR_EXPORT_R50"),
+                    reason="exports DETR-R50 (minutes, once per torch hub cache): PANOPTIC_DETR_EXPORT_R50=1")
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_r50_export_matches_the_original(reference, tmp_path, runtime):
+    """The R50 export on the reference weights against the original's float64 outputs
+    (../shared/reference), within 3x the original's own float32 noise, as test_model_parity."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_weights", reference / "reference_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sd = module.reference_state_dict(json.loads((reference / "official_keys.json").read_text()))
+    sd.update(torch.load(reference / "bn_stats.pt", weights_only=True))
+    torch.save({"model": sd}, tmp_path / "detr-r50-reference.pth")
+    pretrained = load_pretrained(tmp_path / "detr-r50-reference.pth")
+    model = ExportedModel(cache.cached_export(pretrained), runtime)  # torch hub's own cache
+    official = torch.load(reference / "official_outputs.pt", weights_only=True)
+    det = model.detect(PaddedBatch(official["input"].float(), official["input_mask"]))
+    n = official["pred_logits"].shape[1]
+    masks = torch.stack(model.predict_masks(det, [torch.arange(n)] * 2))
+    noise = {"pred_logits": 4e-4, "pred_boxes": 3e-5, "pred_masks": 3e-4}  # the original's, in float32
+    ours = {"pred_logits": det.pred_logits, "pred_boxes": det.pred_boxes, "pred_masks": masks}
+    for key in noise:
+        err = (ours[key].double() - official[key]).abs().max().item()
+        assert err <= 3 * noise[key], f"{key}: {err:.3g}"
