@@ -269,3 +269,36 @@ def test_r50_export_matches_the_original(reference, tmp_path, runtime):
     for key in noise:
         err = (ours[key].double() - official[key]).abs().max().item()
         assert err <= 3 * noise[key], f"{key}: {err:.3g}"
+
+
+def test_torchscript_exporter_gives_the_same_graphs(tmp_path):
+    """The fallback (and `--exporter torchscript`) on the tiny preset: dynamic sizes and batch too."""
+    from panoptic_detr.export.exporter import write_graphs
+    from panoptic_detr.model import PRESETS, build_model
+    from panoptic_detr.structures import Categories
+
+    model = build_model(PRESETS["tiny"]).eval()
+    report = write_graphs(model, tmp_path, categories=Categories([], num_classes=model.config.num_classes),
+                          settings=None, opset=18, exporter="torchscript")
+    assert report.exporter == "torchscript"
+    assert json.loads((tmp_path / "model.json").read_text())["exporter"]["kind"] == "torchscript"
+    net = load_pretrained_like(model)
+    detect, masks = OnnxRuntimeSession(tmp_path / "detect.onnx"), OnnxRuntimeSession(tmp_path / "mask.onnx")
+    for b, h, w in ((1, 57, 91), (3, 100, 64)):
+        images, mask = torch.randn(b, 3, h, w), torch.zeros(b, h, w, dtype=torch.bool)
+        mask[-1, h // 2 :] = True
+        with torch.no_grad():
+            ref = DetectGraph(net)(images, mask)
+        for name, a, r in zip(DETECT_OUTPUTS, detect.run({"images": images, "mask": mask}), ref, strict=True):
+            assert_within_noise(name, a, r)
+        inputs = (ref[2][-1, :2], *(t[-1:] for t in ref[3:]))
+        with torch.no_grad():
+            want = MaskGraph(net)(*inputs)
+        assert_within_noise("masks", masks.run(dict(zip(MASK_INPUTS, inputs, strict=True)))[0], want)
+
+
+def load_pretrained_like(model):
+    """What the export holds: a float32 copy with the batch norms folded."""
+    import copy
+
+    return copy.deepcopy(model).prepare_for_inference(channels_last=False)
