@@ -302,3 +302,40 @@ def load_pretrained_like(model):
     import copy
 
     return copy.deepcopy(model).prepare_for_inference(channels_last=False)
+
+
+def test_processes_building_one_export_at_once_build_it_once(tmp_path, monkeypatch):
+    """Two builders at once (torchrun ranks): one exports under the lock, the other waits and
+    finds the complete folder; no temporary folder is left behind."""
+    import threading
+    import time
+
+    from panoptic_detr.loading import Pretrained
+    from panoptic_detr.model import PRESETS, build_model
+    from panoptic_detr.structures import Categories
+
+    model = build_model(PRESETS["tiny"]).eval()
+    pretrained = Pretrained(model, model.config, Categories([], num_classes=model.config.num_classes), "tiny")
+    calls = []
+
+    def slow_export(model, folder, **kwargs):
+        calls.append(folder)
+        time.sleep(0.5)  # the other thread arrives meanwhile
+        for name in ("detect.onnx", "mask.onnx", "model.json"):
+            (folder / name).write_text(name)
+
+    monkeypatch.setattr(cache, "write_graphs", slow_export)
+    monkeypatch.setattr(cache, "cache_dir", lambda: tmp_path)
+    found = []
+
+    def build():
+        found.append(cache.cached_export(pretrained))
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and found[0] == found[1]
+    assert sorted(p.name for p in found[0].iterdir()) == ["detect.onnx", "mask.onnx", "model.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([found[0].name, f"{found[0].name}.lock"])
