@@ -33,6 +33,20 @@ MASK_INPUTS = ("queries", "keys", "padding", "lay1", "adapter1", "adapter2", "ad
 with batch 1."""
 MASK_OUTPUTS = ("masks",)
 """masks [Q, H/4, W/4] mask logits."""
+SHAPES = {
+    "detect": {"images": "[B, 3, H, W] float32, ImageNet-normalised, 0 on padding",
+               "mask": "[B, H, W] bool, True on padding",
+               "pred_logits": "[B, N, K+1] float32 class logits, the last is no-object",
+               "pred_boxes": "[B, N, 4] float32 normalised (cx, cy, w, h)",
+               "queries": "[B, N, d] float32 last decoder layer", "keys": "[B, d, h, w] float32",
+               "padding": "[B, h, w] bool", "lay1": "[B, d+M, h, w] float32",
+               "adapter1": "[B, d/2, H/16, W/16] float32", "adapter2": "[B, d/4, H/8, W/8] float32",
+               "adapter3": "[B, d/8, H/4, W/4] float32"},
+    "mask": {"queries": "[Q, d] float32: rows of one image's queries, the kept ones",
+             "keys / padding / lay1 / adapter1..3": "that image's rows of the detect outputs (batch 1)",
+             "masks": "[Q, H/4, W/4] float32 mask logits"},
+}
+"""What model.json says of each graph's tensors (h, w: the C5 grid, H/32 or H/16 with DC5)."""
 
 
 class DetectGraph(nn.Module):
