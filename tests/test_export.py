@@ -339,3 +339,32 @@ def test_processes_building_one_export_at_once_build_it_once(tmp_path, monkeypat
     assert len(calls) == 1 and found[0] == found[1]
     assert sorted(p.name for p in found[0].iterdir()) == ["detect.onnx", "mask.onnx", "model.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([found[0].name, f"{found[0].name}.lock"])
+
+
+@pytest.mark.skipif(not os.environ.get("PANOPTIC_DETR_EXPORT_R50"),
+                    reason="exports DETR-R50-DC5 and R101 (minutes each): PANOPTIC_DETR_EXPORT_R50=1")
+@pytest.mark.parametrize("preset", ["detr_r50_dc5_panoptic", "detr_r101_panoptic"])
+def test_dc5_and_r101_exports_match_torch(preset, tmp_path):
+    """The other COCO architectures (random weights) on a padded batch of 2 at a size other than
+    the traced one, within the float32 noise bound."""
+    from panoptic_detr.export.exporter import write_graphs
+    from panoptic_detr.model import PRESETS, build_model
+    from panoptic_detr.structures import Categories
+
+    model = build_model(PRESETS[preset]).eval()
+    report = write_graphs(model, tmp_path, categories=Categories.coco_panoptic(), settings=None, opset=18)
+    assert report.exporter == "dynamo"
+    net = load_pretrained_like(model)
+    images, mask = torch.randn(2, 3, 160, 224), torch.zeros(2, 160, 224, dtype=torch.bool)
+    mask[1, 120:], mask[1, :, 150:] = True, True
+    images[mask[:, None].expand_as(images)] = 0
+    with torch.no_grad():
+        ref = DetectGraph(net)(images, mask)
+    got = OnnxRuntimeSession(tmp_path / "detect.onnx").run({"images": images, "mask": mask})
+    for name, a, r in zip(DETECT_OUTPUTS, got, ref, strict=True):
+        assert_within_noise(name, a, r)
+    inputs = (ref[2][1, :5], *(t[1:] for t in ref[3:]))
+    with torch.no_grad():
+        want = MaskGraph(net)(*inputs)
+    got_masks = OnnxRuntimeSession(tmp_path / "mask.onnx").run(dict(zip(MASK_INPUTS, inputs, strict=True)))[0]
+    assert_within_noise("masks", got_masks, want)

@@ -145,7 +145,7 @@ def write_graphs(model: DETRPanoptic, folder: Path, *, categories: Categories,
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     config = getattr(model, "config", None)
     digest = weights_sha256(model, config)
-    net = copy.deepcopy(model).float().eval()
+    net = copy.deepcopy(model).cpu().float().eval()
     net.prepare_for_inference(channels_last=False)
     detect_in, mask_in = sample_inputs(net)
     ran = [_export(DetectGraph(net), detect_in, folder / "detect.onnx", DETECT_INPUTS, DETECT_OUTPUTS,
