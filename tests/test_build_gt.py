@@ -328,6 +328,8 @@ def test_preview_shows_annotations_solid_and_source_translucent(tmp_path):
     build_gt(instances, tmp_path / "orig" / "images", out, stuff_from=f"semantic:{semantic}", progress=False)
     image = np.asarray(Image.open(tmp_path / "orig" / "images" / f"{_name(0)}.jpg")).astype(float)
     prev = np.asarray(Image.open(out / "previews" / f"{_name(0)}.jpg")).astype(float)
+    assert prev.shape[1] > SIZE[1]  # a legend on the right names the segments
+    prev = prev[:, : SIZE[1]]
     data = json.loads((out / "panoptic.json").read_text())
     segs = data["annotations"][0]["segments_info"]
     id_map = read_panoptic_png(out / "panoptic" / data["annotations"][0]["file_name"])
@@ -404,6 +406,7 @@ def test_model_source_labels_the_rest_and_load_errors_stop(tmp_path, monkeypatch
                 raise RuntimeError("broken.pt: not a checkpoint\n(details)")
             seen.update(weights=weights, threshold=threshold, device=device)
             self.categories = Categories(synth_categories())
+            self.pretrained = types.SimpleNamespace(source=f"{weights} (a test double)")
 
         def predict(self, path):
             i = int(Path(path).stem)
@@ -420,8 +423,9 @@ def test_model_source_labels_the_rest_and_load_errors_stop(tmp_path, monkeypatch
     report = build_gt(instances, images, tmp_path / "m", stuff_from="model:some.pt@0.6", workers=2,
                       progress=False, log=lines.append)
     assert seen["weights"] == "some.pt" and seen["threshold"] == 0.6
-    assert lines[0] == "model:some.pt@0.6: one model in memory on its device: --workers ignored"
-    assert lines[1] == f"{images / _name(2)}.jpg: model:some.pt@0.6: truncated JPEG"
+    assert lines[0] == "model:some.pt@0.6: weights some.pt (a test double)"  # which weights run
+    assert lines[1] == "model:some.pt@0.6: one model in memory on its device: --workers ignored"
+    assert lines[2] == f"{images / _name(2)}.jpg: model:some.pt@0.6: truncated JPEG"
     assert [f["file_name"] for f in report["images"]["failed"]] == [f"{_name(2)}.jpg"]
     original, rebuilt = _segments(tmp_path / "orig"), _segments(tmp_path / "m")
     for i in (0, 1):

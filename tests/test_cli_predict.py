@@ -58,7 +58,8 @@ def test_predict_good_and_bad_inputs(tmp_path, checkpoint, capsys):
     args = [str(tmp_path / "photos"), str(tmp_path / "empty"), str(tmp_path / "missing.jpg"),
             "--out", str(out), "--weights", str(checkpoint), "--size", "64", "--max-size", "96",
             "--threshold", "0.5", "--batch-size", "3", "--quiet"]
-    assert main(["predict", *args]) == 1
+    # a folder gives its image files only: notes.txt, named on its own, is tried
+    assert main(["predict", str(tmp_path / "photos" / "notes.txt"), *args]) == 1
     err = capsys.readouterr()
     lines = [x for x in err.err.splitlines() if x.startswith("error:")]
     assert len(lines) == len(bad)  # one line per bad input, nothing for the good ones

@@ -37,3 +37,13 @@ def test_demo_train_path_produces_a_loadable_checkpoint(tmp_path):
     path = train_demo_checkpoint(tmp_path, overrides=overrides, progress=False)
     pre = load_pretrained(path)
     assert pre.inference == {"size": 128, "max_size": 160, "threshold": 0.5}
+
+
+def test_demo_into_an_unwritable_folder_is_one_line_and_exit_1(tmp_path, capsys):
+    taken = tmp_path / "a_file"
+    taken.write_text("not a folder")
+    assert main(["demo", "--out", str(taken), "--quiet"]) == 1
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "cannot write the results there" in err[-1]
+    assert str(taken) in err[-1] and "segmented" not in out.out  # it stops at the first write

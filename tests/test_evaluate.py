@@ -224,3 +224,17 @@ def test_model_mode_a_failing_image_costs_only_itself(synth_dataset, tmp_path, c
     assert [a["image_id"] for a in written] == [gt["images"][0]["id"], gt["images"][2]["id"]]
     for a in written:
         assert (tmp_path / "ev" / "predictions" / a["file_name"]).is_file()
+
+
+def test_evaluate_on_files_never_loads_torch(reference):
+    """The files path stays light (benchmarks/bench_cli.py: peak RSS of the process tree): a
+    module that imports torch, pulled in by the command, would be loaded in every worker too."""
+    import subprocess
+    import sys
+
+    gt_json, _, pred_json, _ = paths(reference, "1")
+    code = ("import sys; from panoptic_detr.cli import main; "
+            f"code = main(['evaluate', '--gt', {str(gt_json)!r}, '--pred', {str(pred_json)!r}, '--quiet']); "
+            "print(code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 False"

@@ -115,7 +115,8 @@ def test_readme_predict_then_evaluate_scores_what_evaluate_weights_scores(demo_v
     data = demo_val8
     assert main(["evaluate", "--weights", "demo", "--data", str(data), "--out", str(tmp_path / "ev"),
                  "--workers", "0", "--quiet"]) == 0
-    direct_table = capsys.readouterr().out.split("results written")[0]
+    weights, direct_table = capsys.readouterr().out.split("results written")[0].split("\n", 1)
+    assert weights.startswith("weights: demo")  # which weights ran, then the table
     direct = json.loads((tmp_path / "ev" / "pq.json").read_text())
     files = ["--gt", str(data / "panoptic.json"), "--gt-dir", str(data / "panoptic"), "--workers", "0",
              "--quiet"]

@@ -356,3 +356,18 @@ def test_heat_colours_match_matplotlib():
     for name in ("inferno", "viridis"):
         ref = colormaps[name](v, bytes=True)[..., :3].astype(int)
         assert np.abs(heat(v, 0.0, 1.0, name).astype(int) - ref).max() <= 7
+
+
+def test_colour_bars_and_boxes_that_show_on_their_own_colour():
+    from panoptic_detr.explain.figures import INK, colorbar, draw_box, heat, with_colorbar
+
+    bar = np.asarray(colorbar(100, -2.0, 3.5, "viridis"))
+    ends = heat(np.array([[0.0, 1.0]]), 0.0, 1.0, "viridis")[0]
+    assert bar.shape[1] == 100 and (bar[0, 0] == ends[0]).all() and (bar[0, -1] == ends[1]).all()
+    panel = np.zeros((30, 100, 3), np.uint8)
+    assert np.asarray(with_colorbar(panel, 0, 1)).shape[0] > 30  # the bar under the heat map
+    color = (60, 180, 75)
+    im = Image.new("RGB", (40, 40), color)  # a box on a segment of its own colour
+    draw_box(im, (10, 10, 30, 30), color)
+    a = np.asarray(im)
+    assert tuple(a[20, 8]) == (255, 255, 255) and tuple(a[20, 9]) == INK and tuple(a[20, 10]) == color

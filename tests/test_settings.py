@@ -121,7 +121,7 @@ def test_a_bad_setting_is_one_error_line_and_exit_2_before_anything_runs(tmp_pat
 
 @pytest.mark.parametrize("options, words", [
     (["--stuff-from", "model:demo@2"], "threshold must be"),
-    (["--stuff-from", "model:demo", "--model-size", "0", "0"], "size must be"),
+    (["--stuff-from", "model:demo", "--model-size", "100", "50"], "max_size (50) must be at least"),
 ])
 def test_build_gt_model_source_bad_setting_exits_2(tmp_path, capsys, options, words):
     (tmp_path / "images").mkdir()

@@ -76,6 +76,8 @@ def run_demo(images: list[str] | None = None, out_dir: str | os.PathLike[str] = 
     result = DemoResult(out_dir=out, predicted=summary.done, failed=summary.failed)
     for line in summary.failed:
         log(line, file=sys.stderr)
+    if summary.error:  # the output folder cannot be written: nothing further can be
+        raise OSError(summary.error)
     log(f"segmented {len(summary.done)} images -> {out / 'predict'} (COCO panoptic PNGs, overlays, "
         "predictions.json)")
     result.pq = evaluate_model(predictor, DEMO_VAL, out / "val", workers=1, overwrite=True, progress=progress)

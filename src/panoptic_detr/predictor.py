@@ -22,15 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .data.images import load_image, preprocess
+from .data.images import as_rgb, preprocess
 from .loading import Pretrained, WeightsError, load_pretrained
 from .model import DETRPanoptic
 from .model.inference import segment
 from .settings import InferenceSettings, MaskChunk, SettingsError, StuffMerge
 from .structures import Categories, PaddedBatch, PanopticResult
 
-ImageInput = np.ndarray | str | os.PathLike[str]
+ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
+"""One image, as `data.images.as_rgb` takes it."""
 
 NETWORK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """torch dtype of each `InferenceSettings.dtype` (post-processing is float32 either way)."""
@@ -121,16 +123,26 @@ class Predictor:
         together = self.settings.batched_network
         return self.device.type != "cpu" if together is None else together
 
-    def predict(self, image: ImageInput) -> PanopticResult:
-        """One image (an [H, W, 3] uint8 RGB array or a file path) -> its result at [H, W]."""
-        return self.predict_batch([image])[0]
+    def predict(self, image: ImageInput | Sequence[ImageInput], *, channel_order: str = "RGB"
+                ) -> PanopticResult | list[PanopticResult]:
+        """One image -> its result at its size; a list (or tuple) of images -> a list of results.
+        An image is anything `data.images.as_rgb` takes: a path, a PIL image, a numpy array or
+        a torch tensor; channel_order="BGR" for OpenCV arrays. `predictor(image)` is the same."""
+        if isinstance(image, list | tuple):
+            return self.predict_batch(image, channel_order=channel_order)
+        return self.predict_batch([image], channel_order=channel_order)[0]
 
-    def predict_batch(self, images: Sequence[ImageInput]) -> list[PanopticResult]:
+    __call__ = predict
+
+    def predict_batch(self, images: Sequence[ImageInput], *, channel_order: str = "RGB"
+                      ) -> list[PanopticResult]:
         """Many images, run `batch_size` at a time; results in input order, each at its
         image's size. A bad file raises `ImageError` (`runner.predict_files` goes on instead)."""
+        if not isinstance(images, Sequence) or isinstance(images, str):
+            raise TypeError(f"predict_batch takes a list of images, got {type(images).__name__}")
         out: list[PanopticResult] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = [_as_array(im) for im in images[start : start + self.batch_size]]
+            chunk = [as_rgb(im, channel_order) for im in images[start : start + self.batch_size]]
             out.extend(self.predict_arrays(chunk))
         return out
 
@@ -145,7 +157,7 @@ class Predictor:
         done = segment(self.model, batch, [a.shape[:2] for a in arrays], self.is_thing,
                        threshold=s.threshold, stuff_merge=s.stuff_merge, mask_chunk=s.mask_chunk,
                        together=self.batched_network)
-        return [PanopticResult(s.result.id_map.cpu(), s.result.segments_info) for s in done]
+        return [PanopticResult(s.result.id_map.cpu(), s.result.segments_info, self.categories) for s in done]
 
 
 def check_settings(given: dict[str, Any]) -> None:
@@ -172,14 +184,6 @@ def _as_pretrained(weights: Any, categories: Categories | None, preset: str | No
     if categories is None:
         raise ValueError("a bare model needs its categories: Predictor(model, categories=...)")
     return Pretrained(weights, getattr(weights, "config", None), categories, type(weights).__name__)
-
-
-def _as_array(image: ImageInput) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"an image array must be [H, W, 3] uint8 RGB, got {image.dtype} {image.shape}")
-        return image
-    return load_image(image)
 
 
 __all__ = ["NETWORK_DTYPES", "Predictor", "SettingsError", "WeightsError", "check_settings"]

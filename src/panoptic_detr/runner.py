@@ -11,6 +11,10 @@ and names the same source (the SHA-256 of the input file's bytes), every output 
 assigned from the whole input list and the records already there before any work starts, a
 source never takes a name whose record names another, and predictions.json is rebuilt from
 all the records in the folder.
+
+Under torchrun the same calls share the work (`parallel`: process group, exact shards): rank 0
+names every image, each process predicts its share and writes its images' files, rank 0
+rebuilds predictions.json; see `predict_files` and docs/distributed_inference.md.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,10 +35,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.coco_panoptic import find_layout
 from .data.files import write_json, write_png
 from .data.images import ImageError, load_image
+from .data.layout import find_layout
 from .data.panoptic_png import write_panoptic_png
+from .parallel import (
+    DistInfo,
+    all_gather_object,
+    broadcast_object,
+    process_group,
+    rank_device,
+    shard,
+)
 from .predictor import Predictor
 from .settings import InferenceSettings
 from .structures import Categories, PanopticResult
@@ -49,9 +62,14 @@ OVERLAY_MAX_SIDE = 2048
 
 def run_images(predictor: Predictor, items: Sequence[tuple[Path, T]], write: Writer[T], *,
                failed: list[str], batch_size: int | None = None, progress: bool = True,
-               desc: str | None = None) -> list[Path]:
+               desc: str | None = None, loader_workers: int = 0) -> list[Path]:
     """Predict the image file of each (path, item) pair and `write(item, image, result)`, in
     order, `batch_size` images per network call (default: the predictor's).
+
+    The network runs in this thread; `write` runs in a writer thread, one batch behind (PNG
+    encoding overlaps the next batch's network); with `loader_workers` > 0 the files are
+    decoded by that many DataLoader processes, a few batches ahead. Both queues are bounded,
+    so memory stays flat however many images there are.
 
     One line per image that could not be read, predicted or written is appended to `failed`;
     returns the paths written.
@@ -61,24 +79,73 @@ def run_images(predictor: Predictor, items: Sequence[tuple[Path, T]], write: Wri
     batch_size = batch_size or predictor.batch_size
     done: list[Path] = []
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress or not items, file=sys.stderr)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        loaded = []
-        for path, item in chunk:
-            try:
-                loaded.append((path, item, load_image(path)))
-            except ImageError as e:
-                failed.append(str(e))
-        for (path, item, image), result in _predict_isolating_failures(predictor, loaded, failed):
-            try:
-                write(item, image, result)
-                done.append(path)
-            except OSError as e:
-                failed.append(f"{path}: could not write its results ({e})")
-        bar.update(len(chunk))
-        bar.set_postfix(failed=len(failed), refresh=False)
-    bar.close()
+    writer = ThreadPoolExecutor(1, thread_name_prefix="writer")
+    pending: list[tuple[Path, Future]] = []  # the previous batch's writes
+    try:
+        for chunk, loaded in _decoded(items, batch_size, loader_workers, failed):
+            pairs = _predict_isolating_failures(predictor, loaded, failed)
+            _collect_writes(pending, done, failed)
+            pending = [(path, writer.submit(write, item, image, result))
+                       for (path, item, image), result in pairs]
+            bar.update(len(chunk))
+            bar.set_postfix(failed=len(failed), refresh=False)
+        _collect_writes(pending, done, failed)
+    finally:  # an interrupt leaves no write half-started behind it
+        writer.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     return done
+
+
+def _collect_writes(pending: list[tuple[Path, Future]], done: list[Path], failed: list[str]) -> None:
+    for path, future in pending:
+        try:
+            future.result()
+            done.append(path)
+        except OSError as e:
+            failed.append(f"{path}: could not write its results ({e})")
+
+
+def _decoded(items: Sequence[tuple[Path, T]], batch_size: int, workers: int, failed: list[str]
+             ) -> Iterator[tuple[Sequence[tuple[Path, T]], list[tuple[Path, T, np.ndarray]]]]:
+    """(chunk of items, its (path, item, image) decoded) per batch, in order; an image that
+    cannot be read is a line in `failed`."""
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    if workers > 0 and items:
+        from torch.utils.data import DataLoader
+
+        images = DataLoader(_Decode([path for path, _ in items]), batch_size=batch_size, num_workers=workers,
+                            collate_fn=list, prefetch_factor=2)
+    else:
+        images = ([_decode(path) for path, _ in chunk] for chunk in chunks)
+    for chunk, decoded in zip(chunks, images, strict=True):
+        loaded = []
+        for (path, item), image in zip(chunk, decoded, strict=True):
+            if isinstance(image, str):
+                failed.append(image)
+            else:
+                loaded.append((path, item, image))
+        yield chunk, loaded
+
+
+def _decode(path: Path) -> np.ndarray | str:
+    """The image, or the line saying why it cannot be read."""
+    try:
+        return load_image(path)
+    except ImageError as e:
+        return str(e)
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Image files decoded in DataLoader workers (see `_decode`)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray | str:
+        return _decode(self.paths[i])
 
 
 def _predict_isolating_failures(predictor: Predictor, loaded: list, failed: list[str]) -> list:
@@ -130,13 +197,21 @@ class RunSummary:
                 f"{len(self.failed)} failed{stopped}; results in {self.out_dir}")
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None
-                  ) -> tuple[list[Path], list[str]]:
-    """Files, folders (their files, not recursive, hidden ones left out) and globs -> (files in
-    order without repeats, one problem line per input that names nothing).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                              ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
+"""The files a folder gives as inputs (any case); a file named on its own is tried whatever its name."""
 
-    Files inside the folder `exclude` (the output folder) are left out, so that a run writing
-    into its own input folder never predicts its outputs.
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None,
+                  recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Files, folders and globs -> (files in order without repeats, one problem line per input
+    that names nothing).
+
+    A folder gives its image files (`IMAGE_EXTENSIONS`, hidden ones left out), with `recursive`
+    those of its subfolders too; a COCO-panoptic dataset folder (panoptic.json or
+    annotations/panoptic_*.json) gives its image folder's, never its annotation PNGs. Files
+    inside the folder `exclude` (the output folder) are left out, so that a run writing into its
+    own input folder never predicts its outputs.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
 
@@ -148,9 +223,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.Pa
     for item in map(str, inputs):
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            found = _folder_images(path, recursive)
             if not found:
-                problems.append(f"{path}: empty folder, no images in it")
+                problems.append(f"{path}: {_no_images(path, recursive)}")
             elif not kept(found):
                 problems.append(f"{path}: is inside the output folder {skip}, its files are not inputs")
             files.extend(kept(found))
@@ -169,6 +244,38 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.Pa
             problems.append(f"{path}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in files))
     return unique, problems
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """The image files of `folder` (of its subfolders too when `recursive`), sorted; a dataset
+    folder's are those of its image folder."""
+    if (folder / "panoptic.json").is_file() or any((folder / "annotations").glob("panoptic_*.json")):
+        try:
+            _, png_dir, image_dir = find_layout(folder)
+        except (FileNotFoundError, ValueError):
+            png_dir = image_dir = None
+        if image_dir is not None:
+            return _folder_images(image_dir, recursive)
+        if png_dir is not None:  # no image folder: anything but the annotation PNGs
+            return [p for p in _folder_images_plain(folder, recursive) if not p.is_relative_to(png_dir)]
+    return _folder_images_plain(folder, recursive)
+
+
+def _folder_images_plain(folder: Path, recursive: bool) -> list[Path]:
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        found += [Path(root) / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(f for f in found if f.is_file())
+
+
+def _no_images(folder: Path, recursive: bool) -> str:
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return "empty folder, no images in it"
+    sub = "" if recursive or not any(p.is_dir() for p in entries) else "; --recursive looks in its subfolders"
+    return f"no image files in it (.jpg, .png, .tif, .webp, ...){sub}"
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -237,6 +344,8 @@ def predict_files(
     progress: bool = True,
     predictor: Predictor | None = None,
     dataset: str | os.PathLike[str] | None = None,
+    loader_workers: int = 0,
+    recursive: bool = False,
     **given: Any,
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
@@ -251,14 +360,24 @@ def predict_files(
 
     dataset: a COCO-panoptic dataset (root or JSON, see `data.coco_panoptic.find_layout`):
     its image ids and annotation file names are used, so the predictions pair with its
-    ground truth; with no `inputs`, all its annotated images are predicted.
+    ground truth; with no `inputs`, all its annotated images are predicted. recursive: folders
+    give the images of their subfolders too (see `expand_inputs`).
 
     Problems are collected, one line each, in the summary; an output folder that cannot be
     written is `summary.error`. A weights problem raises `WeightsError`, a bad setting
     `SettingsError` and a bad dataset ValueError / FileNotFoundError before any image is read.
 
     settings / **given (threshold=, size=, ...): as `Predictor` takes them; or a ready
-    `predictor` (its settings and batch size are used).
+    `predictor` (its settings and batch size are used). loader_workers: processes decoding
+    the images (0: this one; see `run_images`).
+
+    Under torchrun (or in a process group set up by the caller, see `parallel`) every process
+    calls this with the same arguments: the names are assigned from the whole input list by
+    rank 0, each process predicts every world_size-th image still to do (on its own GPU, or
+    its share of the CPU's cores), and rank 0 writes predictions.json from all the records.
+    Every process returns the summary of the whole run. If a process dies, the others say so
+    in `summary.error`; what was done is recorded, and a rerun (any number of processes) does
+    the rest.
     """
     dev = torch.device(device)  # a malformed name raises ValueError/RuntimeError here
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -269,35 +388,84 @@ def predict_files(
     if entries is not None and not inputs:
         files = [path for path, _, _ in entries.values()]
     else:
-        files, summary.failed = expand_inputs(inputs, exclude=out)
-    if predictor is None:  # bad settings or weights fail before the output folder is made
-        predictor = Predictor(weights, settings, preset=preset, device=device, batch_size=batch_size, **given)
-    summary.error = _prepare_out_dir(out)
-    if summary.error is not None:
-        summary.not_run = [str(f) for f in files]
-        return summary
-    jobs = _plan(files, out, entries, summary.failed)
-    todo = []
+        files, summary.failed = expand_inputs(inputs, exclude=out, recursive=recursive)
+    with process_group(dev) as group:
+        dev = rank_device(dev, group)  # one device per process, the CPU's cores shared out
+        if predictor is None:  # bad settings or weights fail before the output folder is made
+            predictor = Predictor(weights, settings, preset=preset, device=dev, batch_size=batch_size,
+                                  **given)
+        files, summary.failed = broadcast_object((files, summary.failed), group)  # rank 0's list
+        digests = _digests([f for f in files if entries is None or f.name in entries], group)
+        plan = None
+        if group.is_main:  # names from the whole list, before any process writes
+            summary.error = _prepare_out_dir(out)
+            if summary.error is None:
+                plan = _todo(_plan(files, out, entries, summary.failed, digests), out, overwrite)
+        summary.error, summary.failed, plan = broadcast_object((summary.error, summary.failed, plan), group)
+        if plan is None:
+            summary.not_run = [str(f) for f in files]
+            return summary
+        summary.skipped, todo = plan
+
+        def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
+            save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
+                        image_id=job.image_id)
+
+        failed: list[str] = []
+        desc = f"rank 0 of {group.world_size}" if group.enabled else None
+        done = run_images(predictor, shard(todo, group), write, failed=failed,
+                          progress=progress and group.is_main, desc=desc, loader_workers=loader_workers)
+        try:
+            shares = all_gather_object(([str(f) for f in done], failed), group)
+        except RuntimeError as e:  # another process of the run died: what is done stays done
+            summary.done, summary.failed = [str(f) for f in done], summary.failed + failed
+            why = (str(e).splitlines() or [""])[0][:120]
+            summary.error = (f"another process of this run stopped ({why}); "
+                             f"the images finished are recorded in {out / RECORDS}: run the command again "
+                             "(with any number of processes) to do the rest")
+            return summary
+        order = {str(f): i for i, (f, _) in enumerate(todo)}
+        summary.done = sorted((d for share, _ in shares for d in share), key=order.__getitem__)
+        summary.failed += [line for _, lines in shares for line in lines]
+        if group.is_main:
+            summary.error = _write_predictions(out, predictor.categories, summary.failed)
+        summary.error, summary.failed = broadcast_object((summary.error, summary.failed), group)
+    return summary
+
+
+def _write_predictions(out: Path, categories: Categories, failed: list[str]) -> str | None:
+    """out/predictions.json from every record in out; the problem as one line, or None."""
+    target = out / "predictions.json"
+    try:
+        write_json(target, _predictions(out, categories, failed), indent=None)
+    except OSError as e:
+        return (f"{target}: could not write it ({_why(e)}); the records of every image done are "
+                f"in {out / RECORDS}, a re-run writes it")
+    return None
+
+
+def _digests(files: Sequence[Path], group: DistInfo) -> dict[str, str | OSError]:
+    """{path: its SHA-256, or the error reading it}; each process hashes its share."""
+    mine: dict[str, str | OSError] = {}
+    for f in shard(files, group):
+        try:
+            mine[str(f)] = file_digest(f)
+        except OSError as e:
+            mine[str(f)] = e
+    return {k: v for share in all_gather_object(mine, group) for k, v in share.items()}
+
+
+def _todo(jobs: list[_Job], out: Path, overwrite: bool) -> tuple[list[str], list[tuple[Path, _Job]]]:
+    """(the inputs already done, skipped; the (file, job) pairs to run): an image is done when
+    its record names the same source."""
+    skipped, todo = [], []
     for job in jobs:
         record = _read_record(out / RECORDS / f"{job.stem}.json")
         if not overwrite and record is not None and _source(record) == job.digest:
-            summary.skipped.append(str(job.file))
+            skipped.append(str(job.file))
         else:
             todo.append((job.file, job))
-
-    def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
-        save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
-                    image_id=job.image_id)
-
-    done = run_images(predictor, todo, write, failed=summary.failed, progress=progress)
-    summary.done = [str(f) for f in done]
-    target = out / "predictions.json"
-    try:
-        write_json(target, _predictions(out, predictor.categories, summary.failed), indent=None)
-    except OSError as e:
-        summary.error = (f"{target}: could not write it ({_why(e)}); the records of every image done are "
-                         f"in {out / RECORDS}, a re-run writes it")
-    return summary
+    return skipped, todo
 
 
 def _why(e: OSError) -> str:
@@ -348,21 +516,21 @@ def _dataset_entries(dataset: str | os.PathLike[str]) -> dict[str, tuple[Path, i
 
 
 def _plan(files: list[Path], out: Path, entries: Mapping[str, tuple[Path, int, str]] | None,
-          failed: list[str]) -> list[_Job]:
-    """The output name of every input, from the whole list and the records already in `out`."""
+          failed: list[str], hashed: Mapping[str, str | OSError]) -> list[_Job]:
+    """The output name of every input, from the whole list and the records already in `out`
+    (hashed: each file's SHA-256 or the error reading it, see `_digests`)."""
     kept, digests, bases, ids = [], [], [], []
     for f in files:
         entry = entries.get(f.name) if entries is not None else None
         if entries is not None and entry is None:
             failed.append(f"{f}: not an image of the dataset (no annotated image has this file name)")
             continue
-        try:
-            digest = file_digest(f)
-        except FileNotFoundError:
+        digest = hashed[str(f)]
+        if isinstance(digest, FileNotFoundError):
             failed.append(f"{f}: no such file")
             continue
-        except OSError as e:
-            failed.append(f"{f}: cannot read: {_why(e)}")
+        if isinstance(digest, OSError):
+            failed.append(f"{f}: cannot read: {_why(digest)}")
             continue
         kept.append(f)
         digests.append(digest)
@@ -419,15 +587,20 @@ def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Catego
     return overlay(image, result, categories)
 
 
-def _record(result: PanopticResult, categories: Categories, file: Path, stem: str, digest: str,
-            image_id: int | None) -> dict[str, Any]:
-    h, w = result.size
-    segments = [
+def segments_json(result: PanopticResult, categories: Categories) -> list[dict[str, Any]]:
+    """The result's `segments_info` as predict writes them (records, predictions.json, serve)."""
+    return [
         {"id": s["id"], "category_id": s["category_id"], "name": categories.name(s["category_id"]),
          "isthing": int(bool(s["isthing"])), "iscrowd": 0, "area": s["area"], "bbox": s["bbox"],
          "score": round(float(s["score"]), 5)}
         for s in result.segments_info
     ]
+
+
+def _record(result: PanopticResult, categories: Categories, file: Path, stem: str, digest: str,
+            image_id: int | None) -> dict[str, Any]:
+    h, w = result.size
+    segments = segments_json(result, categories)
     image = {"file_name": file.name, "path": str(file), "height": h, "width": w, "sha256": digest}
     if image_id is not None:
         image = {"id": image_id, **image}
@@ -459,5 +632,5 @@ def _predictions(out: Path, categories: Categories, failed: list[str]) -> dict[s
     return {"images": images, "annotations": annotations, "categories": categories.to_json()}
 
 
-__all__ = ["OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs", "file_digest",
-           "output_stems", "predict_files", "run_images", "save_result"]
+__all__ = ["IMAGE_EXTENSIONS", "OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs",
+           "file_digest", "output_stems", "predict_files", "run_images", "save_result", "segments_json"]

@@ -1,16 +1,21 @@
 """Typed containers that every layer shares: batches, targets, categories, panoptic results.
 
-Pure data: no file access. Conversions to and from the COCO panoptic PNG encoding are
-tensor/array functions in `ops.panoptic`; reading and writing the files lives in `data/`.
+Pure data: no file access of its own. Conversions to and from the COCO panoptic PNG encoding
+are tensor/array functions in `ops.panoptic`; reading and writing the files lives in `data/`,
+and `PanopticResult.overlay` / `.save`, the conveniences of the Python API, call `viz` and
+`data/` at call time (the one exception to the layers, named in .importlinter).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -160,18 +165,115 @@ class Categories:
         return [dict(c) for c in self.items]
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a `PanopticResult`, as `result.segments` gives it."""
+
+    id: int
+    """Its value in the result's id map."""
+    category_id: int
+    name: str
+    """The class name (as in the category table and the JSON files; "class N" for an id the
+    table does not have)."""
+    isthing: bool
+    score: float | None
+    """The model's class confidence (None for a ground-truth segment)."""
+    area: int
+    """Pixels."""
+    bbox: tuple[int, int, int, int]
+    """(x, y, w, h) in pixels."""
+    id_map: Tensor = field(repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """`name`, under the name Hugging Face's pipelines use."""
+        return self.name
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[H, W] bool, True on the segment's pixels (computed on each access)."""
+        return (self.id_map == self.id).cpu().numpy()
+
+
 @dataclass
 class PanopticResult:
     """A panoptic segmentation of one image at its original size.
 
-    `id_map` values index `segments_info` by their `id`; 0 is void (no segment).
+    `id_map` values index `segments_info` by their `id`; 0 is void (no segment). A `Predictor`
+    gives its `categories` too, which name the segments (`segments`, `to_hf`) and colour them
+    (`overlay`).
     """
 
     id_map: Tensor
     """[H, W] int64 segment ids, 0 = void."""
     segments_info: list[dict[str, Any]]
     """One dict per segment: id, category_id, isthing, area, score, bbox [x, y, w, h]."""
+    categories: Categories | None = field(default=None, repr=False)
+    """The category table the category ids refer to (None: unnamed, "class N")."""
 
     @property
     def size(self) -> tuple[int, int]:
         return int(self.id_map.shape[0]), int(self.id_map.shape[1])
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The segments with their class names, in `segments_info` order."""
+        out = []
+        for s in self.segments_info:
+            cat = int(s["category_id"])
+            name = self.categories.name(cat) if self.categories is not None else f"class {cat}"
+            score = s.get("score")
+            x, y, w, h = (int(v) for v in s["bbox"])
+            out.append(Segment(int(s["id"]), cat, name, bool(s["isthing"]),
+                               None if score is None else float(score), int(s["area"]), (x, y, w, h),
+                               self.id_map))
+        return out
+
+    def to_hf(self) -> list[dict[str, Any]]:
+        """Hugging Face's `pipeline("image-segmentation")` form: one dict per segment with
+        `label` (class name), `score` and `mask` (a PIL "L" image, 255 on the segment, 0 off)."""
+        from PIL import Image  # PIL only for this form
+
+        return [{"score": s.score, "label": s.name,
+                 "mask": Image.fromarray(s.mask.astype(np.uint8) * 255, mode="L")} for s in self.segments]
+
+    def to_coco(self, file_name: str = "result.png", image_id: int = 1) -> dict[str, Any]:
+        """A COCO panoptic document of this one image (images, annotations, categories), as
+        `predict` writes predictions.json; `file_name`: its panoptic PNG."""
+        h, w = self.size
+        segments = [{"id": s.id, "category_id": s.category_id, "name": s.name, "isthing": int(s.isthing),
+                     "iscrowd": 0, "area": s.area, "bbox": list(s.bbox),
+                     **({} if s.score is None else {"score": round(s.score, 5)})} for s in self.segments]
+        return {"images": [{"id": image_id, "file_name": file_name, "height": h, "width": w}],
+                "annotations": [{"image_id": image_id, "file_name": file_name, "segments_info": segments}],
+                "categories": self.categories.to_json() if self.categories is not None else []}
+
+    def overlay(self, image: Any, **options: Any) -> Any:
+        """The picture to look at: `image` (anything a `Predictor` takes, of this result's size)
+        with the segments coloured, outlined and labelled, as a PIL image. options: those of
+        `viz.overlay` (alpha=, legend=, labels=)."""
+        from PIL import Image
+
+        from .data.images import as_rgb  # drawing is done at the edge (see .importlinter)
+        from .viz import overlay
+
+        if self.categories is None:
+            raise ValueError("this result has no categories to name and colour its segments: "
+                             "PanopticResult(..., categories=...)")
+        return Image.fromarray(overlay(as_rgb(image), self, self.categories, **options))
+
+    def save(self, folder: str | os.PathLike[str], name: str = "result", overwrite: bool = False
+             ) -> tuple[Path, Path]:
+        """Write FOLDER/NAME.png (COCO panoptic: id = R + 256 G + 256^2 B) and FOLDER/NAME.json
+        (`to_coco`), each atomically, the JSON last; returns their paths. An existing file is
+        FileExistsError unless `overwrite`."""
+        from .data.files import write_json  # files are written at the edge (see .importlinter)
+        from .data.panoptic_png import write_panoptic_png
+
+        png, doc = Path(folder) / f"{name}.png", Path(folder) / f"{name}.json"
+        for path in (png, doc):
+            if not overwrite and path.exists():
+                raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
+        write_panoptic_png(png, self.id_map)
+        write_json(doc, self.to_coco(png.name), indent=1)
+        return png, doc

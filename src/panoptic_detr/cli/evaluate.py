@@ -8,6 +8,7 @@ import sys
 
 from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
+from .weights_flag import add_weights_flag, announce, resolve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,9 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Files: --gt GT_JSON --pred PRED_JSON [--gt-dir DIR --pred-dir DIR] scores "
         "predictions with the COCO panoptic API's rules; a prediction is paired with the ground-truth "
         "image of its id when their file names agree, else with the image of its file name. "
-        "Model: --weights W --data DATASET runs the model over the dataset as predict runs it, "
-        "writes its predictions in COCO panoptic format to --out and scores them. Prints the PQ "
-        "table; --output writes everything (per class too) as JSON.",
+        "Model: --data DATASET [--weights W, default demo] runs the model over the dataset as "
+        "predict runs it, writes its predictions in COCO panoptic format to --out and scores them. "
+        "Prints the PQ table; --output writes everything (per class too) as JSON. A model evaluation "
+        "runs under torchrun too: each process predicts and scores its share of the images, rank 0 "
+        "reports (docs/distributed_inference.md).",
     )
     files = p.add_argument_group("prediction files")
     files.add_argument("--gt", metavar="GT_JSON", help="ground-truth COCO panoptic JSON")
@@ -29,12 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     files.add_argument("--pred-dir", metavar="DIR",
                        help="prediction PNGs (default: PRED_JSON without .json, else its folder)")
     model = p.add_argument_group("a model on a dataset")
-    model.add_argument("--weights", help="'demo', an original checkpoint name or a checkpoint path")
+    add_weights_flag(model)
     model.add_argument("--preset", default=None, help="architecture, when --weights does not say")
     model.add_argument("--data", metavar="DATASET", help="COCO panoptic dataset root or its JSON")
     model.add_argument("--out", metavar="DIR", help="predictions and pq.json go here (runs/evaluate)")
     model.add_argument("--batch-size", type=int, default=1, help="images per network batch (1)")
     model.add_argument("--device", default="cpu", help="torch device (cpu)")
+    model.add_argument("--loader-workers", type=whole_number(0), default=None, metavar="N",
+                       help="processes decoding images ahead of the network (default 0: this process)")
     add_settings_flags(model)
     p.add_argument("--output", metavar="FILE.json",
                    help="write the results as JSON (a model's: default OUT/pq.json)")
@@ -49,16 +54,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..eval.evaluate import EvaluationError, format_table
     from ..eval.evaluate_model import UsageError, run_evaluation
+    from ..parallel import dist_info
 
+    main_process = dist_info().is_main  # under torchrun rank 0 reports for every process
+
+    weights = args.weights
+    if args.data is not None:  # a model evaluation: --weights, else the demo model
+        announce(args)
+        weights = resolve(args)
     try:
         results, output = run_evaluation(
-            gt=args.gt, gt_dir=args.gt_dir, pred=args.pred, pred_dir=args.pred_dir, weights=args.weights,
+            gt=args.gt, gt_dir=args.gt_dir, pred=args.pred, pred_dir=args.pred_dir, weights=weights,
             data=args.data, out=args.out, output=args.output, preset=args.preset, device=args.device,
-            batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
-            progress=not args.quiet, **settings_kwargs(args))
+            batch_size=args.batch_size, workers=args.workers, loader_workers=args.loader_workers,
+            overwrite=args.overwrite, progress=not args.quiet, **settings_kwargs(args))
     except UsageError as e:
         args._parser.error(str(e))
     except EvaluationError as e:
+        if not main_process:
+            return 1
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
         print(f"{len(e.problems)} problem(s); no score", file=sys.stderr)
@@ -66,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not main_process:
+        return 0
     if results.get("repaired"):
         print(f"note: {results['repaired']} prediction(s) paired with their ground-truth image by file name: "
               "their image ids are not the ground truth's", file=sys.stderr)

@@ -7,6 +7,7 @@ import sys
 
 from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
+from .weights_flag import add_weights_flag, announce, resolve
 
 
 def _segments(text: str) -> str | list[int]:
@@ -32,8 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "final pixels, and why every other query was dropped.",
     )
     p.add_argument("image", help="image file (any format Pillow reads)")
-    p.add_argument("--weights", default="demo",
-                   help="'demo' (bundled), an original checkpoint name, or a checkpoint path (default demo)")
+    add_weights_flag(p)
     p.add_argument("--preset", default=None, help="architecture for checkpoints that do not record one")
     p.add_argument("--segments", type=_segments, default="all", metavar="all|IDS",
                    help="segments to explain: 'all' (default) or ids like 1,3")
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         check_out_dir(args.out, args.overwrite)
-        predictor = Predictor(args.weights, preset=args.preset, device=args.device, **settings_kwargs(args))
+        announce(args)
+        predictor = Predictor(resolve(args), preset=args.preset, device=args.device, **settings_kwargs(args))
     except (FileExistsError, ValueError) as e:  # settings, weights or the output folder: nothing ran
         print(f"error: {e}", file=sys.stderr)
         return 2

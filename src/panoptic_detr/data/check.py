@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from ..ops.panoptic import segment_stats
-from .coco_panoptic import find_layout
 from .images import ImageError, load_image
+from .layout import find_layout
 from .panoptic_png import read_panoptic_png
 
 

@@ -1,14 +1,18 @@
 """Image files in, network input out: decoding any image to RGB, and DETR's resize + normalisation.
 
-`load_image` is the one place an image file is opened. Anything that stops a file from being
+`load_image` (a file) and `decode_image` (a file's bytes: an upload) are the one place an
+image is opened. Anything that stops a file from being
 a usable RGB picture becomes an `ImageError` naming the file and the problem in one line, so
 callers can report it and go on with the other files.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,35 +76,47 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     path = Path(path)
     if path.is_dir():
         raise ImageError(path, "is a directory, not an image")
+    return _decode(path, path, max_pixels, None)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 formats: tuple[str, ...] | None = None) -> np.ndarray:
+    """`load_image` of an image file's bytes (an upload): the same pixels, the same checks;
+    `ImageError`s name `name`. formats: Pillow format names to try (None: all it knows)."""
+    return _decode(io.BytesIO(data), name, max_pixels, formats)
+
+
+def _decode(source: Path | io.BytesIO, name: str | Path, max_pixels: int,
+            formats: tuple[str, ...] | None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # we apply our own size limit below; Pillow's warning would be noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(source, formats=formats)
     except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
+        raise ImageError(name, "no such file") from None
     except PermissionError:
-        raise ImageError(path, "permission denied") from None
+        raise ImageError(name, "permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image (or a format Pillow cannot read)") from None
+        raise ImageError(name, "not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(path, f"too many pixels (decompression-bomb guard): {e}") from None
+        raise ImageError(name, f"too many pixels (decompression-bomb guard): {e}") from None
     except OSError as e:
-        raise ImageError(path, f"cannot read: {e}") from None
+        raise ImageError(name, f"cannot read: {e}") from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
-            raise ImageError(path, f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
+            raise ImageError(name, f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
                                    "(decompression-bomb guard; pass max_pixels to allow it)")
         if w == 0 or h == 0:
-            raise ImageError(path, f"empty image ({w}x{h})")
+            raise ImageError(name, f"empty image ({w}x{h})")
         fmt = im.format or "image"
         try:
             # full decode now: truncation surfaces here (unless some other code has set
             # PIL.ImageFile.LOAD_TRUNCATED_IMAGES, which makes Pillow pad with grey instead)
             im.load()
         except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(path, f"truncated or corrupt {fmt} ({e})") from None
+            raise ImageError(name, f"truncated or corrupt {fmt} ({e})") from None
         try:
             upright = ImageOps.exif_transpose(im)
         except Exception:  # broken EXIF block: the pixels are fine, keep them as stored
@@ -108,7 +124,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         try:
             return _to_rgb(upright)
         except (OSError, ValueError) as e:
-            raise ImageError(path, f"cannot convert {fmt} mode {upright.mode} to RGB ({e})") from None
+            raise ImageError(name, f"cannot convert {fmt} mode {upright.mode} to RGB ({e})") from None
 
 
 def resize_shape(h: int, w: int, short: int, max_size: int | None) -> tuple[int, int]:
@@ -156,3 +172,67 @@ def preprocess(image: np.ndarray, short: int = 800, max_size: int | None = 1333)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"preprocess wants an [H, W, 3] uint8 image, got {image.dtype} {image.shape}")
     return normalize(resize(image, short, max_size))
+
+
+ACCEPTED = ("a file path, a PIL image, a numpy array ([H, W, 3] uint8 RGB; [H, W] or [H, W, 1] "
+            "grayscale and [H, W, 4] RGBA are converted; float in [0, 1] is scaled) or a torch "
+            "tensor ([3, H, W] or [H, W, 3], uint8 or float in [0, 1])")
+"""What `as_rgb` takes, for the messages of everything that takes an image."""
+
+
+def as_rgb(image: Any, channel_order: str = "RGB") -> np.ndarray:
+    """Any one image a user may hold -> [H, W, 3] uint8 RGB: a path (decoded by `load_image`),
+    a PIL image (any mode, as `load_image` converts it), a numpy array or a torch tensor (see
+    `ACCEPTED`). channel_order: "BGR" for arrays and tensors from OpenCV (ignored for files
+    and PIL images, whose order is known). A 3-dim tensor is channels-first unless only its
+    last dimension has 1, 3 or 4 entries. Raises TypeError for other types, ValueError for
+    arrays of another shape or range.
+    """
+    if channel_order not in ("RGB", "BGR"):
+        raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    if isinstance(image, str | os.PathLike):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    if isinstance(image, Tensor):
+        image = _tensor_to_hwc(image.detach().cpu())
+    elif not isinstance(image, np.ndarray):
+        raise TypeError(f"an image must be {ACCEPTED}; got {type(image).__module__}.{type(image).__name__}")
+    rgb = _array_to_rgb(image)
+    return np.ascontiguousarray(rgb[..., ::-1]) if channel_order == "BGR" else rgb
+
+
+def _tensor_to_hwc(t: Tensor) -> np.ndarray:
+    if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+        t = t.permute(1, 2, 0)  # CHW (the torch convention wins when both ends could be channels)
+    elif t.ndim not in (2, 3):
+        raise ValueError(f"an image tensor must be [3, H, W], [H, W, 3] or [H, W], got {tuple(t.shape)} "
+                         "(a batch: pass a list of images)")
+    if t.dtype == torch.bfloat16 or t.dtype == torch.float16:
+        t = t.float()
+    return t.numpy()
+
+
+def _array_to_rgb(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or 0 in a.shape:
+        raise ValueError(f"an image array must be [H, W, 3] RGB, [H, W, 4] RGBA or [H, W] gray, "
+                         f"got shape {a.shape}")
+    if a.dtype != np.uint8:
+        if a.dtype.kind == "f":
+            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+            if not (0.0 <= lo and hi <= 1.0):
+                raise ValueError(f"a float image must be in [0, 1], got values from {lo:g} to {hi:g} "
+                                 "(pass uint8 for 0..255)")
+            a = np.round(np.nan_to_num(a) * 255.0).astype(np.uint8)
+        elif a.dtype == np.bool_ or a.dtype.kind not in "iu":
+            raise ValueError(f"an image array must be uint8 or float in [0, 1], got {a.dtype}")
+        else:
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi > 255:
+                raise ValueError(f"an integer image must be in 0..255, got {a.dtype} from {lo} to {hi}")
+            a = a.astype(np.uint8)
+    if a.ndim == 2:
+        return np.repeat(a[:, :, None], 3, axis=2)
+    return a[..., :3] if a.shape[2] == 4 else a

@@ -40,7 +40,14 @@ class EvaluationError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-def _score_pair(task: Task, categories: frozenset[int]) -> tuple[PQStat | None, list[str]]:
+CHUNK_SIZE = 16
+"""Images per chunk a worker scores; the chunk's sum is added to the total, so the float sums
+of a run depend on it (`sum_in_chunks` adds per-image statistics the same way)."""
+
+
+def score_pair(task: Task, categories: frozenset[int]) -> tuple[PQStat | None, list[str]]:
+    """The `PQStat` of one (GT PNG, GT segments, predicted PNG, predicted segments), or None
+    and the problems found, one line each."""
     gt_png, gt_segments, pred_png, pred_segments = task
     try:
         pred = read_panoptic_png(pred_png, np.uint32)
@@ -62,7 +69,7 @@ def _score_chunk(args: tuple[list[Task], frozenset[int]]) -> tuple[PQStat, list[
     tasks, categories = args
     stat, problems = PQStat(), []
     for task in tasks:
-        s, p = _score_pair(task, categories)
+        s, p = score_pair(task, categories)
         if s is not None:
             stat += s
         problems += p
@@ -214,7 +221,7 @@ def _chunks(tasks: list[Task], size: int, categories: frozenset[int]
 
 def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[str] | None,
                    pred_json: str | os.PathLike[str], pred_dir: str | os.PathLike[str] | None,
-                   workers: int = 2, chunk_size: int = 16, progress: bool = False) -> dict[str, Any]:
+                   workers: int = 2, chunk_size: int = CHUNK_SIZE, progress: bool = False) -> dict[str, Any]:
     """PQ/SQ/RQ of a COCO-panoptic prediction against its ground truth.
 
     Each prediction is paired with the GT image of its id when their file-name stems agree,
@@ -268,8 +275,27 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
             bar.close()
     if problems:
         raise EvaluationError(problems)
+    return summarize(stat, categories, len(tasks), repaired)
+
+
+def sum_in_chunks(stats: Sequence[PQStat | None], chunk_size: int = CHUNK_SIZE) -> PQStat:
+    """The total of per-image statistics (None: not scored), added as `evaluate_files` adds
+    them (chunk by chunk), so the figures are exactly its figures."""
+    total = PQStat()
+    for start in range(0, len(stats), chunk_size):
+        chunk = PQStat()
+        for s in stats[start : start + chunk_size]:
+            if s is not None:
+                chunk += s
+        total += chunk
+    return total
+
+
+def summarize(stat: PQStat, categories: Sequence[Mapping[str, Any]], images: int, repaired: int
+              ) -> dict[str, Any]:
+    """`evaluate_files`' results dict of a total `stat` over `images` images."""
     out = pq_results(stat, categories)
-    out["images"] = len(tasks)
+    out["images"] = images
     out["repaired"] = repaired
     out["counts"] = {cat: {"tp": s.tp, "fp": s.fp, "fn": s.fn, "iou": s.iou}
                      for cat, s in sorted(stat.per_class.items()) if s.tp + s.fp + s.fn}

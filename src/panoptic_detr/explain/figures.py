@@ -103,6 +103,36 @@ def heat(values: np.ndarray, vmin: float | None = None, vmax: float | None = Non
     return _LUTS[cmap][(np.clip(scaled, 0.0, 1.0) * 255 + 0.5).astype(np.intp)]
 
 
+def colorbar(width: int, lo: float, hi: float, cmap: str = "inferno", fmt: str = "{:.2g}") -> Image.Image:
+    """A horizontal colour bar `width` wide: the colormap from `lo` (left) to `hi` (right),
+    the two values written under its ends, for the heat map above it."""
+    bar_h, f = 8, font(10)
+    strip = heat(np.tile(np.linspace(0.0, 1.0, max(2, width)), (bar_h, 1)), 0.0, 1.0, cmap)
+    out = Image.new("RGB", (width, bar_h + 14), BG)
+    out.paste(Image.fromarray(strip), (0, 0))
+    d = ImageDraw.Draw(out)
+    d.text((0, bar_h + 1), fmt.format(lo), fill=MUTED, font=f)
+    d.text((width, bar_h + 1), fmt.format(hi), fill=MUTED, font=f, anchor="ra")
+    return out
+
+
+def with_colorbar(panel: np.ndarray, lo: float, hi: float, cmap: str = "inferno",
+                  fmt: str = "{:.2g}") -> Image.Image:
+    """`panel` ([h, w, 3] uint8) over its colour bar."""
+    return column([Image.fromarray(panel), colorbar(panel.shape[1], lo, hi, cmap, fmt)], gap=2)
+
+
+def draw_box(im: Image.Image, xyxy: tuple[float, float, float, float], color: tuple[int, int, int],
+             width: int = 2) -> None:
+    """In place: a box in `color` between a white and a dark line, so that it shows on any
+    background, a segment of its own colour included."""
+    x0, y0, x1, y1 = xyxy
+    d = ImageDraw.Draw(im)
+    d.rectangle((x0 - 2, y0 - 2, x1 + 2, y1 + 2), outline=(255, 255, 255), width=1)
+    d.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=INK, width=1)
+    d.rectangle((x0, y0, x1, y1), outline=color, width=width)
+
+
 def blend(base: np.ndarray, top: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
     """Alpha-blend `top` over `base` ([h, w, 3] uint8); `alpha` scalar or [h, w] in 0..1."""
     a = np.asarray(alpha, dtype=np.float32)
@@ -291,7 +321,7 @@ class Figures:
         im = Image.fromarray(self.image(size))  # PIL copies the array
         sy, sx = size[0] / self.e.image.shape[0], size[1] / self.e.image.shape[1]
         x0, y0, x1, y1 = q.box
-        ImageDraw.Draw(im).rectangle((x0 * sx, y0 * sy, x1 * sx, y1 * sy), outline=color, width=2)
+        draw_box(im, (x0 * sx, y0 * sy, x1 * sx, y1 * sy), color)
         return np.asarray(im)
 
     def attention(self, query: int, size: tuple[int, int]) -> list[Image.Image]:
@@ -304,7 +334,7 @@ class Figures:
         for m in range(att.shape[0]):
             a = grid_to_view(att[m], self.e.c5_stride, self.e.input_size, size)
             panel = blend(self.dimmed(size), heat(a, 0.0, vmax), np.clip(a / vmax, 0, 1) * 0.85 + 0.1)
-            out.append(caption(panel, f"head {m}", f"mass {mass[m]:.0%}"))
+            out.append(caption(with_colorbar(panel, 0.0, vmax), f"head {m}", f"mass {mass[m]:.0%}"))
         return out
 
     def logits(self, query: int, size: tuple[int, int], title: str = "mask logits",
@@ -317,7 +347,8 @@ class Figures:
         v = grid_to_view(logits, 4, self.e.input_size, size)
         lo, hi = float(v.min()), float(v.max())
         panel = blend(self.image(size), heat(v, lo, hi, cmap="viridis"), 0.8)
-        return caption(panel, title, (sub + ", " if sub else "") + f"range {lo:.1f} .. {hi:.1f}")
+        return caption(with_colorbar(panel, lo, hi, "viridis", "{:.1f}"), title,
+                       (sub + ", " if sub else "") + f"range {lo:.1f} .. {hi:.1f}")
 
     def pixels(self, segment_id: int, size: tuple[int, int]) -> np.ndarray:
         """The segment's final pixels in its colour over a dimmed image."""
@@ -339,7 +370,8 @@ class Figures:
         entries = self.legend_entries() or [((235, 235, 235), "no segment kept")]
         return row([
             caption(self.image(size), "input", f"{w} x {h} px (network saw {iw} x {ih})"),
-            caption(blend(self.dimmed(size), heat(c5), 0.75), "C5 activation (channel norm)",
+            caption(with_colorbar(blend(self.dimmed(size), heat(c5), 0.75), float(c5.min()), float(c5.max())),
+                    "C5 activation (channel norm)",
                     f"{gw} x {gh} grid, stride {e.c5_stride}"),
             caption(self.panoptic(size), "panoptic result",
                     f"{n_seg} segment{'s' * (n_seg != 1)}" if n_seg else "no segment kept"),
@@ -398,7 +430,8 @@ class Figures:
         tiles = [Image.fromarray(heat(grid_to_view(att[m], 1, (gh, gw), small, nearest=True), 0, vmax))
                  for m in range(M)]
         st = e.c5_stride
-        second = caption(wrap(tiles, width=2 * small[1] + GAP, gap=2), f"{M} attention maps",
+        maps = wrap(tiles, width=2 * small[1] + GAP, gap=2)
+        second = caption(column([maps, colorbar(maps.width, 0.0, vmax)], gap=2), f"{M} attention maps",
                          f"{M} heads x {gw} x {gh} (W/{st} x H/{st})", width=2 * small[1] + GAP)
         third = self.logits(q.index, size, sub=f"{lw} x {lh} (W/4 x H/4)")
         fourth = caption(self.pixels(segment_id, size), f"segment {self.label(segment_id)}",

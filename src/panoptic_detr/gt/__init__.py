@@ -1,6 +1,9 @@
 """Ground-truth building: annotated things + a source for everything else -> COCO panoptic.
 
 `compose` and `preview` are pure arrays; `sources` and `build` read and write files.
+Instance models (Mask R-CNN) for things and for masks inside annotated boxes: `maskrcnn`
+(networks, loading), `instance_model` (the source), `box_masks`; `train_instance_model`
+trains the bundled stand-in.
 """
 
 from .build import DEFAULT_MIN_AREA, BuildError, build_gt

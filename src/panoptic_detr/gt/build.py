@@ -9,6 +9,9 @@ Output folder layout:
     OUT/previews/*.jpg       audit overlays (gt.preview)
     OUT/report.json          what happened: images kept/skipped, pixel shares, overlaps, ...
 
+Under torchrun each process builds its share of the images (a model source on its own
+device) and rank 0 writes the dataset and the report from every process's records.
+
 Nothing partial appears in OUT: the build runs in a hidden folder beside it
 (`.OUT.partial`), finished images are kept there (`parts/`), so an interrupted run resumes
 where it stopped, and the folder is renamed into place at the end.
@@ -33,14 +36,16 @@ from tqdm import tqdm
 
 from ..data.files import atomic_write, write_json
 from ..data.panoptic_png import write_panoptic_png
-from ..parallel import pool_context
+from ..parallel import DistInfo, all_gather_object, barrier, pool_context, process_group, rank_device, shard
 from ..structures import Categories
-from .compose import compose
+from .box_masks import MODEL, MODEL_BOX, fill_box_masks, is_box_only
+from .compose import compose, merge_things
+from .instance_model import InstanceModelSource, parse_instance_spec
 from .instances import ORDERS, decode_annotations, instances_to_panoptic
 from .preview import draw_preview
 from .report import make_report
 from .sources import ModelSource, Source, SourceError, open_source
-from .taxonomy import Rule, Taxonomy, TaxonomyError
+from .taxonomy import THING, Rule, Taxonomy, TaxonomyError
 
 DEFAULT_MIN_AREA = 16
 REUSE_VERSION = 1  # bump when per-image outputs change meaning
@@ -65,10 +70,18 @@ class _Job:
     order: str
     min_area: int
     previews: bool
+    things: Any = None
+    """The instance-model source of `--things-from`, or None."""
+    things_targets: dict[int, int] | None = None
+    """Its class -> target thing id (classes not listed are left out)."""
+    box_masks: Any = None
+    """"box", the instance-model source of `--box-masks`, or None."""
+    wanted: dict[int, set[int]] | None = None
+    """Annotated category id -> the box-mask model's classes that map to its target."""
 
 
 def build_gt(
-    instances_json: str | Path,
+    instances_json: str | Path | None,
     images_dir: str | Path,
     out_dir: str | Path,
     stuff_from: str | Source | None = None,
@@ -83,6 +96,9 @@ def build_gt(
     runtime: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    things_from: str | InstanceModelSource | None = None,
+    box_masks: str | InstanceModelSource | None = None,
+    instance_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the dataset into `out_dir` and return the report (also written to report.json).
 
@@ -95,53 +111,125 @@ def build_gt(
     side cap) a model source resizes images to (default: the checkpoint's, else DETR's 800,
     1333, as `predict` does). `runtime`: what runs a model source's network (see
     `settings.InferenceSettings.runtime`; default torch).
+
+    Instances: `instances_json` None builds every file of `images_dir` from the sources alone.
+    `things_from`: an instance model (`model:maskrcnn[@T]`, `model:demo-maskrcnn`,
+    `model:PATH`, or an `InstanceModelSource`) whose things lie below the annotations and above
+    `stuff_from` (`compose.merge_things`). `box_masks`: "box" or an instance model (a spec, or
+    the same object) giving box-only annotations a mask (`gt.box_masks`).
+    `instance_options`: device=, size=, max_size= of the instance-model sources named by spec.
     """
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
     if order not in ORDERS:
         raise BuildError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
-    instances_json, images_dir, out_dir = Path(instances_json), Path(images_dir), Path(out_dir)
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise BuildError(f"{out_dir}: exists (pass --overwrite to replace it)")
     if not images_dir.is_dir():
         raise BuildError(f"{images_dir}: image folder not found")
-    data = _read_instances(instances_json)
+    if instances_json is None and stuff_from is None and things_from is None:
+        raise BuildError("nothing to build from: give instances, a stuff source or a things source")
+    if instances_json is None:
+        data = _list_images(images_dir, out_dir)
+        instances_json = images_dir
+    else:
+        instances_json = Path(instances_json)
+        data = _read_instances(instances_json)
+    with process_group() as group:  # under torchrun: each process builds its share of the images
+        return _build(data, instances_json, images_dir, out_dir, stuff_from, taxonomy, order, min_area,
+                      skip_unannotated, overwrite, workers, previews, model_size, progress, log, group,
+                      things_from, box_masks, instance_options, runtime)
+
+
+def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir: Path,
+           stuff_from: str | Source | None, taxonomy: str | Path | None, order: str, min_area: int,
+           skip_unannotated: bool, overwrite: bool, workers: int, previews: bool,
+           model_size: tuple[int, int] | None, progress: bool, log: Callable[[str], None], group: DistInfo,
+           things_from: str | InstanceModelSource | None, box_masks: str | InstanceModelSource | None,
+           instance_options: dict[str, Any] | None, runtime: str | None) -> dict[str, Any]:
+    if group.enabled:
+        rank_device("auto", group)  # a model source's device is then this process's own
+    if not group.is_main:  # rank 0 reports every process's problems, once
+        log = _quiet
     try:
         options = {"size": model_size[0], "max_size": model_size[1]} if model_size else {}
         options.update({"runtime": runtime} if runtime else {})
         source = open_source(stuff_from, **options) if isinstance(stuff_from, str) else stuff_from
+        things = (parse_instance_spec(things_from, **(instance_options or {}))
+                  if isinstance(things_from, str) else things_from)
+        if isinstance(box_masks, str) and box_masks != "box":
+            same = things is not None and box_masks == things.spec
+            box_masks = things if same else parse_instance_spec(box_masks, **(instance_options or {}))
     except SourceError as e:
         raise BuildError(str(e)) from None
-    if isinstance(source, ModelSource) and workers > 1:
-        log(f"{source.spec}: one model in memory on its device: --workers ignored")
-        workers = 1
+    if isinstance(source, ModelSource):
+        log(f"{source.spec}: weights {source.weights_source}")
+    for model in (source, things, box_masks):
+        if isinstance(model, ModelSource | InstanceModelSource) and workers > 1:
+            log(f"{model.spec}: one model in memory on its device: --workers ignored")
+            workers = 1
     problems: list[str] = []
 
     def warn(line: str) -> None:
         problems.append(line)
         log(line)
 
-    tax, rules = _targets(taxonomy, source, warn)
+    tax, rules, things_targets = _targets(taxonomy, source, things, warn)
     ann_targets = _annotation_targets(tax, data["categories"], instances_json, taxonomy is not None, warn)
+    wanted = (_wanted(tax, box_masks.categories, ann_targets)
+              if box_masks is not None and box_masks != "box" else {})
     by_image = _group_annotations(data, instances_json, warn)
 
     work = out_dir.parent / f".{out_dir.name}.partial"
     config = {"version": REUSE_VERSION, "instances": str(instances_json.resolve()),
               "images": str(images_dir.resolve()), "stuff_from": source and source.spec,
+              "things_from": things and things.spec,
+              "box_masks": box_masks if box_masks in (None, "box") else box_masks.spec,
+              "instance_options": instance_options,
               "model_size": model_size and list(model_size), "order": order, "min_area": min_area,
               "previews": previews, "categories": tax.targets, "taxonomy": _digest(taxonomy)}
-    _prepare_work(work, config, log)
+    if group.is_main:
+        _prepare_work(work, config, log)
+    barrier(group)
     job = _Job(str(instances_json), images_dir, work, source, rules, ann_targets,
                {int(t["id"]): bool(t["isthing"]) for t in tax.targets},
-               Categories(tax.targets), order, min_area, previews)
+               Categories(tax.targets), order, min_area, previews, things, things_targets, box_masks, wanted)
 
-    records, todo = _plan(data["images"], by_image, work, source, skip_unannotated, instances_json, warn)
-    records += _run(job, todo, workers, progress, warn)
-    report = make_report(records, tax.targets, problems, instances_json, source and source.spec)
-    _finish(work, out_dir, data, records, tax, report, overwrite)
+    records, todo = _plan(data["images"], by_image, work, source or things, skip_unannotated, instances_json,
+                          warn)
+    planned = len(problems)
+    built = _run(job, shard(todo, group), workers, progress and group.is_main, warn)
+    shares = all_gather_object((built, problems[planned:]), group)
+    order = {img["file_name"]: i for i, (img, _) in enumerate(todo)}  # canonical, whoever built it
+    records += sorted((r for share, _ in shares for r in share), key=lambda r: order[r["file_name"]])
+    problems[planned:] = [line for _, lines in shares for line in lines]
+    for rank, (_, lines) in enumerate(shares):
+        for line in lines if rank != group.rank else []:
+            log(line)
+    report = make_report(records, tax.targets, problems, instances_json, source and source.spec,
+                         things and things.spec)
+    if group.is_main:
+        _finish(work, out_dir, data, records, tax, report, overwrite)
+    barrier(group)  # the dataset is in place when any process returns
     return report
 
 
+def _quiet(line: str) -> None:
+    pass
+
+
 # ---------------------------------------------------------------- inputs
+
+
+def _list_images(images_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Every file of the folder as an image without annotations (ids in name order)."""
+    from ..runner import expand_inputs
+
+    files, _ = expand_inputs([images_dir], exclude=out_dir)
+    if not files:
+        raise BuildError(f"{images_dir}: no files in the image folder")
+    return {"images": [{"id": k, "file_name": f.name} for k, f in enumerate(files)],
+            "annotations": [], "categories": []}
 
 
 def _read_instances(path: Path) -> dict[str, Any]:
@@ -157,21 +245,49 @@ def _read_instances(path: Path) -> dict[str, Any]:
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def _targets(taxonomy: str | Path | None, source: Any, warn: Callable[[str], None]
-             ) -> tuple[Taxonomy, dict[int, Rule]]:
-    """The target categories and a rule per source category id."""
+def _targets(taxonomy: str | Path | None, source: Any, things: Any, warn: Callable[[str], None]
+             ) -> tuple[Taxonomy, dict[int, Rule], dict[int, int]]:
+    """The target categories, a rule per stuff-source category id and the target thing of each
+    class of the things source (classes that map to no thing are left out)."""
     if taxonomy is None:
         tax = Taxonomy.identity(source.categories if source else [])
-        return tax, tax.rule_by_id(source.categories) if source else {}
-    try:
-        tax = Taxonomy.load(taxonomy)
-        if source is None:
-            return tax, {}
-        for line in tax.check_source(source.categories, source.spec):
-            warn(line)
-    except TaxonomyError as e:
-        raise BuildError(str(e)) from None
-    return tax, tax.rule_by_id(source.categories)
+        for c in things.categories if things else []:  # the model's classes are kept as themselves
+            if str(c["name"]) not in tax.rules:
+                t = tax.add_target({**c, "isthing": 1})
+                tax.rules[t["name"]] = Rule(THING, int(t["id"]))
+    else:
+        try:
+            tax = Taxonomy.load(taxonomy)
+            if source is not None:  # entries naming no category of either source are errors
+                used = {str(c["name"]): c for s in (things, source) if s is not None for c in s.categories}
+                specs = " and ".join(s.spec for s in (source, things) if s is not None)
+                for line in tax.check_source(used.values(), specs):
+                    warn(line)
+            elif things is not None:  # a taxonomy of many sources: only the things' ones matter
+                for c in things.categories:
+                    if str(c["name"]) not in tax.rules:
+                        warn(f"{tax.path}: source category {c['name']!r} (id {c['id']}) of {things.spec} "
+                             "is not in the taxonomy: its instances are left out")
+        except TaxonomyError as e:
+            raise BuildError(str(e)) from None
+    rules = tax.rule_by_id(source.categories) if source else {}
+    things_rules = tax.rule_by_id(things.categories) if things else {}
+    return tax, rules, {c: int(r.target) for c, r in things_rules.items() if r.mode == THING}
+
+
+def _wanted(tax: Taxonomy, model_categories: list[dict[str, Any]], ann_targets: dict[int, int]
+            ) -> dict[int, set[int]]:
+    """Annotated category id -> the model's classes that the taxonomy maps to its target (a
+    class the taxonomy does not name: the target of the same name)."""
+    by_target: dict[int, set[int]] = defaultdict(set)
+    for c in model_categories:
+        rule = tax.rules.get(str(c["name"]))
+        if rule is None:
+            target = tax.by_name.get(str(c["name"]))
+            rule = Rule(THING, int(target["id"])) if target and target["isthing"] else None
+        if rule is not None and rule.mode == THING:
+            by_target[int(rule.target)].add(int(c["id"]))
+    return {a: set(by_target.get(t, ())) for a, t in ann_targets.items()}
 
 
 def _annotation_targets(tax: Taxonomy, categories: list[dict[str, Any]], path: Path, named: bool,
@@ -315,16 +431,35 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
         return {"status": "failed", "file_name": name, "reason":
                 f"{path}: size {width}x{height} differs from the JSON's {img['width']}x{img['height']}"}
     problems = []
-    masks, cats, crowd, _, issues = decode_annotations(anns, height, width, cropped=True)
+    if job.box_masks is None:
+        problems += [f"{job.instances_json}: {name}: annotation {a.get('id', f'#{k}')}: a box without a "
+                     "segmentation, skipped (pass --box-masks box or model:...)"
+                     for k, a in enumerate(anns) if is_box_only(a)]
+        anns = [a for a in anns if not is_box_only(a)]
+    anns, origins = fill_box_masks(anns, path, height, width, job.box_masks, job.wanted or {})
+    origin_of = {a.get("id", k): o for k, (a, o) in enumerate(zip(anns, origins, strict=True))}
+    masks, cats, crowd, ann_ids, issues = decode_annotations(anns, height, width, cropped=True)
     problems += [f"{job.instances_json}: {name}: {p}" for p in issues]
     ann_map, ann_segs, ann_report = instances_to_panoptic(
         masks, [job.ann_targets[c] for c in cats], crowd, order=job.order, min_area=job.min_area,
         size=(height, width))
+    seg_origin = {int(s["id"]): origin_of[ann_ids[int(s["id"]) - 1]] for s in ann_segs}
+    things_map, things_segs, model_dropped, same_object = ann_map, ann_segs, [], 0
+    if job.things is not None:
+        found = job.things.instances(path, height, width)
+        kept = [k for k, c in enumerate(found.labels) if c in job.things_targets]
+        th = merge_things(ann_map, ann_segs, [found.masks[k] for k in kept],
+                          [job.things_targets[found.labels[k]] for k in kept], job.order, job.min_area)
+        things_map, things_segs = th.id_map, th.segments
+        model_dropped, same_object = th.dropped, th.same_object
+        seg_origin.update(dict.fromkeys(th.model_ids, MODEL))
     if job.source is not None:
         src_map, src_segs = job.source.labels(path, height, width)
     else:
         src_map, src_segs = None, []
-    comp = compose(ann_map, ann_segs, src_map, src_segs, job.rules, job.target_isthing, job.min_area)
+    comp = compose(things_map, things_segs, src_map, src_segs, job.rules, job.target_isthing, job.min_area)
+    model_made = np.isin(things_map, [i for i, o in seg_origin.items() if o in (MODEL, MODEL_BOX)])
+    by_model = np.isin(things_map, [i for i, o in seg_origin.items() if o == MODEL])
 
     png_name = str(Path(name).with_suffix(".png"))
     write_panoptic_png(job.work / "panoptic" / png_name, comp.id_map, fsync=False)
@@ -333,7 +468,7 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
         over = Image.fromarray(draw_preview(rgb, comp.id_map, comp.segments_info, comp.annotated,
-                                            job.categories))
+                                            job.categories, model_made))
         atomic_write(job.work / "previews" / Path(name).with_suffix(".jpg"),
                      lambda f: over.save(f, format="JPEG", quality=85), fsync=False)
     pixels: Counter = Counter()
@@ -342,13 +477,16 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
     keys = ("category_id", "area", "full_area")
     dropped = [{"file_name": name, "from": "annotation", **{k: d[k] for k in keys}}
                for d in ann_report["dropped"]]
+    dropped += [{"file_name": name, "from": "model", **d} for d in model_dropped]
     dropped += [{"file_name": name, "from": "source", **d} for d in comp.dropped]
     record = {
         "status": "ok", "file_name": name, "problems": problems,
         "image": {"id": img["id"], "file_name": name, "height": height, "width": width},
         "annotation": {"image_id": img["id"], "file_name": png_name, "segments_info": comp.segments_info},
         "stats": {"pixels": height * width, "void": int((comp.id_map == 0).sum()),
-                  "annotated": int(comp.annotated.sum()), "ignored": comp.ignored_pixels,
+                  "annotated": int((comp.annotated & ~by_model).sum()), "ignored": comp.ignored_pixels,
+                  "model_things": int(by_model.sum()), "same_object": same_object,
+                  "masks": dict(Counter(seg_origin.values())),
                   "class_pixels": dict(pixels), "overlap_pixels": ann_report["overlap_pixels"],
                   "occluded": ann_report["occluded"], "annotations": len(anns), "dropped": dropped},
     }
@@ -386,7 +524,7 @@ def _finish(work: Path, out_dir: Path, data: dict[str, Any], records: list[dict[
     ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: str(r["image"]["id"]))
     dataset = {
         "info": {"description": "built by panoptic-detr build-gt", "instances": report["instances"],
-                 "stuff_from": report["stuff_from"]},
+                 "stuff_from": report["stuff_from"], "things_from": report["things_from"]},
         "images": [r["image"] for r in ok],
         "annotations": [r["annotation"] for r in ok],
         "categories": tax.targets,

@@ -124,3 +124,75 @@ def _relabel(id_map: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndar
     pos = np.searchsorted(sorted_ids, flat).clip(max=ids.size - 1)
     hit = sorted_ids[pos] == flat
     return np.where(hit, np.asarray(values, dtype=np.int64)[order][pos], 0)
+
+
+@dataclass
+class Things:
+    """The thing layer of one image: the user's instances over the instance model's."""
+
+    id_map: np.ndarray
+    """[H, W] int64 segment ids (the user's first), 0 = no thing."""
+    segments: list[dict[str, Any]]
+    """id, category_id, iscrowd, isthing: the user's segments, then the model's kept ones."""
+    model_ids: set[int]
+    """Ids in `id_map` of the model's instances."""
+    same_object: int = 0
+    """Model instances dropped as the same object as a user annotation."""
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    """Model instances dropped as fragments: category_id, area left, full_area."""
+
+
+def merge_things(
+    user_map: np.ndarray,
+    user_segments: Sequence[dict[str, Any]],
+    model_masks: Sequence[tuple[tuple[slice, slice], np.ndarray]],
+    model_categories: Sequence[int],
+    order: str = "area",
+    min_area: int = 0,
+) -> Things:
+    """Put the instance model's masks (`crop_mask` pairs, target category ids) below the user's
+    instances (`user_map` [H, W] ids of `user_segments`, already resolved).
+
+    A model instance that overlaps one user instance by more than half of its own area is the
+    same object: dropped. The others are resolved among themselves (`instances_to_panoptic`,
+    `order`), lose their pixels under the user's instances, and one left with fewer than
+    `min_area` pixels after losing some is a fragment: dropped (what lies beneath shows).
+    """
+    from .instances import instances_to_panoptic
+
+    user_map = np.asarray(user_map, dtype=np.int64)
+    h, w = user_map.shape
+    segments = [{"id": int(s["id"]), "category_id": int(s["category_id"]),
+                 "iscrowd": int(s.get("iscrowd", 0)), "isthing": 1} for s in user_segments]
+    keep, same = [], 0
+    for k, (box, crop) in enumerate(model_masks):
+        under = user_map[box][crop]
+        counts = np.bincount(under[under > 0]) if under.size else np.zeros(1, np.int64)
+        if counts.size and 2 * counts.max(initial=0) > np.count_nonzero(crop):
+            same += 1
+        else:
+            keep.append(k)
+    out = user_map.copy()
+    model_ids: set[int] = set()
+    dropped: list[dict[str, Any]] = []
+    if keep:
+        cats = [int(model_categories[k]) for k in keep]
+        model_map, model_segs, _ = instances_to_panoptic([model_masks[k] for k in keep], cats,
+                                                         order=order, min_area=min_area, size=(h, w))
+        base = int(max((s["id"] for s in segments), default=0, key=int))
+        full = np.bincount(model_map.reshape(-1), minlength=len(keep) + 1)
+        free = user_map == 0
+        visible = np.bincount(model_map[free], minlength=len(keep) + 1)
+        for s in model_segs:
+            i = int(s["id"])
+            if visible[i] == 0 or (visible[i] < full[i] and visible[i] < min_area):
+                if visible[i]:
+                    dropped.append({"category_id": int(s["category_id"]), "area": int(visible[i]),
+                                    "full_area": int(full[i])})
+                continue
+            pixels = free & (model_map == i)
+            out[pixels] = base + i
+            model_ids.add(base + i)
+            segments.append({"id": base + i, "category_id": int(s["category_id"]), "iscrowd": 0,
+                             "isthing": 1})
+    return Things(out, segments, model_ids, same, dropped)

@@ -6,9 +6,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .box_masks import ORIGINS
+
 
 def make_report(records: list[dict[str, Any]], targets: list[dict[str, Any]], problems: list[str],
-                instances_json: Path, stuff_from: str | None) -> dict[str, Any]:
+                instances_json: Path, stuff_from: str | None, things_from: str | None = None
+                ) -> dict[str, Any]:
     """The report of a build from its per-image records (see build._build_one) and the target
     categories; JSON-ready."""
     ok = [r for r in records if r["status"] == "ok"]
@@ -21,8 +24,11 @@ def make_report(records: list[dict[str, Any]], targets: list[dict[str, Any]], pr
     def share(n: int) -> float:
         return round(n / total, 6) if total else 0.0
 
+    masks: Counter = Counter()
+    for s in stats:
+        masks.update(s.get("masks", {}))
     return {
-        "instances": str(instances_json), "stuff_from": stuff_from,
+        "instances": str(instances_json), "stuff_from": stuff_from, "things_from": things_from,
         "images": {"total": len(records), "processed": len(ok),
                    "reused": sum(1 for r in ok if r.get("reused")),
                    "skipped": [{"file_name": r["file_name"], "reason": r["reason"]}
@@ -32,7 +38,12 @@ def make_report(records: list[dict[str, Any]], targets: list[dict[str, Any]], pr
         "pixels": {"total": total, "void": sum(s["void"] for s in stats),
                    "void_share": share(sum(s["void"] for s in stats)),
                    "annotated_share": share(sum(s["annotated"] for s in stats)),
-                   "ignored_share": share(sum(s["ignored"] for s in stats))},
+                   "ignored_share": share(sum(s["ignored"] for s in stats)),
+                   "model_things_share": share(sum(s.get("model_things", 0) for s in stats))},
+        # thing masks by origin (gt.box_masks.ORIGINS); model instances dropped as the same
+        # object as an annotation
+        "masks": {o: masks.get(o, 0) for o in ORIGINS},
+        "same_object_dropped": sum(s.get("same_object", 0) for s in stats),
         "classes": [{"id": t["id"], "name": t["name"], "isthing": t["isthing"],
                      "pixels": class_px.get(int(t["id"]), 0), "share": share(class_px.get(int(t["id"]), 0))}
                     for t in targets],
@@ -53,6 +64,11 @@ def format_summary(report: dict[str, Any], top: int = 12) -> str:
         lines.append(f"  {r['file_name']}: {r['reason']}")
     lines.append(f"pixels: {100 * px['annotated_share']:.1f}% annotated, {100 * px['void_share']:.1f}% "
                  f"void ({100 * px['ignored_share']:.1f}% ignored by the taxonomy)")
+    if any(n for o, n in report["masks"].items() if o != "drawn"):
+        m = report["masks"]
+        lines.append(f"thing masks: {m['drawn']} drawn, {m['box']} box-filled, {m['model_box']} predicted in "
+                     f"a box, {m['model']} found by the instance model ({report['same_object_dropped']} "
+                     "more dropped as annotated objects)")
     ov = report["overlaps"]
     lines.append(f"overlaps: {ov['pixels']} pixels in {ov['images']} image(s) resolved, "
                  f"{ov['occluded_instances']} instance(s) occluded, "

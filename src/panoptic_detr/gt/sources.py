@@ -189,6 +189,11 @@ class ModelSource:
                 raise SourceError(f"{self.spec}: cannot load the model ({_one_line(e)})") from None
         return self._predictor
 
+    @property
+    def weights_source(self) -> str:
+        """Where the model's weights came from (`Pretrained.source`), for the log."""
+        return str(self._load().pretrained.source)
+
     def __getstate__(self) -> dict[str, Any]:  # worker processes load their own copy
         return {**self.__dict__, "_predictor": None}
 

@@ -37,7 +37,20 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def plot_curves(records: list[dict[str, Any]], png: str | Path, title: str = "") -> Path:
-    """Total and per-term losses (log scale) and PQ / PQ-things / PQ-stuff on a second panel."""
+    """Total and per-term losses (log scale) and PQ / PQ-things / PQ-stuff on a second panel,
+    written as a PNG (see `curves_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(records, title)
+    try:
+        return atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def curves_figure(records: list[dict[str, Any]], title: str = "") -> Any:
+    """The matplotlib figure of `plot_curves`: each panel's legend to its right, outside the data,
+    and the PQ axis from 0, so a small PQ is not drawn as a large swing."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +58,8 @@ def plot_curves(records: list[dict[str, Any]], png: str | Path, title: str = "")
 
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "pq" in r]
-    fig, (ax_loss, ax_pq) = plt.subplots(1, 2, figsize=(11, 4))
+    # one step axis for both panels: a validation point shows where in the run it was taken
+    fig, (ax_loss, ax_pq) = plt.subplots(1, 2, figsize=(13, 4), sharex=True, gridspec_kw={"wspace": 0.45})
     for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_semantic",
                 "loss_segment"):
         pts = [(r["step"], r[key]) for r in train if key in r]
@@ -55,22 +69,21 @@ def plot_curves(records: list[dict[str, Any]], png: str | Path, title: str = "")
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
     ax_loss.set_title("training losses")
-    if ax_loss.lines:
-        ax_loss.legend(fontsize=8)
+    top = 0.0
     for key, label in (("pq", "PQ"), ("pq_th", "PQ things"), ("pq_st", "PQ stuff")):
         pts = [(r["step"], r[key]) for r in val if key in r]
         if pts:
             xs, ys = zip(*pts, strict=True)
             ax_pq.plot(xs, ys, marker="o", label=label)
+            top = max(top, *ys)
     ax_pq.set_xlabel("step")
     ax_pq.set_title("validation PQ")
-    if ax_pq.lines:
-        ax_pq.legend(fontsize=8)
+    ax_pq.set_ylim(0, top * 1.08 if top > 0 else 1)
     ax_pq.grid(alpha=0.3)
+    for ax in (ax_loss, ax_pq):
+        if ax.lines:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                      frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        return atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return fig

@@ -1,5 +1,7 @@
 """Many processes, one or many machines: torchrun's environment -> process group, sampler,
-metric reduction. With no torchrun environment everything degrades to one process.
+metric reduction. With no torchrun environment everything degrades to one process. The process
+group itself (DistInfo, init_distributed, barrier, broadcast_object, ...) lives in
+`panoptic_detr.parallel`, shared with inference.
 
 Launch (one machine, 4 GPUs):
     torchrun --nproc-per-node 4 -m panoptic_detr.train --config configs/x.yaml
@@ -10,72 +12,20 @@ Many machines: the same command on every node with `--nnodes M --node-rank R
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """"auto" -> this process's GPU when CUDA is there, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1))
-    return device
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...):
-    NCCL for GPUs, gloo for CPUs. Idempotent; one process without those variables."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        on_gpu = resolve_device(device, info).type == "cuda"
-        if on_gpu:
-            torch.cuda.set_device(resolve_device(device, info))
-        dist.init_process_group(backend="nccl" if on_gpu else "gloo")
-    return info
-
-
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's `obj` on every process (identity for one process)."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+from ..parallel import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    resolve_device,
+)
 
 
 def reduce_mean(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
@@ -104,3 +54,7 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(len(self.inner) - self.skip, 0)
+
+
+__all__ = ["DistInfo", "ResumableSampler", "barrier", "broadcast_object", "cleanup_distributed",
+           "init_distributed", "reduce_mean", "resolve_device"]
