@@ -99,7 +99,7 @@ def run_one(args: argparse.Namespace) -> dict:
     from panoptic_detr.data.images import load_image, preprocess
     from panoptic_detr.model.postprocess import panoptic_postprocess, select_queries
     from panoptic_detr.predictor import Predictor
-    from panoptic_detr.runner import save_result
+    from panoptic_detr.runner import file_digest, save_result
     from panoptic_detr.structures import PaddedBatch
 
     predictor = Predictor(args.ckpt, preset="detr_r50_panoptic", mask_chunk=_chunk(args.mask_chunk),
@@ -145,7 +145,7 @@ def run_one(args: argparse.Namespace) -> dict:
                 ]
                 clock.lap("postprocess")
         for i, (r, a) in enumerate(zip(results, arrays, strict=True)):
-            save_result(r, a, paths[i], f"img{i}", out, cats, overwrite=True)
+            save_result(r, a, paths[i], f"img{i}", out, cats, digest=file_digest(paths[i]))
         clock.lap("write")
         if it > 0:
             for name in STAGES:

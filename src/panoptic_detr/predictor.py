@@ -47,7 +47,7 @@ class Predictor:
     used as it is, and changed in place when `prepare` (see `InferenceSettings.prepare`).
     settings: the `InferenceSettings` to run with, complete (the checkpoint's recommendation
     is then not read); **given: single settings (threshold=, size=, max_size=, stuff_merge=,
-    mask_chunk=, dtype=, batched_network=, prepare=) over `settings`, else over what the
+    mask_chunk=, dtype=, batched_network=, prepare=, runtime=) over `settings`, else over what the
     checkpoint recommends, else DETR's defaults (`InferenceSettings.resolve`). None values
     count as not given. A bad value raises `SettingsError` before any weights load.
     batch_size: images per network call of `predict_batch` (how many images are run, not
@@ -81,11 +81,15 @@ class Predictor:
             settings = settings.replace(**given)
         self.pretrained, self.settings, self.batch_size = pretrained, settings, batch_size
         self.model: DETRPanoptic = pretrained.model.eval()
+        if settings.runtime != "torch":  # its ONNX export, with the same detect / predict_masks
+            from .export.cache import exported_model
+
+            self.model = exported_model(pretrained, settings)
         # BN folded into the convolutions, channels-last: faster convolutions (a model without
         # the method, e.g. a test double with DETR's interface, runs as it is)
-        if settings.prepare and hasattr(self.model, "prepare_for_inference"):
+        elif settings.prepare and hasattr(self.model, "prepare_for_inference"):
             self.model.prepare_for_inference()
-        if settings.dtype != "float32":  # after folding BN, which is best done in float32
+        if settings.dtype != "float32" and settings.runtime == "torch":  # after folding BN (float32)
             self.model.to(NETWORK_DTYPES[settings.dtype])
         self.categories: Categories = pretrained.categories
         param = next(self.model.parameters())

@@ -17,6 +17,7 @@ from typing import Any, Literal
 StuffMerge = Literal["original", "union"]
 MaskChunk = int | None | Literal["auto"]
 DTYPES = ("float32", "bfloat16")
+RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 RECOMMENDED = ("threshold", "size", "max_size", "stuff_merge")
 """The settings a checkpoint may recommend: they belong to the model, not the machine."""
@@ -55,6 +56,11 @@ class InferenceSettings:
     channels-last tensors, faster on CPUs, the same outputs up to float32 rounding. It changes
     the model in place (do not train or save it afterwards)."""
 
+    runtime: str = "torch"
+    """What runs the network: "torch", or its ONNX export (built on first use and cached, see
+    `export.cache`) run by "onnxruntime" (float32) or "openvino" (float32 or bfloat16), on the
+    CPU. The same segments up to float32 rounding; faster on CPUs (benchmarks/RESULTS.md)."""
+
     def __post_init__(self) -> None:
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t) or not 0 <= t < 1:
@@ -72,6 +78,10 @@ class InferenceSettings:
             raise SettingsError(f"mask_chunk must be a whole number >= 1, None or 'auto', got {c!r}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.runtime not in RUNTIMES:
+            raise SettingsError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime == "onnxruntime" and self.dtype != "float32":
+            raise SettingsError("runtime onnxruntime runs float32 only; use runtime openvino for bfloat16")
         if self.batched_network not in (None, True, False):
             raise SettingsError(f"batched_network must be True, False or None, got {self.batched_network!r}")
         if self.prepare not in (True, False):

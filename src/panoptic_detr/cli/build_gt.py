@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import add_quiet_flag, whole_number
+from .settings_flags import add_runtime_flag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-size", type=whole_number(1), nargs=2, metavar=("SHORT", "MAX"),
                    help="a model source resizes images to this shortest side and longest-side cap "
                         "(default: the checkpoint's, else 800 1333)")
+    add_runtime_flag(p)
     p.add_argument("--no-previews", dest="previews", action="store_false", help="skip preview overlays")
     add_quiet_flag(p)
     p.set_defaults(func=run)
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                           workers=args.workers, previews=args.previews, progress=not args.quiet,
                           model_size=tuple(args.model_size) if args.model_size else None,
                           things_from=args.things_from, box_masks=args.box_masks,
-                          instance_options=_instance_options(args))
+                          instance_options=_instance_options(args), runtime=args.runtime)
     except BuildError as e:  # printed as it is worded (it may span lines)
         rank = dist_info().rank
         print(e if rank == 0 else f"rank {rank}: {e}", file=sys.stderr)

@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from ..explain.report import check_out_dir, write_report
     from ..predictor import Predictor
 
+    if args.runtime not in (None, "torch"):  # the attention maps are the torch model's
+        print(f"error: explain runs the torch model only (--runtime torch), not {args.runtime}",
+              file=sys.stderr)
+        return 2
     try:
         check_out_dir(args.out, args.overwrite)
         announce(args)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..settings import DETR_DEFAULTS, default_help
+from ..settings import DETR_DEFAULTS, RUNTIMES, default_help
 
-NAMES = ("threshold", "size", "max_size", "stuff_merge", "dtype", "prepare")
+NAMES = ("threshold", "size", "max_size", "stuff_merge", "dtype", "prepare", "runtime")
 
 
 def add_settings_flags(group: argparse._ActionsContainer) -> None:
@@ -32,8 +32,16 @@ def add_settings_flags(group: argparse._ActionsContainer) -> None:
     group.add_argument("--no-prepare", dest="prepare", action="store_const", const=False, default=None,
                        help="run the model as loaded: no BN folding or channels-last (slower; the "
                             "same segments up to float32 rounding)")
+    add_runtime_flag(group)
+
+
+def add_runtime_flag(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--runtime", choices=RUNTIMES, default=None,
+                       help="what runs the network: torch, or its ONNX export (built on first use, "
+                            "cached beside torch hub's cache) run by onnxruntime or openvino on the CPU "
+                            "(needs the 'export' extra; default torch)")
 
 
 def settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the user gave (flags left out are not passed)."""
-    return {name: getattr(args, name) for name in NAMES if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in NAMES if getattr(args, name, None) is not None}

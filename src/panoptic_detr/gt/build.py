@@ -93,6 +93,7 @@ def build_gt(
     workers: int = 1,
     previews: bool = True,
     model_size: tuple[int, int] | None = None,
+    runtime: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     things_from: str | InstanceModelSource | None = None,
@@ -108,7 +109,8 @@ def build_gt(
     logged one line each and the rest is built; BuildError means nothing could be built (bad
     options, unreadable inputs, unloadable source). `model_size` = (shortest side, longest
     side cap) a model source resizes images to (default: the checkpoint's, else DETR's 800,
-    1333, as `predict` does).
+    1333, as `predict` does). `runtime`: what runs a model source's network (see
+    `settings.InferenceSettings.runtime`; default torch).
 
     Instances: `instances_json` None builds every file of `images_dir` from the sources alone.
     `things_from`: an instance model (`model:maskrcnn[@T]`, `model:demo-maskrcnn`,
@@ -136,7 +138,7 @@ def build_gt(
     with process_group() as group:  # under torchrun: each process builds its share of the images
         return _build(data, instances_json, images_dir, out_dir, stuff_from, taxonomy, order, min_area,
                       skip_unannotated, overwrite, workers, previews, model_size, progress, log, group,
-                      things_from, box_masks, instance_options)
+                      things_from, box_masks, instance_options, runtime)
 
 
 def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir: Path,
@@ -144,13 +146,14 @@ def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir
            skip_unannotated: bool, overwrite: bool, workers: int, previews: bool,
            model_size: tuple[int, int] | None, progress: bool, log: Callable[[str], None], group: DistInfo,
            things_from: str | InstanceModelSource | None, box_masks: str | InstanceModelSource | None,
-           instance_options: dict[str, Any] | None) -> dict[str, Any]:
+           instance_options: dict[str, Any] | None, runtime: str | None) -> dict[str, Any]:
     if group.enabled:
         rank_device("auto", group)  # a model source's device is then this process's own
     if not group.is_main:  # rank 0 reports every process's problems, once
         log = _quiet
     try:
         options = {"size": model_size[0], "max_size": model_size[1]} if model_size else {}
+        options.update({"runtime": runtime} if runtime else {})
         source = open_source(stuff_from, **options) if isinstance(stuff_from, str) else stuff_from
         things = (parse_instance_spec(things_from, **(instance_options or {}))
                   if isinstance(things_from, str) else things_from)

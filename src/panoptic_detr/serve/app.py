@@ -145,7 +145,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
         # a name, not the server's paths: "demo (/home/...)" -> "demo", "/srv/w/r50.pth" -> "r50.pth"
         "weights": model_name or Path(predictor.pretrained.source.split(" (", 1)[0]).name,
         "preset": preset_name(config) if config is not None else None,
-        "runtime": "torch", "device": str(predictor.device),
+        "runtime": predictor.settings.runtime, "device": str(predictor.device),
         "settings": dataclasses.asdict(predictor.settings),
         "categories": predictor.categories.to_json(),
         "limits": {**dataclasses.asdict(limits), "formats": list(FORMATS)},
@@ -217,6 +217,9 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
     @v1.get("/segment/{request_id}/explain/{segment_id}",
             summary="A segment's attention maps per head and mask logits, as PNG pictures")
     async def explain(request_id: RequestId, segment_id: SegmentId) -> dict[str, Any]:
+        if predictor.settings.runtime != "torch":  # explain reads the torch model's attention
+            raise HTTPException(409, f"explanations need the torch runtime (this server runs "
+                                     f"{predictor.settings.runtime}): serve with --runtime torch")
         entry = entry_of(request_id)
         found = await worker.run(explain_job, entry, segment_id)
         cache.put(request_id, entry)

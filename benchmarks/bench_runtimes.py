@@ -1,0 +1,195 @@
+"""`predict` through each runtime: torch, ONNX Runtime, OpenVINO (float32, bfloat16), R50 at
+800x1066 with K kept queries, on the CPU.
+
+    PYTHONPATH=src python benchmarks/bench_runtimes.py [--threads 2] [--k 20] [--iters 2]
+        [--reference ../shared/reference]
+
+The R50 preset with the reference weights (`reference_weights.py` + `official_keys.json` +
+`bn_stats.pt`, saved as an original-layout checkpoint and loaded by `Predictor` as a real one).
+The inputs are the reference set's two COCO photos resized to 800x600, so the network sees
+800x1066. The weights are random, so the K most confident queries are forced to be kept (as in
+bench_predict.py; the same queries for every runtime) and their masks are the network's.
+Per image: decode, preprocess, network, masks of the K queries, post-processing, writing the
+panoptic PNG + overlay + record (`runner.save_result`). The export is built first (in its own
+process, into a temporary torch hub folder or `--torch-home`: what `--runtime` does on first use,
+timed apart), then every runtime runs in a fresh process: one warm-up pass over the photos, then
+`iters` timed passes; wall and process CPU seconds per image (CPU time counts both threads: on a
+shared machine it is the steadier figure), peak RSS = that process's ru_maxrss.
+
+Pixel agreement: the fraction of pixels whose category equals torch float32's, on the R50
+photos and on the demo checkpoint's bundled scenes (the same runtime and dtype). The reference
+weights are random: their 20 forced masks differ by less than bfloat16's resolution, so in
+bfloat16 their argmax is mostly rounding (torch's own bfloat16 row shows it); the demo scenes,
+segmented by a trained model, are the measure of bfloat16's agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import forced_keep  # noqa: E402
+
+RUNS = (("torch", "float32"), ("onnxruntime", "float32"), ("openvino", "float32"), ("openvino", "bfloat16"),
+        ("torch", "bfloat16"))
+PHOTOS = ("000000142238.jpg", "000000439180.jpg")
+
+
+def prepare(reference: Path, work: Path) -> tuple[Path, list[Path]]:
+    import torch
+    from PIL import Image
+
+    sys.path.insert(0, str(reference))
+    from reference_weights import reference_state_dict
+
+    sd = reference_state_dict(json.loads((reference / "official_keys.json").read_text()))
+    sd.update(torch.load(reference / "bn_stats.pt", weights_only=True))
+    ckpt = work / "detr-r50-reference.pth"
+    torch.save({"model": sd}, ckpt)
+    photos = []
+    for name in PHOTOS:
+        with Image.open(reference / "images" / name) as im:
+            photos.append(work / name)
+            im.convert("RGB").resize((800, 600), Image.Resampling.BILINEAR).save(photos[-1], quality=95)
+    return ckpt, photos
+
+
+class ForcedK:
+    """A model (torch or exported) whose `detect` keeps exactly k queries above any threshold."""
+
+    def __init__(self, model, k: int):
+        self.model, self.k = model, k
+
+    def detect(self, batch, return_attention=False):
+        det = self.model.detect(batch)
+        det.pred_logits = forced_keep(det.pred_logits.float(), self.k)[0]
+        return det
+
+    def predict_masks(self, det, queries, chunk=None):
+        return self.model.predict_masks(det, queries, chunk=chunk)
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from panoptic_detr.data.images import load_image
+    from panoptic_detr.demo import DEMO_SCENES
+    from panoptic_detr.gt.instances import panoptic_to_semantic
+    from panoptic_detr.predictor import Predictor
+    from panoptic_detr.runner import save_result
+
+    t = time.perf_counter()
+    predictor = Predictor(args.ckpt, preset="detr_r50_panoptic", runtime=args.runtime, dtype=args.dtype)
+    build_s = time.perf_counter() - t
+    demo = Predictor("demo", runtime=args.runtime, dtype=args.dtype)
+    if args.export_only:
+        return {"export_s": build_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    predictor.model = ForcedK(predictor.model, args.k)
+    out = Path(args.work) / f"out_{args.runtime}_{args.dtype}"
+    photos = [Path(p) for p in args.photos]
+    times, cpu = [], []
+    for it in range(args.iters + 1):  # the first pass warms up
+        t, c = time.perf_counter(), time.process_time()
+        results = []
+        for i, path in enumerate(photos):
+            array = load_image(path)
+            results.append(predictor.predict(array))
+            save_result(results[-1], array, path, f"img{i}", out, predictor.categories, digest="bench")
+        if it:
+            times.append((time.perf_counter() - t) / len(photos))
+            cpu.append((time.process_time() - c) / len(photos))
+    cats = [panoptic_to_semantic(r.id_map.numpy(), r.segments_info) for r in results]
+    np.save(out / "categories.npy", np.stack(cats))
+    scenes = [demo.predict(p) for p in sorted(DEMO_SCENES.glob("*.jpg"))]
+    np.save(out / "demo_categories.npy",
+            np.stack([panoptic_to_semantic(r.id_map.numpy(), r.segments_info) for r in scenes]))
+    return {"runtime": args.runtime, "dtype": args.dtype, "s_per_image": min(times), "all_s": times,
+            "cpu_s_per_image": min(cpu),
+            "load_s": build_s, "segments": [len(r.segments_info) for r in results],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def cpu_flags() -> str:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return "unknown"
+    return " ".join(sorted(f for f in set(flags) if f.startswith(("avx512", "amx")))) or "none"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=2, help="timed passes over the photos")
+    parser.add_argument("--reference", type=Path, default=Path(
+        os.environ.get("PANOPTIC_DETR_REFERENCE", ROOT.parent / "shared" / "reference")))
+    parser.add_argument("--torch-home", type=Path, default=None,
+                        help="where the exports are cached (default: a temporary folder, so the first "
+                             "use is timed)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--export-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", default="torch", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--ckpt", help=argparse.SUPPRESS)
+    parser.add_argument("--photos", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args)))
+        return
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ckpt, photos = prepare(args.reference, work)
+        env = {**os.environ, "TORCH_HOME": str(args.torch_home or work / "torch_home"),
+               "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT / "src")}
+        base = [sys.executable, __file__, "--one", "--threads", str(args.threads), "--k", str(args.k),
+                "--iters", str(args.iters), "--ckpt", str(ckpt), "--work", str(work),
+                "--photos", *map(str, photos)]
+
+        def one(*extra: str) -> dict:
+            done = subprocess.run(base + list(extra), env=env, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{' '.join(extra)} failed:\n{done.stderr[-3000:]}")
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        export = one("--export-only", "--runtime", "onnxruntime")
+        print(f"export on first use (dynamo exporter + ONNX Runtime check): {export['export_s']:.0f} s, "
+              f"peak RSS {export['peak_rss_mb']:.0f} MB", flush=True)
+        rows = [one("--runtime", runtime, "--dtype", dtype) for runtime, dtype in RUNS]
+        ref = np.load(work / "out_torch_float32" / "categories.npy")
+        demo_ref = np.load(work / "out_torch_float32" / "demo_categories.npy")
+        for row in rows:
+            folder = work / f"out_{row['runtime']}_{row['dtype']}"
+            row["agreement"] = float((np.load(folder / "categories.npy") == ref).mean())
+            row["demo_agreement"] = float((np.load(folder / "demo_categories.npy") == demo_ref).mean())
+    cpu = platform.processor() or platform.machine()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, {args.threads} threads, "
+          f"load average {os.getloadavg()[0]:.1f}; CPU flags: {cpu_flags()}")
+    print("| runtime | dtype | s/image (wall) | CPU s/image | CPU vs torch float32 | agreement R50 photos | "
+          "agreement demo scenes | peak RSS MB | segments |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = rows[0]["cpu_s_per_image"]
+    for r in rows:
+        print(f"| {r['runtime']} | {r['dtype']} | {r['s_per_image']:.2f} | {r['cpu_s_per_image']:.2f} | "
+              f"{r['cpu_s_per_image'] / base:.2f} | {100 * r['agreement']:.2f} % | "
+              f"{100 * r['demo_agreement']:.2f} % | {r['peak_rss_mb']:.0f} | {r['segments']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The exported graphs behind the torch model's interface: `ExportedModel.detect` /
+`predict_masks` take and return what `DETRPanoptic`'s do, so `model.inference.segment` (and with
+it `Predictor`, the runner, evaluate, build-gt) runs ONNX Runtime or OpenVINO unchanged.
+
+onnxruntime and openvino are optional (the `export` extra) and imported only here, when chosen.
+Both run on the CPU with torch's thread count (`torch.get_num_threads()`, what
+`--threads`/OMP_NUM_THREADS set for torch). OpenVINO runs float32 unless asked for bfloat16
+(`INFERENCE_PRECISION_HINT`; its CPU plugin would otherwise pick bfloat16 by itself on CPUs with
+AMX or AVX512-BF16).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model.detr import MASK_CHUNK_BYTES
+from ..settings import MaskChunk, SettingsError
+from ..structures import PaddedBatch
+from .graphs import DETECT_INPUTS, DETECT_OUTPUTS, MASK_INPUTS
+
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+"""runtime -> the package it needs."""
+
+
+def require(runtime: str) -> ModuleType:
+    """The runtime's package, or one SettingsError line saying how to install it."""
+    package = PACKAGES[runtime]
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise SettingsError(f"runtime {runtime!r} needs the {package} package: "
+                            "pip install 'panoptic-detr[export]'") from None
+
+
+class OnnxRuntimeSession:
+    """One ONNX file run by ONNX Runtime on the CPU."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
+        ort = require("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        # no arena: it keeps the largest activations of every size seen (R50 at 800x1066: peak RSS
+        # 1.76 -> 1.44 GB, the same speed; benchmarks/RESULTS.md)
+        options.enable_cpu_mem_arena = False
+        self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, feeds: dict[str, Any]) -> list[np.ndarray]:
+        return self.session.run(None, {k: _numpy(feeds[k]) for k in self.input_names})
+
+
+class OpenVINOSession:
+    """One ONNX file compiled by OpenVINO for the CPU, in float32 or bfloat16."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, dtype: str = "float32"):
+        ov = require("openvino")
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": {"float32": "f32", "bfloat16": "bf16"}[dtype],
+                  "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                  "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = core.compile_model(os.fspath(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+
+    def run(self, feeds: dict[str, Any]) -> list[np.ndarray]:
+        result = self.request.infer({k: _numpy(feeds[k]) for k in self.input_names})
+        # copies: the request reuses its output buffers on the next call
+        return [np.array(result[o]) for o in self.compiled.outputs]
+
+
+@dataclass
+class ExportedDetection:
+    """What `ExportedModel.detect` returns: `Detection`'s predictions plus the detect graph's
+    outputs the mask graph reads (names of `graphs.DETECT_OUTPUTS`)."""
+
+    pred_logits: Tensor
+    """[B, N, K+1]."""
+    pred_boxes: Tensor
+    """[B, N, 4] normalised (cx, cy, w, h)."""
+    features: dict[str, np.ndarray]
+    """queries [B, N, d], keys, padding, lay1, adapter1..3 (see `graphs.DETECT_OUTPUTS`)."""
+
+
+class ExportedModel:
+    """`detect` + `predict_masks` of an export folder (detect.onnx, mask.onnx), run by
+    ONNX Runtime ("onnxruntime") or OpenVINO ("openvino"); see the module docstring."""
+
+    def __init__(self, folder: str | os.PathLike[str], runtime: str = "onnxruntime",
+                 dtype: str = "float32", threads: int | None = None):
+        folder = Path(folder)
+        if runtime == "onnxruntime":
+            if dtype != "float32":
+                raise SettingsError(f"runtime 'onnxruntime' runs float32 only, not {dtype}; "
+                                    "use --runtime openvino for bfloat16")
+            self.detect_session: Any = OnnxRuntimeSession(folder / "detect.onnx", threads)
+            self.mask_session: Any = OnnxRuntimeSession(folder / "mask.onnx", threads)
+        elif runtime == "openvino":
+            self.detect_session = OpenVINOSession(folder / "detect.onnx", threads, dtype)
+            self.mask_session = OpenVINOSession(folder / "mask.onnx", threads, dtype)
+        else:
+            raise SettingsError(f"runtime must be 'onnxruntime' or 'openvino' for an export, got {runtime!r}")
+        self.folder, self.runtime, self.dtype = folder, runtime, dtype
+
+    def eval(self) -> ExportedModel:
+        return self
+
+    def parameters(self) -> Iterator[Tensor]:
+        """One empty tensor of the device and dtype the inputs are given in (CPU, float32), as
+        `Predictor` reads them from a torch model's parameters."""
+        yield torch.zeros(0)
+
+    def detect(self, batch: PaddedBatch, return_attention: bool = False) -> ExportedDetection:
+        if return_attention:
+            raise SettingsError("the attention maps come from the torch model only (runtime 'torch')")
+        images, mask = batch.images.float(), batch.mask
+        out = self.detect_session.run(dict(zip(DETECT_INPUTS, (images, mask), strict=True)))
+        named = dict(zip(DETECT_OUTPUTS, out, strict=True))
+        return ExportedDetection(torch.from_numpy(named.pop("pred_logits")),
+                                 torch.from_numpy(named.pop("pred_boxes")), named)
+
+    def predict_masks(self, det: ExportedDetection, queries: list[Tensor],
+                      chunk: MaskChunk = None) -> list[Tensor]:
+        """Per image [Q_i, H/4, W/4] mask logits of `queries[i]` (see `DETRPanoptic.predict_masks`)."""
+        f = det.features
+        if len(queries) != f["queries"].shape[0]:
+            raise ValueError(f"queries has {len(queries)} entries for {f['queries'].shape[0]} images")
+        size = f["adapter3"].shape[-2:]
+        if chunk == "auto":  # as DETRPanoptic.mask_chunk on a CPU
+            chunk = max(1, MASK_CHUNK_BYTES // (f["adapter3"].shape[1] * size[0] * size[1] * 4))
+        out = []
+        for i, idx in enumerate(queries):
+            idx = idx.cpu().numpy()
+            if idx.size == 0:
+                out.append(torch.zeros((0, *size)))
+                continue
+            image = {k: f[k][i : i + 1] for k in MASK_INPUTS if k != "queries"}
+            parts = [self.mask_session.run({**image, "queries": f["queries"][i, part]})[0]
+                     for part in (np.array_split(idx, -(-idx.size // chunk)) if chunk else (idx,))]
+            out.append(torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts)))
+        return out
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    return np.ascontiguousarray(value)

@@ -1,0 +1,370 @@
+"""ONNX export and the runtimes behind Predictor: ONNX Runtime / OpenVINO against torch.
+
+One export of the bundled demo model (built through the cache, as `--runtime onnxruntime` builds
+it, into a temporary torch hub folder) serves every test: the dynamo exporter takes about half
+a minute, the rest runs in seconds.
+
+The bound "float32 noise": two correct float32 implementations of one network differ by the
+rounding of their different orders of summation (convolution algorithms, matrix-product
+blocking, softmax), growing with each output's magnitude and the network's depth. Torch itself,
+run channels-last (as `Predictor` runs it) vs contiguous, differs on the padded batch below by
+up to 5.5e-5 of an output's largest magnitude (1.8e-6 on the single image); ONNX Runtime differs
+from torch by up to 2.6e-5 (7.7e-7). The bound: 1e-4 of each output's largest magnitude (at
+least 1), about twice torch's own layout noise; a wrong padding mask, resize or weight moves
+outputs by more than 1e-2 of their scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_detr.cli import main
+from panoptic_detr.data.images import load_image, preprocess
+from panoptic_detr.data.panoptic_png import read_panoptic_png
+from panoptic_detr.demo import DEMO_SCENES
+from panoptic_detr.export import cache
+from panoptic_detr.export.graphs import DETECT_INPUTS, DETECT_OUTPUTS, MASK_INPUTS, DetectGraph, MaskGraph
+from panoptic_detr.export.sessions import ExportedModel, OnnxRuntimeSession
+from panoptic_detr.gt.instances import panoptic_to_semantic
+from panoptic_detr.loading import load_pretrained
+from panoptic_detr.predictor import Predictor
+from panoptic_detr.settings import SettingsError
+from panoptic_detr.structures import PaddedBatch
+
+RELATIVE_BOUND = 1e-4
+SCENES = sorted(DEMO_SCENES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """torch hub's folder, where the exports are cached, in a temporary folder."""
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path_factory.mktemp("hub")))
+    yield
+    torch.hub.set_dir(before)
+
+
+@pytest.fixture(scope="module")
+def ort_predictor(hub):
+    return Predictor("demo", runtime="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def torch_predictor():
+    return Predictor("demo")
+
+
+@pytest.fixture(scope="module")
+def net():
+    """The demo model as the export holds it (float32, batch norms folded)."""
+    return load_pretrained("demo").model.eval().prepare_for_inference(channels_last=False)
+
+
+def assert_within_noise(name, got, ref):
+    ref = ref.float()
+    err = (torch.as_tensor(got).float() - ref).abs().max().item()
+    scale = max(1.0, ref.abs().max().item())
+    assert err <= RELATIVE_BOUND * scale, f"{name}: max |onnx - torch| {err:.3g} at scale {scale:.3g}"
+
+
+def scene_batch(sizes):
+    """The first scenes resized to `sizes` (shortest sides), as one padded batch."""
+    images = [preprocess(load_image(p), s, 4 * s) for p, s in zip(SCENES, sizes, strict=False)]
+    return PaddedBatch.from_images(images)
+
+
+@pytest.mark.parametrize("sizes", [(128, 96), (80,)], ids=["padded-batch-of-2", "one-image-other-size"])
+def test_every_output_within_float32_noise(ort_predictor, net, sizes):
+    """A padded batch of 2 gives torch's padded-batch outputs, and a batch of one at another size
+    goes through the same graphs (dynamic batch, height, width and kept queries)."""
+    folder = ort_predictor.model.folder
+    batch = scene_batch(sizes)
+    with torch.no_grad():
+        ref = DetectGraph(net)(batch.images, batch.mask)
+    got = OnnxRuntimeSession(folder / "detect.onnx").run(dict(zip(DETECT_INPUTS, (batch.images, batch.mask),
+                                                                  strict=True)))
+    assert got[0].shape[:2] == (len(sizes), net.config.num_queries)
+    for name, a, b in zip(DETECT_OUTPUTS, got, ref, strict=True):
+        assert a.shape == tuple(b.shape), name
+        assert_within_noise(name, a, b)
+    masks = OnnxRuntimeSession(folder / "mask.onnx")
+    for i in range(len(sizes)):
+        for kept in (1, 7):  # any number of kept queries
+            inputs = (ref[2][i, :kept], *(t[i : i + 1] for t in ref[3:]))
+            with torch.no_grad():
+                want = MaskGraph(net)(*inputs)
+            got_masks = masks.run(dict(zip(MASK_INPUTS, inputs, strict=True)))[0]
+            assert got_masks.shape == tuple(want.shape)
+            assert_within_noise("masks", got_masks, want)
+
+
+def test_exported_model_masks_equal_torch_predict_masks(ort_predictor, net):
+    """predict_masks of the runtime, chunked or not, gives the torch model's masks."""
+    batch = scene_batch((96, 128))
+    queries = [torch.tensor([3, 0, 5]), torch.tensor([], dtype=torch.long)]
+    with torch.no_grad():
+        want = net.predict_masks(net.detect(batch), queries)
+    model = ort_predictor.model
+    for chunk in (None, 2, "auto"):
+        got = model.predict_masks(model.detect(batch), queries, chunk=chunk)
+        assert got[1].shape == want[1].shape == (0, *want[0].shape[-2:])
+        assert_within_noise("masks", got[0], want[0])
+
+
+def same_segments(a, b):
+    assert torch.equal(a.id_map, b.id_map)
+    assert len(a.segments_info) == len(b.segments_info)
+    for sa, sb in zip(a.segments_info, b.segments_info, strict=True):
+        assert {k: v for k, v in sa.items() if k != "score"} == {k: v for k, v in sb.items() if k != "score"}
+        assert abs(sa["score"] - sb["score"]) < 1e-4
+
+
+def test_onnxruntime_segments_equal_torch_segments(ort_predictor, torch_predictor):
+    for path in SCENES:
+        same_segments(ort_predictor.predict(path), torch_predictor.predict(path))
+
+
+def test_one_by_one_path_equals_one_image_at_a_time(ort_predictor):
+    both = Predictor(ort_predictor.pretrained, ort_predictor.settings, batch_size=2).predict_batch(SCENES[:2])
+    for path, result in zip(SCENES[:2], both, strict=True):
+        alone = ort_predictor.predict(path)
+        assert torch.equal(result.id_map, alone.id_map)
+        assert result.segments_info == alone.segments_info
+
+
+def test_the_export_is_built_once_and_reused(ort_predictor, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(cache, "write_graphs", fail)
+    again = Predictor("demo", runtime="onnxruntime")
+    assert again.model.folder == ort_predictor.model.folder
+    meta = json.loads((again.model.folder / "model.json").read_text())
+    assert meta["weights_sha256"] and meta["exporter"]["kind"] in ("dynamo", "torchscript")
+    assert [c["id"] for c in meta["categories"]] == [c["id"] for c in again.categories.items]
+
+
+def test_predict_command_with_onnxruntime_writes_torchs_segments(ort_predictor, tmp_path):
+    for runtime in ("torch", "onnxruntime"):
+        assert main(["predict", *map(str, SCENES), "--out", str(tmp_path / runtime), "--runtime", runtime,
+                     "--quiet"]) == 0
+    for path in SCENES:
+        a, b = (read_panoptic_png(tmp_path / r / f"{path.stem}.png") for r in ("torch", "onnxruntime"))
+        assert np.array_equal(a, b), path.name
+
+
+def test_openvino_float32_segments_equal_torch_segments(ort_predictor, torch_predictor):
+    pytest.importorskip("openvino")
+    ov = Predictor(ort_predictor.pretrained, runtime="openvino")
+    assert ov.model.folder == ort_predictor.model.folder  # one export for both runtimes
+    for path in SCENES:
+        same_segments(ov.predict(path), torch_predictor.predict(path))
+
+
+def test_openvino_bfloat16_nearly_the_float32_segmentation(ort_predictor, torch_predictor):
+    """As torch's bfloat16 (tests/test_predictor.py): >= 97 % of pixels with the float32 category."""
+    pytest.importorskip("openvino")
+    bf16 = Predictor(ort_predictor.pretrained, runtime="openvino", dtype="bfloat16")
+    agree = total = 0
+    for path in SCENES:
+        a, b = torch_predictor.predict(path), bf16.predict(path)
+        cat_a = panoptic_to_semantic(a.id_map.numpy(), a.segments_info)
+        cat_b = panoptic_to_semantic(b.id_map.numpy(), b.segments_info)
+        agree += int((cat_a == cat_b).sum())
+        total += cat_a.size
+    assert agree / total >= 0.97
+
+
+def test_runtime_settings_are_checked_before_anything_loads():
+    with pytest.raises(SettingsError, match="runtime must be one of"):
+        Predictor("demo", runtime="tensorrt")
+    with pytest.raises(SettingsError, match="float32 only"):
+        Predictor("demo", runtime="onnxruntime", dtype="bfloat16")
+    with pytest.raises(SettingsError, match="attention maps"):
+        ExportedModel.detect(object(), scene_batch((64,)), return_attention=True)
+
+
+def test_a_missing_runtime_package_is_one_line(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def no_openvino(name, *args):
+        if name == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_openvino)
+    with pytest.raises(SettingsError, match=r"needs the openvino package: pip install"):
+        Predictor("demo", runtime="openvino")
+
+
+def test_explain_refuses_other_runtimes(tmp_path, capsys):
+    assert main(["explain", str(SCENES[0]), "--out", str(tmp_path), "--runtime", "onnxruntime"]) == 2
+    assert "torch model only" in capsys.readouterr().err
+
+
+def test_export_refuses_to_overwrite(tmp_path, capsys):
+    (tmp_path / "model.json").write_text("{}")
+    assert main(["export", "--out", str(tmp_path)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_build_gt_model_source_runs_the_chosen_runtime(ort_predictor):
+    from panoptic_detr.gt.sources import open_source
+
+    h, w = load_image(SCENES[0]).shape[:2]
+    exported, torch_source = open_source("model:demo", runtime="onnxruntime"), open_source("model:demo")
+    assert isinstance(exported._load().model, ExportedModel)
+    assert np.array_equal(exported.labels(SCENES[0], h, w)[0], torch_source.labels(SCENES[0], h, w)[0])
+
+
+def test_export_moves_a_complete_export_into_place(tmp_path, monkeypatch, capsys):
+    """`export` builds in a temporary folder beside --out, moves the files in, leaves nothing
+    else behind, and replaces an export only with --overwrite (the graphs themselves: above)."""
+    from panoptic_detr.export import exporter
+
+    def fake(model, folder, **kwargs):
+        for name in exporter.FILES:
+            (folder / name).write_text(name)
+        return exporter.ExportReport(folder, "dynamo", {"pred_logits": 1e-6})
+
+    monkeypatch.setattr(exporter, "write_graphs", fake)
+    out = tmp_path / "onnx"
+    assert main(["export", "--out", str(out)]) == 0
+    assert "max difference 1e-06 (pred_logits)" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(exporter.FILES)
+    assert main(["export", "--out", str(out)]) == 1
+    assert main(["export", "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.skipif(not os.environ.get("PANOPTIC_DETR_EXPORT_R50"),
+                    reason="exports DETR-R50 (minutes, once per torch hub cache): PANOPTIC_DETR_EXPORT_R50=1")
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_r50_export_matches_the_original(reference, tmp_path, runtime):
+    """The R50 export on the reference weights against the original's float64 outputs
+    (../shared/reference), within 3x the original's own float32 noise, as test_model_parity."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_weights", reference / "reference_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sd = module.reference_state_dict(json.loads((reference / "official_keys.json").read_text()))
+    sd.update(torch.load(reference / "bn_stats.pt", weights_only=True))
+    torch.save({"model": sd}, tmp_path / "detr-r50-reference.pth")
+    pretrained = load_pretrained(tmp_path / "detr-r50-reference.pth")
+    model = ExportedModel(cache.cached_export(pretrained), runtime)  # torch hub's own cache
+    official = torch.load(reference / "official_outputs.pt", weights_only=True)
+    det = model.detect(PaddedBatch(official["input"].float(), official["input_mask"]))
+    n = official["pred_logits"].shape[1]
+    masks = torch.stack(model.predict_masks(det, [torch.arange(n)] * 2))
+    noise = {"pred_logits": 4e-4, "pred_boxes": 3e-5, "pred_masks": 3e-4}  # the original's, in float32
+    ours = {"pred_logits": det.pred_logits, "pred_boxes": det.pred_boxes, "pred_masks": masks}
+    for key in noise:
+        err = (ours[key].double() - official[key]).abs().max().item()
+        assert err <= 3 * noise[key], f"{key}: {err:.3g}"
+
+
+def test_torchscript_exporter_gives_the_same_graphs(tmp_path):
+    """The fallback (and `--exporter torchscript`) on the tiny preset: dynamic sizes and batch too."""
+    from panoptic_detr.export.exporter import write_graphs
+    from panoptic_detr.model import PRESETS, build_model
+    from panoptic_detr.structures import Categories
+
+    model = build_model(PRESETS["tiny"]).eval()
+    report = write_graphs(model, tmp_path, categories=Categories([], num_classes=model.config.num_classes),
+                          settings=None, opset=18, exporter="torchscript")
+    assert report.exporter == "torchscript"
+    assert json.loads((tmp_path / "model.json").read_text())["exporter"]["kind"] == "torchscript"
+    net = load_pretrained_like(model)
+    detect, masks = OnnxRuntimeSession(tmp_path / "detect.onnx"), OnnxRuntimeSession(tmp_path / "mask.onnx")
+    for b, h, w in ((1, 57, 91), (3, 100, 64)):
+        images, mask = torch.randn(b, 3, h, w), torch.zeros(b, h, w, dtype=torch.bool)
+        mask[-1, h // 2 :] = True
+        with torch.no_grad():
+            ref = DetectGraph(net)(images, mask)
+        for name, a, r in zip(DETECT_OUTPUTS, detect.run({"images": images, "mask": mask}), ref, strict=True):
+            assert_within_noise(name, a, r)
+        inputs = (ref[2][-1, :2], *(t[-1:] for t in ref[3:]))
+        with torch.no_grad():
+            want = MaskGraph(net)(*inputs)
+        assert_within_noise("masks", masks.run(dict(zip(MASK_INPUTS, inputs, strict=True)))[0], want)
+
+
+def load_pretrained_like(model):
+    """What the export holds: a float32 copy with the batch norms folded."""
+    import copy
+
+    return copy.deepcopy(model).prepare_for_inference(channels_last=False)
+
+
+def test_processes_building_one_export_at_once_build_it_once(tmp_path, monkeypatch):
+    """Two builders at once (torchrun ranks): one exports under the lock, the other waits and
+    finds the complete folder; no temporary folder is left behind."""
+    import threading
+    import time
+
+    from panoptic_detr.loading import Pretrained
+    from panoptic_detr.model import PRESETS, build_model
+    from panoptic_detr.structures import Categories
+
+    model = build_model(PRESETS["tiny"]).eval()
+    pretrained = Pretrained(model, model.config, Categories([], num_classes=model.config.num_classes), "tiny")
+    calls = []
+
+    def slow_export(model, folder, **kwargs):
+        calls.append(folder)
+        time.sleep(0.5)  # the other thread arrives meanwhile
+        for name in ("detect.onnx", "mask.onnx", "model.json"):
+            (folder / name).write_text(name)
+
+    monkeypatch.setattr(cache, "write_graphs", slow_export)
+    monkeypatch.setattr(cache, "cache_dir", lambda: tmp_path)
+    found = []
+
+    def build():
+        found.append(cache.cached_export(pretrained))
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and found[0] == found[1]
+    assert sorted(p.name for p in found[0].iterdir()) == ["detect.onnx", "mask.onnx", "model.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([found[0].name, f"{found[0].name}.lock"])
+
+
+@pytest.mark.skipif(not os.environ.get("PANOPTIC_DETR_EXPORT_R50"),
+                    reason="exports DETR-R50-DC5 and R101 (minutes each): PANOPTIC_DETR_EXPORT_R50=1")
+@pytest.mark.parametrize("preset", ["detr_r50_dc5_panoptic", "detr_r101_panoptic"])
+def test_dc5_and_r101_exports_match_torch(preset, tmp_path):
+    """The other COCO architectures (random weights) on a padded batch of 2 at a size other than
+    the traced one, within the float32 noise bound."""
+    from panoptic_detr.export.exporter import write_graphs
+    from panoptic_detr.model import PRESETS, build_model
+    from panoptic_detr.structures import Categories
+
+    model = build_model(PRESETS[preset]).eval()
+    report = write_graphs(model, tmp_path, categories=Categories.coco_panoptic(), settings=None, opset=18)
+    assert report.exporter == "dynamo"
+    net = load_pretrained_like(model)
+    images, mask = torch.randn(2, 3, 160, 224), torch.zeros(2, 160, 224, dtype=torch.bool)
+    mask[1, 120:], mask[1, :, 150:] = True, True
+    images[mask[:, None].expand_as(images)] = 0
+    with torch.no_grad():
+        ref = DetectGraph(net)(images, mask)
+    got = OnnxRuntimeSession(tmp_path / "detect.onnx").run({"images": images, "mask": mask})
+    for name, a, r in zip(DETECT_OUTPUTS, got, ref, strict=True):
+        assert_within_noise(name, a, r)
+    inputs = (ref[2][1, :5], *(t[1:] for t in ref[3:]))
+    with torch.no_grad():
+        want = MaskGraph(net)(*inputs)
+    got_masks = OnnxRuntimeSession(tmp_path / "mask.onnx").run(dict(zip(MASK_INPUTS, inputs, strict=True)))[0]
+    assert_within_noise("masks", got_masks, want)
