@@ -26,7 +26,7 @@ from .backbone import Backbone
 from .config import DETRConfig
 from .mask_head import MaskHead, MHAttentionMap
 from .position import sine_position_encoding
-from .transformer import Transformer
+from .transformer import ExtraQueries, Transformer
 
 MASK_CHUNK_BYTES = 24 * 2**20
 """chunk="auto" on a CPU: as many queries per mask-head call as keep its largest activation
@@ -78,6 +78,10 @@ class Detection:
     M heads x positions, 0 on padding)."""
     pred_masks: Tensor | None = None
     """The full `forward` only: [B, N, H/4, W/4] mask logits of every query."""
+    extra_outputs: list[LayerOutput] | None = None
+    """With `extra` queries (training only): every decoder layer's predictions of the M extra
+    queries (L entries, the last layer's last); the fields above then hold the N learned
+    queries' only, but `hs` all N + M (`predict_masks` reaches extra query j as N + j)."""
 
 
 class MLP(nn.Module):
@@ -127,16 +131,24 @@ class DETRPanoptic(nn.Module):
             self.to(memory_format=torch.channels_last)
         return self
 
-    def detect(self, batch: PaddedBatch, return_attention: bool = False) -> Detection:
-        """Everything but the masks; with `return_attention`, also the mask head's attention maps."""
+    def detect(self, batch: PaddedBatch, return_attention: bool = False,
+               extra: ExtraQueries | None = None) -> Detection:
+        """Everything but the masks; with `return_attention`, also the mask head's attention maps.
+        extra: queries decoded beside the learned ones (training only: denoising), whose
+        predictions go to `Detection.extra_outputs`."""
         feats, masks = self.backbone(batch.images, batch.mask)
         c5, padding = feats[-1], masks[-1]
         # float32 whatever the model's dtype, as the original (its float64 outputs carry this)
         pos = sine_position_encoding(padding, self.config.hidden_dim).to(c5.dtype)
         src_proj = self.input_proj(c5)
-        hs, memory = self.transformer(src_proj, padding, self.query_embed.weight, pos)
+        hs, memory = self.transformer(src_proj, padding, self.query_embed.weight, pos, extra)
         logits = self.class_embed(hs)  # L x B x N x K+1
         boxes = self.bbox_embed(hs).sigmoid()  # L x B x N x 4
+        extra_outputs = None
+        if extra is not None:
+            n = self.query_embed.num_embeddings
+            extra_outputs = [LayerOutput(lg[:, n:], bx[:, n:]) for lg, bx in zip(logits, boxes, strict=True)]
+            logits, boxes = logits[:, :, :n], boxes[:, :, :n]
         det = Detection(
             pred_logits=logits[-1],
             pred_boxes=boxes[-1],
@@ -148,6 +160,7 @@ class DETRPanoptic(nn.Module):
             padding=padding,
             src_proj=src_proj,
             fpns=[feats[2], feats[1], feats[0]],
+            extra_outputs=extra_outputs,
         )
         if return_attention:
             det.attention_maps = self.bbox_attention(hs[-1], self._keys(det), padding)

@@ -12,10 +12,25 @@ Sequences are [L, B, d] (sequence first) like `nn.MultiheadAttention`'s default,
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+@dataclass
+class ExtraQueries:
+    """Queries decoded beside the N learned ones, for training only (denoising, see
+    train/denoising.py): M of them per image, each with its own content and position."""
+
+    content: Tensor
+    """[B, M, d] the decoder's input for them (the learned queries start from zeros)."""
+    position: Tensor
+    """[B, M, d] their query positions (the learned queries' are `query_embed`)."""
+    attn_mask: Tensor
+    """[N + M, N + M] bool, True where a query (row) may not see another (column) in the
+    decoder's self-attention; rows and columns are the N learned queries, then the M extra."""
 
 
 class EncoderLayer(nn.Module):
@@ -58,10 +73,12 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, padding: Tensor) -> Tensor:
-        """tgt, query_pos: [N, B, d]; memory, pos: [HW, B, d]; padding: [B, HW] -> [N, B, d]."""
+    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, padding: Tensor,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """tgt, query_pos: [N, B, d]; memory, pos: [HW, B, d]; padding: [B, HW] -> [N, B, d].
+        attn_mask: [N, N] bool, True where query i may not see query j (None: all see all)."""
         q = k = tgt + query_pos
-        attn = self.self_attn(q, k, value=tgt, need_weights=False)[0]
+        attn = self.self_attn(q, k, value=tgt, attn_mask=attn_mask, need_weights=False)[0]
         tgt = self.norm1(tgt + self.dropout1(attn))
         attn = self.multihead_attn(
             tgt + query_pos, memory + pos, value=memory, key_padding_mask=padding, need_weights=False
@@ -88,11 +105,12 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d)  # shared by every layer's output
 
-    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, padding: Tensor) -> Tensor:
+    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor, padding: Tensor,
+                attn_mask: Tensor | None = None) -> Tensor:
         """-> [L, N, B, d], every layer's output after the shared final norm."""
         out = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, query_pos, pos, padding)
+            tgt = layer(tgt, memory, query_pos, pos, padding, attn_mask)
             out.append(self.norm(tgt))
         return torch.stack(out)
 
@@ -118,12 +136,13 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(
-        self, src: Tensor, padding: Tensor, query_embed: Tensor, pos: Tensor
+        self, src: Tensor, padding: Tensor, query_embed: Tensor, pos: Tensor,
+        extra: ExtraQueries | None = None,
     ) -> tuple[Tensor, Tensor]:
         """src: [B, d, H, W] projected C5; padding: [B, H, W]; query_embed: [N, d];
-        pos: [B, d, H, W].
+        pos: [B, d, H, W]; extra: M more queries after the N (training only).
 
-        Returns hs [L, B, N, d] (every decoder layer, normed) and memory [B, d, H, W].
+        Returns hs [L, B, N (+ M), d] (every decoder layer, normed) and memory [B, d, H, W].
         """
         b, d, h, w = src.shape
         src = src.flatten(2).permute(2, 0, 1)  # HW x B x d
@@ -131,5 +150,10 @@ class Transformer(nn.Module):
         padding = padding.flatten(1)  # B x HW
         query_pos = query_embed.unsqueeze(1).expand(-1, b, -1)  # N x B x d
         memory = self.encoder(src, pos, padding)
+        if extra is not None:
+            tgt = torch.cat([torch.zeros_like(query_pos), extra.content.transpose(0, 1)])
+            query_pos = torch.cat([query_pos, extra.position.transpose(0, 1)])
+            hs = self.decoder(tgt, memory, query_pos, pos, padding, extra.attn_mask)
+            return hs.transpose(1, 2), memory.permute(1, 2, 0).reshape(b, d, h, w)
         hs = self.decoder(torch.zeros_like(query_pos), memory, query_pos, pos, padding)
         return hs.transpose(1, 2), memory.permute(1, 2, 0).reshape(b, d, h, w)

@@ -166,11 +166,38 @@ class LossWeights:
 
 
 @dataclass
+class DenoisingSection:
+    """Denoising training (DN-DETR; masks as Mask DINO), the `denoising:` section: groups of
+    noised ground-truth boxes and labels go into the decoder beside the learned queries and
+    learn to reconstruct their own segment (class, box, mask; no matching). Training only: the
+    model, its checkpoints and inference are unchanged. Off (groups 0) by default: the original
+    recipe runs exactly as without this section. See `train/denoising.py`."""
+
+    groups: int = 0
+    """Noised copies of every image's segments per step (0: off)."""
+    box_noise: float = 0.4
+    """Box noise scale: the centre moves by up to box_noise x half the box's size on each axis,
+    width and height scale by a factor in [1 - box_noise, 1 + box_noise] (DN-DETR's 0.4)."""
+    label_flip: float = 0.2
+    """Probability that a denoising query's label is replaced by a random class (DN-DETR's 0.2);
+    its target stays the true class."""
+    masks: bool = True
+    """Also the mask losses of the denoising queries (the mask head runs on them too)."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, "groups", 0, "; 0: off")
+        _check_range(self, "box_noise", 0, high=1, below=True,
+                     range_text="a number from 0 up to (not including) 1")
+        _check_range(self, "label_flip", 0, high=1, range_text="a probability from 0 to 1")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     loss: LossWeights = field(default_factory=LossWeights)
+    denoising: DenoisingSection = field(default_factory=DenoisingSection)
     schedule: str = "joint"
     """"joint" (everything at once), "two_stage" (detector for `stage1_steps`, then the frozen
     detector with the mask head), "finetune" (start from `init`, class head re-initialised)."""
@@ -220,6 +247,9 @@ class TrainConfig:
         _check_range(self, "time_limit", 0, range_text="minutes, a finite number >= 0; 0: none")
         _check_range(self, "eval_threshold", 0, high=1, below=True,
                      range_text="a number from 0 up to (not including) 1")
+        if self.denoising.groups > 0 and self.all_query_masks:
+            raise ConfigError("denoising.groups: denoising runs the mask head on chosen queries only; "
+                              "turn all_query_masks off")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

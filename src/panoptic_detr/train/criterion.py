@@ -271,5 +271,7 @@ class SetCriterion(nn.Module):
         w = {"loss_ce": self.weights.ce, "loss_bbox": self.weights.bbox, "loss_giou": self.weights.giou,
              "loss_mask": self.weights.mask, "loss_dice": self.weights.dice,
              "loss_semantic": self.weights.semantic, "loss_segment": self.weights.segment}
-        # aux terms carry a layer suffix: loss_ce_0 -> loss_ce
-        return sum(w[k.rstrip("0123456789").rstrip("_")] * v for k, v in losses.items())
+        # aux terms carry a layer suffix: loss_ce_0 -> loss_ce; denoising terms weigh as their
+        # matched twins: loss_dn_ce -> loss_ce (train/denoising.py)
+        return sum(w[k.rstrip("0123456789").rstrip("_").replace("loss_dn_", "loss_")] * v
+                   for k, v in losses.items())

@@ -154,6 +154,8 @@ class Checkpointer(HookBase):
             train_state = {**vars(t.state), "optimizer": t.optimizer.state_dict(),
                            "scheduler": t.scheduler.state_dict(), "rng": rngs,
                            "world_size": t.info.world_size, "train_config": t.cfg.to_dict()}
+            if t.denoising is not None:  # training only: kept out of the model's weights
+                train_state["denoising"] = {k: v.detach().cpu() for k, v in t.denoising.state_dict().items()}
             for name in files:
                 ckpt_io.save_checkpoint(self.out / name, self.model_config, self.categories,
                                         t.model.state_dict(), train_state, inference_settings(t.cfg))

@@ -238,7 +238,13 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     train_set = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
         if parts.val_set is not None else None
-    optimizer, scheduler = _optimizer(model, cfg.optim, device)
+    denoising = None
+    if cfg.denoising.groups > 0:  # built after the model: its initial weights stay the recipe's
+        from .denoising import DenoisingQueries
+
+        dim = model.query_embed.embedding_dim
+        denoising = DenoisingQueries(parts.categories.num_classes, dim, cfg.denoising).to(device)
+    optimizer, scheduler = _optimizer(model, cfg.optim, device, denoising)
     per_epoch = len(train_set) // (cfg.batch_size * info.world_size)
     if per_epoch == 0:
         raise TrainError(f"{cfg.data.train or 'training set'}: {len(train_set)} images, fewer than "
@@ -248,6 +254,12 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         ckpt_io.check_architecture(resumed, parts.model_config, resume_path)
         ckpt_io.load_model_state(model, resumed["model"], resume_path)
         ts = resumed["train_state"]
+        if (denoising is None) != ("denoising" not in ts):
+            raise TrainError(f"{resume_path}: checkpoint trained with denoising "
+                             f"{'on' if 'denoising' in ts else 'off'}, the config has it "
+                             f"{'off' if denoising is None else 'on'}")
+        if denoising is not None:
+            denoising.load_state_dict(ts["denoising"])
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         state = TrainState(**{k: ts[k] for k in vars(state)})
@@ -258,7 +270,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         _prepare_out_dir(out, state.step, cfg, parts)
 
     trainer = Trainer(model, criterion, optimizer, scheduler, _batches(train_set, cfg, info, state), state,
-                      total_steps(cfg, per_epoch), cfg, info, device)
+                      total_steps(cfg, per_epoch), cfg, info, device, denoising)
     metrics_path = out / "metrics.jsonl"
     trainer.register(MetricsLogger(metrics_path, cfg.log_every, progress))
     if val_set is not None and evaluate_fn is not None:
@@ -287,12 +299,15 @@ def _resume_source(out: Path, resume: bool | str, overwrite: bool) -> tuple[dict
     return resumed, resume_path
 
 
-def _optimizer(model: nn.Module, o: OptimSection, device: torch.device):
-    """AdamW over `param_groups` and its learning-rate schedule (`lr_factor`)."""
+def _optimizer(model: nn.Module, o: OptimSection, device: torch.device, denoising: nn.Module | None = None):
+    """AdamW over `param_groups` (and the denoising queries', at `lr`) and its learning-rate
+    schedule (`lr_factor`)."""
+    groups = param_groups(model, o.lr, o.lr_backbone)
+    if denoising is not None:
+        groups.append({"params": list(denoising.parameters()), "lr": o.lr})
     # the fused kernel: one pass over all parameters (8 ms against 40 for the default per-tensor
     # loops on the learning recipe's 13 M parameters, 2 CPU threads), the same update rule
-    optimizer = torch.optim.AdamW(param_groups(model, o.lr, o.lr_backbone), weight_decay=o.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(groups, weight_decay=o.weight_decay, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, o.warmup_steps, o.lr_drop, o.lr_gamma)
     )

@@ -7,6 +7,10 @@ those gives the same loss and gradients as computing all N masks and selecting, 
 of the cost. The order of the calls is the order of the loss terms, and also the order in
 which the autograd graph is built, which fixes the order in which backward adds up gradients:
 moving a call changes the trained weights in their last bits.
+
+With `denoising` (train/denoising.py), the model also decodes noised copies of the ground truth
+as extra queries, and their reconstruction losses come after the auxiliary ones; without it the
+step runs exactly the calls it ran before denoising existed (tests/test_denoising.py).
 """
 
 from __future__ import annotations
@@ -16,17 +20,24 @@ from torch import Tensor, nn
 from ..model.detr import Detection
 from ..structures import PaddedBatch, Target
 from .criterion import SetCriterion, drop_crowd, segment_class_loss, segment_memory, semantic_loss
+from .denoising import DenoisingBatch, DenoisingQueries, denoising_losses
 
 
 class ModelWithLoss(nn.Module):
-    def __init__(self, model: nn.Module, criterion: SetCriterion, all_query_masks: bool = False) -> None:
+    def __init__(self, model: nn.Module, criterion: SetCriterion, all_query_masks: bool = False,
+                 denoising: DenoisingQueries | None = None) -> None:
         """model: a `DETRPanoptic` (or anything with its `detect`, `predict_masks`, `class_embed`).
         all_query_masks: run the full forward (masks of all N queries, the original's way) and
-        select the matched ones; the same loss, for comparison only."""
+        select the matched ones; the same loss, for comparison only.
+        denoising: add the denoising queries and their losses (None: off)."""
         super().__init__()
+        if denoising is not None and all_query_masks:
+            raise ValueError("denoising runs the mask head on chosen queries only: "
+                             "all_query_masks must be off")
         self.model = model
         self.criterion = criterion
         self.all_query_masks = all_query_masks
+        self.denoising = denoising
 
     def forward(
         self, batch: PaddedBatch, targets: list[Target], step_counts: list[int] | None = None
@@ -37,7 +48,13 @@ class ModelWithLoss(nn.Module):
         step_counts: non-crowd segments per image of the whole optimiser step when it is split
         into micro-batches (see `criterion.normalizers`); default: this batch's."""
         model, crit = self.model, self.criterion
-        det: Detection = model(batch) if self.all_query_masks else model.detect(batch)
+        dn: DenoisingBatch | None = None
+        if self.denoising is None:
+            det: Detection = model(batch) if self.all_query_masks else model.detect(batch)
+        else:
+            num_queries = model.query_embed.num_embeddings
+            dn = self.denoising(drop_crowd(targets), num_queries)
+            det = model.detect(batch, extra=None if dn is None else dn.extra)
         matched = drop_crowd(targets)
         counts = [len(t) for t in matched] if step_counts is None else step_counts
         num_boxes, ce_weight = crit.normalizers(counts, det.pred_logits)
@@ -53,6 +70,8 @@ class ModelWithLoss(nn.Module):
             pooled, labels = segment_memory(det.memory, matched)
             losses["loss_segment"] = segment_class_loss(model.class_embed(pooled), labels, num_boxes)
         losses.update(crit.aux_losses(det.aux_outputs, matched, num_boxes, ce_weight))
+        if self.denoising is not None:
+            losses.update(self._denoising_losses(det, matched, dn, num_boxes))
         losses["loss"] = crit.weighted_total(losses)
         return losses
 
@@ -70,3 +89,23 @@ class ModelWithLoss(nn.Module):
         else:
             masks = self.model.predict_masks(det, queries)  # per image Q_i x H/4 x W/4
         return self.criterion.mask_losses(masks, targets, indices, num_boxes)
+
+    def _denoising_losses(
+        self, det: Detection, targets: list[Target], dn: DenoisingBatch | None, num_boxes: float
+    ) -> dict[str, Tensor]:
+        """The denoising queries' class and box losses of every layer, then their mask losses."""
+        masks_on = self.criterion.masks and self.denoising.section.masks
+        if dn is None:  # no segment in the batch: zeros that reach the denoising parameters,
+            # under the usual keys (processes and micro-batches log the same terms)
+            zero = self.denoising.zero()
+            names = ("loss_dn_ce", "loss_dn_bbox", "loss_dn_giou")
+            keys = [f"{k}_{i}" for i in range(len(det.aux_outputs)) for k in names] + list(names)
+            return dict.fromkeys(keys + (["loss_dn_mask", "loss_dn_dice"] if masks_on else []), zero)
+        num_queries = self.model.query_embed.num_embeddings
+        losses = denoising_losses(det.extra_outputs, targets, dn, num_queries, num_boxes)
+        if masks_on:
+            masks = self.model.predict_masks(det, dn.queries)  # per image G*S_i x H/4 x W/4
+            pairs = list(zip(dn.queries, dn.targets, strict=True))
+            terms = self.criterion.mask_losses(masks, targets, pairs, num_boxes * dn.groups)
+            losses.update({k.replace("loss_", "loss_dn_"): v for k, v in terms.items()})
+        return losses

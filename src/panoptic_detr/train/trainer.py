@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..structures import PaddedBatch, Target
 from .config import TrainConfig
 from .criterion import SetCriterion
+from .denoising import DenoisingQueries
 from .distributed import DistInfo, reduce_mean
 from .model_with_loss import ModelWithLoss
 
@@ -98,9 +99,12 @@ class Trainer:
         cfg: TrainConfig,
         info: DistInfo,
         device: torch.device,
+        denoising: DenoisingQueries | None = None,
     ) -> None:
-        """stream: the training batches from `state`'s position on (advancing it)."""
+        """stream: the training batches from `state`'s position on (advancing it).
+        denoising: the training-only denoising queries (`cfg.denoising`; None: off)."""
         self.model, self.criterion, self.optimizer, self.scheduler = model, criterion, optimizer, scheduler
+        self.denoising = denoising
         self.stream, self.state, self.max_steps = stream, state, max_steps
         self.cfg, self.info, self.device = cfg, info, device
         self.hooks: list[HookBase] = []
@@ -182,7 +186,7 @@ class Trainer:
             self.step_module = self._wrap()
 
     def _wrap(self) -> nn.Module:
-        module = ModelWithLoss(self.model, self.criterion, self.cfg.all_query_masks)
+        module = ModelWithLoss(self.model, self.criterion, self.cfg.all_query_masks, self.denoising)
         if not self.info.enabled:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
