@@ -114,8 +114,10 @@ def test_a_bad_setting_is_one_error_line_and_exit_2_before_anything_runs(tmp_pat
                                                                          flags, words):
     for name, argv in _commands(tmp_path, small_val).items():
         assert main([*argv, *flags, "--quiet"] if name in ("predict", "evaluate") else [*argv, *flags]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
+        out = capsys.readouterr()
+        err = out.err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (name, err)
+        assert "weights:" not in out.out, name  # refused before it says what it would run
     assert not any(tmp_path.glob("[pexd]"))  # no output folder was started
 
 

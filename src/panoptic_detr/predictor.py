@@ -28,7 +28,7 @@ from .data.images import as_rgb, preprocess
 from .loading import Pretrained, WeightsError, load_pretrained
 from .model import DETRPanoptic
 from .model.inference import segment
-from .settings import InferenceSettings, MaskChunk, SettingsError, StuffMerge
+from .settings import InferenceSettings, MaskChunk, SettingsError, StuffMerge, check_settings
 from .structures import Categories, PaddedBatch, PanopticResult
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
@@ -158,19 +158,6 @@ class Predictor:
                        threshold=s.threshold, stuff_merge=s.stuff_merge, mask_chunk=s.mask_chunk,
                        together=self.batched_network)
         return [PanopticResult(s.result.id_map.cpu(), s.result.segments_info, self.categories) for s in done]
-
-
-def check_settings(given: dict[str, Any]) -> None:
-    """Raise `SettingsError` for a bad value among `given` (None: not given). Each is checked
-    on its own; size and max_size together only when both are given (else the checkpoint's
-    recommendation may complete them)."""
-    given = {k: v for k, v in given.items() if v is not None}
-    for name, value in given.items():
-        # a partner that cannot fail first, so the message names the setting that is wrong
-        partner = {"size": {"max_size": value}, "max_size": {"size": 1}}.get(name, {})
-        InferenceSettings.resolve({**partner, name: value})
-    if "size" in given and "max_size" in given:
-        InferenceSettings.resolve({"size": given["size"], "max_size": given["max_size"]})
 
 
 def _as_pretrained(weights: Any, categories: Categories | None, preset: str | None,

@@ -122,3 +122,16 @@ DETR_DEFAULTS = InferenceSettings()
 def default_help(name: str) -> str:
     """The `--help` wording of a recommended setting's default: the checkpoint's, else DETR's."""
     return f"default: the checkpoint's, else {getattr(DETR_DEFAULTS, name)}"
+
+
+def check_settings(given: dict[str, Any]) -> None:
+    """Raise `SettingsError` for a bad value among `given` (None: not given). Each is checked
+    on its own; size and max_size together only when both are given (else the checkpoint's
+    recommendation may complete them)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    for name, value in given.items():
+        # a partner that cannot fail first, so the message names the setting that is wrong
+        partner = {"size": {"max_size": value}, "max_size": {"size": 1}}.get(name, {})
+        InferenceSettings.resolve({**partner, name: value})
+    if "size" in given and "max_size" in given:
+        InferenceSettings.resolve({"size": given["size"], "max_size": given["max_size"]})

@@ -42,7 +42,12 @@ def describe(weights: str) -> str:
 
 
 def announce(args: argparse.Namespace) -> None:
-    """Print which weights the command runs, with the hint for photos when none were given."""
+    """Print which weights the command runs, with the hint for photos when none were given; a
+    bad setting is refused first (SettingsError), so a usage error is only its own line."""
+    from ..settings import check_settings
+    from .settings_flags import settings_kwargs
+
+    check_settings(settings_kwargs(args))
     if args.weights is None:
         print(f"weights: demo, the bundled synthetic demo model, as no --weights was given; {COCO_HINT}")
     else:
