@@ -19,6 +19,7 @@ rebuilds predictions.json; see `predict_files` and docs/distributed_inference.md
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -588,13 +589,9 @@ def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Catego
 
 
 def segments_json(result: PanopticResult, categories: Categories) -> list[dict[str, Any]]:
-    """The result's `segments_info` as predict writes them (records, predictions.json, serve)."""
-    return [
-        {"id": s["id"], "category_id": s["category_id"], "name": categories.name(s["category_id"]),
-         "isthing": int(bool(s["isthing"])), "iscrowd": 0, "area": s["area"], "bbox": s["bbox"],
-         "score": round(float(s["score"]), 5)}
-        for s in result.segments_info
-    ]
+    """The result's `segments_info` as predict writes them (records, predictions.json, serve),
+    named by `categories`: `PanopticResult.coco_segments`."""
+    return dataclasses.replace(result, categories=categories).coco_segments()
 
 
 def _record(result: PanopticResult, categories: Categories, file: Path, stem: str, digest: str,

@@ -237,13 +237,18 @@ class PanopticResult:
         return [{"score": s.score, "label": s.name,
                  "mask": Image.fromarray(s.mask.astype(np.uint8) * 255, mode="L")} for s in self.segments]
 
+    def coco_segments(self) -> list[dict[str, Any]]:
+        """`segments_info` as the files hold them (predict's records and predictions.json,
+        serve's JSON, `to_coco`): plain numbers, the class name, the score to 5 decimals."""
+        return [{"id": s.id, "category_id": s.category_id, "name": s.name, "isthing": int(s.isthing),
+                 "iscrowd": 0, "area": s.area, "bbox": list(s.bbox),
+                 **({} if s.score is None else {"score": round(s.score, 5)})} for s in self.segments]
+
     def to_coco(self, file_name: str = "result.png", image_id: int = 1) -> dict[str, Any]:
         """A COCO panoptic document of this one image (images, annotations, categories), as
         `predict` writes predictions.json; `file_name`: its panoptic PNG."""
         h, w = self.size
-        segments = [{"id": s.id, "category_id": s.category_id, "name": s.name, "isthing": int(s.isthing),
-                     "iscrowd": 0, "area": s.area, "bbox": list(s.bbox),
-                     **({} if s.score is None else {"score": round(s.score, 5)})} for s in self.segments]
+        segments = self.coco_segments()
         return {"images": [{"id": image_id, "file_name": file_name, "height": h, "width": w}],
                 "annotations": [{"image_id": image_id, "file_name": file_name, "segments_info": segments}],
                 "categories": self.categories.to_json() if self.categories is not None else []}
