@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from demo_subsets import demo_val_subset
 from panoptic_detr.cli import main
 from panoptic_detr.eval.evaluate import EvaluationError, evaluate_files
 from test_evaluate import broken_copy, expected, paths
@@ -94,18 +95,7 @@ def test_a_prediction_of_no_ground_truth_image_is_a_problem(reference, tmp_path)
 @pytest.fixture(scope="module")
 def demo_val8(tmp_path_factory):
     """The first 8 images of the bundled validation set, as a dataset of its own."""
-    from panoptic_detr.demo import DEMO_VAL
-
-    data = tmp_path_factory.mktemp("val8")
-    gt = json.loads((DEMO_VAL / "panoptic.json").read_text())
-    gt["images"] = gt["images"][:8]
-    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in {im["id"] for im in gt["images"]}]
-    for folder, key in (("images", "images"), ("panoptic", "annotations")):
-        (data / folder).mkdir(parents=True)
-        for entry in gt[key]:
-            shutil.copy(DEMO_VAL / folder / entry["file_name"], data / folder)
-    (data / "panoptic.json").write_text(json.dumps(gt))
-    return data
+    return demo_val_subset(tmp_path_factory.mktemp("val8"), 8)
 
 
 def test_readme_predict_then_evaluate_scores_what_evaluate_weights_scores(demo_val8, tmp_path, capsys):

@@ -8,8 +8,9 @@ import shutil
 
 import pytest
 
+from demo_subsets import demo_val_subset
 from panoptic_detr.cli import main
-from panoptic_detr.demo import DEMO_SCENES, DEMO_VAL
+from panoptic_detr.demo import DEMO_SCENES
 from panoptic_detr.model import DETRPanoptic
 from panoptic_detr.predictor import Predictor
 from panoptic_detr.settings import DETR_DEFAULTS, InferenceSettings, SettingsError
@@ -83,16 +84,7 @@ def test_a_size_above_the_default_cap_is_fine_when_the_checkpoint_allows_it():
 @pytest.fixture
 def small_val(tmp_path):
     """The first 2 images of the bundled validation set, as a dataset."""
-    data = tmp_path / "val"
-    gt = json.loads((DEMO_VAL / "panoptic.json").read_text())
-    gt["images"] = gt["images"][:2]
-    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in {im["id"] for im in gt["images"]}]
-    for folder, key in (("images", "images"), ("panoptic", "annotations")):
-        (data / folder).mkdir(parents=True)
-        for entry in gt[key]:
-            shutil.copy(DEMO_VAL / folder / entry["file_name"], data / folder)
-    (data / "panoptic.json").write_text(json.dumps(gt))
-    return data
+    return demo_val_subset(tmp_path / "val", 2)
 
 
 def _commands(tmp_path, data):
