@@ -22,34 +22,23 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pq import tree_rss, write_dataset  # noqa: E402
+from bench_pq import watch_peak_rss, write_dataset  # noqa: E402
 
 
 def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Run `cmd`; (peak RSS MB of its process tree, wall seconds). It must exit 0."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-    peak, done = 0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.005)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
+    peak_mb = watch_peak_rss(proc.pid)
     _, err = proc.communicate()
-    done.set()
-    th.join()
+    peak = peak_mb()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[-500:]}")
-    return peak / 2**20, time.perf_counter() - t
+    return peak, time.perf_counter() - t
 
 
 def time_to_file(cmd: list[str], pattern: Path, env: dict[str, str]) -> tuple[float, float]:

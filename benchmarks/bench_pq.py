@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,28 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def watch_peak_rss(pid: int) -> Callable[[], float]:
+    """Sample the resident memory of `pid` and its descendants every 5 ms from now on; the
+    function returned stops the sampling and gives the peak in MB."""
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(pid))
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+
+    def stop() -> float:
+        done.set()
+        thread.join()
+        return peak / 2**20
+
+    return stop
+
+
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[dict, float, float]:
     """Run `cmd`; return (its last stdout line as JSON, peak tree RSS MB, CPU s of the tree).
 
@@ -221,25 +244,14 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[dict, float, float]:
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.005)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
+    peak_mb = watch_peak_rss(proc.pid)
     out, _ = proc.communicate()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    done.set()
-    th.join()
+    peak = peak_mb()
     if proc.returncode:
         raise RuntimeError(f"{cmd} failed with {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), peak / 2**20, cpu
+    return json.loads(out.strip().splitlines()[-1]), peak, cpu
 
 
 def run_one(mode: str, data: Path, workers: int) -> None:
