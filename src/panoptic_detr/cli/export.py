@@ -6,6 +6,7 @@ import argparse
 
 from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
+from .weights_flag import add_weights_flag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "runs ONNX Runtime on a sample and prints its max difference from torch. "
         "predict/evaluate/build-gt --runtime onnxruntime|openvino build this themselves on first use.",
     )
-    p.add_argument("--weights", default="demo",
-                   help="'demo', an original checkpoint name (detr_r50_panoptic, ...) or a checkpoint path")
+    add_weights_flag(p, default="demo")
     p.add_argument("--preset", default=None, help="architecture, when --weights is a file that does not say")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="what to write (onnx)")
     p.add_argument("--opset", type=whole_number(17), default=None,

@@ -8,6 +8,7 @@ import sys
 
 from . import OptionError, whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
+from .weights_flag import add_weights_flag
 
 API_KEY_ENV = "PANOPTIC_DETR_API_KEY"
 
@@ -31,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inference settings and segments as predict. Needs the 'serve' extra "
         "(pip install 'panoptic-detr[serve]').",
     )
-    p.add_argument("--weights", default="demo",
-                   help="'demo', an original checkpoint name (detr_r50_panoptic, ...) or a .pth path")
+    add_weights_flag(p, default="demo")
     p.add_argument("--preset", default=None, help="architecture, when --weights is a file that does not say")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     add_settings_flags(p)
