@@ -155,7 +155,8 @@ class Predictor:
         inputs = [preprocess(a, s.size, s.max_size) for a in arrays]
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
         done = segment(self.model, batch, [a.shape[:2] for a in arrays], self.is_thing,
-                       threshold=s.threshold, stuff_merge=s.stuff_merge, mask_chunk=s.mask_chunk,
+                       threshold=s.threshold, stuff_merge=s.stuff_merge,
+                       overlap_threshold=s.overlap_threshold, mask_chunk=s.mask_chunk,
                        together=self.batched_network)
         return [PanopticResult(s.result.id_map.cpu(), s.result.segments_info, self.categories) for s in done]
 

@@ -84,7 +84,8 @@ class Engine:
         x = preprocess(image, s.size, s.max_size)
         batch = PaddedBatch.from_images([x]).to(p.device, p.dtype)
         done = segment(p.model, batch, [image.shape[:2]], p.is_thing, threshold=s.threshold,
-                       stuff_merge=s.stuff_merge, mask_chunk=s.mask_chunk, together=p.batched_network,
+                       stuff_merge=s.stuff_merge, overlap_threshold=s.overlap_threshold,
+                       mask_chunk=s.mask_chunk, together=p.batched_network,
                        keep_det=True)[0]
         result = PanopticResult(done.result.id_map.cpu(), done.result.segments_info)
         return Entry(image, done.det, (int(x.shape[1]), int(x.shape[2])), done.kept, done.masks,
@@ -112,7 +113,8 @@ class Engine:
         result = panoptic_postprocess(logits, entry.masks.index_select(0, rows), entry.input_size,
                                       entry.input_size,
                                       entry.image.shape[:2], p.is_thing, threshold=threshold,
-                                      stuff_merge=s.stuff_merge, query_idx=kept, pred_boxes=boxes)
+                                      stuff_merge=s.stuff_merge, query_idx=kept, pred_boxes=boxes,
+                                      overlap_threshold=s.overlap_threshold)
         entry.threshold, entry.explanation = threshold, None
         entry.result = PanopticResult(result.id_map.cpu(), result.segments_info)
         return entry.result

@@ -261,6 +261,9 @@ class TrainConfig:
     """"auto" (cuda when available), "cpu", "cuda", "cuda:1", ..."""
     eval_threshold: float = 0.85
     """Query confidence threshold of the panoptic post-processing in validation."""
+    eval_overlap_threshold: float = 0.0
+    """The post-processing's fragment filter in validation (`InferenceSettings.overlap_threshold`;
+    0: off, as DETR). Like `eval_threshold`, it becomes the checkpoint's recommendation."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -273,6 +276,8 @@ class TrainConfig:
         _check_range(self, "time_limit", 0, range_text="minutes, a finite number >= 0; 0: none")
         _check_range(self, "eval_threshold", 0, high=1, below=True,
                      range_text="a number from 0 up to (not including) 1")
+        _check_range(self, "eval_overlap_threshold", 0, high=1, below=True,
+                     range_text="a number from 0 up to (not including) 1; 0: off")
         if self.denoising.groups > 0 and self.all_query_masks:
             raise ConfigError("denoising.groups: denoising runs the mask head on chosen queries only; "
                               "turn all_query_masks off")

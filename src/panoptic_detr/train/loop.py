@@ -232,7 +232,8 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     if evaluate_fn is None and parts.val_set is not None:
         from .evaluation import make_evaluator
 
-        evaluate_fn = make_evaluator(parts.categories, cfg.eval_threshold)
+        evaluate_fn = make_evaluator(parts.categories, cfg.eval_threshold,
+                                     overlap_threshold=cfg.eval_overlap_threshold)
     model = parts.model.to(device)
     criterion = SetCriterion(num_classes=parts.categories.num_classes, weights=cfg.loss, costs=cfg.match)
     train_set = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
