@@ -54,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-unannotated", action="store_true",
                    help="skip images without annotations (default: keep them with source labels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--workers", type=whole_number(1), default=1, metavar="N", help="processes")
+    p.add_argument("--workers", type=whole_number(1), default=1, metavar="N",
+                   help="processes composing the images when no model source runs (with one: "
+                        "--batch-size, --loader-workers)")
     p.add_argument("--model-size", type=whole_number(1), nargs=2, metavar=("SHORT", "MAX"),
                    help="a model source resizes images to this shortest side and longest-side cap "
                         "(default: the checkpoint's, else 800 1333)")

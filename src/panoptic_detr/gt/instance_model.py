@@ -202,16 +202,16 @@ def _best(probs: Any, wanted: set[int]) -> int:
     return int(probs[1:].argmax()) + 1
 
 
-def parse_instance_spec(spec: str, like: InstanceModelSource | None = None, **defaults: Any
-                        ) -> InstanceModelSource:
+def parse_instance_spec(spec: str, like: Any = None, **defaults: Any) -> InstanceModelSource:
     """`model:WEIGHTS[@THRESHOLD][,KEY=VALUE...]` (`sources.parse_model_spec`: threshold, size,
     max_size, device) -> InstanceModelSource; the spec's options win over `defaults` (the
-    build-gt flags --instance-size / --instance-device). like: a source already loaded; if the
-    spec names its network (`same_network`), the new source shares its loaded model."""
+    build-gt flags --instance-size / --instance-device). like: a source already loaded (the
+    things' one); if it is an InstanceModelSource and the spec names its network (weights,
+    device, size, max_size), the new source shares its loaded model."""
     parsed = parse_model_spec(spec, MODEL_OPTIONS)
     options = {**{k: v for k, v in defaults.items() if v is not None}, **parsed.options}
     threshold = options.pop("threshold", None)
-    if like is not None and like.weights == parsed.weights and all(
+    if isinstance(like, InstanceModelSource) and like.weights == parsed.weights and all(
             getattr(like, k) == options.get(k) for k in ("device", "size", "max_size")):
         twin = copy.copy(like)  # (a copy drops the loaded model, as pickling does: shared here)
         twin.spec, twin._threshold, twin._model = spec, threshold, like._load()
