@@ -12,7 +12,8 @@
 
 A model source's own options follow its name (`parse_model_spec`, the one parser of `model:`
 specs, the instance models' too): `threshold`, `size`, `max_size`, `device`, and for this
-project's DETR `stuff_merge`, `dtype`, `runtime`; e.g. `model:detr_r50_panoptic@0.8,device=cuda:1`.
+project's DETR `stuff_merge`, `overlap_threshold`, `dtype`, `runtime`; e.g.
+`model:detr_r50_panoptic@0.8,device=cuda:1`.
 
 Each source has `categories` (COCO dicts) and `labels(image_path, height, width) ->
 (id_map [H, W] int64, segments_info)`; problems raise SourceError with one line.
@@ -237,7 +238,7 @@ def _one_line(e: BaseException) -> str:
 MODEL_OPTIONS = ("threshold", "size", "max_size", "device")
 """What every model source takes after its name: the score a segment or instance needs, the
 shortest side and longest-side cap of the resize, the torch device."""
-DETR_OPTIONS = (*MODEL_OPTIONS, "stuff_merge", "dtype", "runtime")
+DETR_OPTIONS = (*MODEL_OPTIONS, "stuff_merge", "overlap_threshold", "dtype", "runtime")
 """A DETR source's: the model options and the `InferenceSettings` of the machine."""
 MODEL_SPEC = "model:WEIGHTS[@THRESHOLD][,KEY=VALUE...]"
 
@@ -286,11 +287,11 @@ def parse_model_spec(spec: str, known: tuple[str, ...] = MODEL_OPTIONS) -> Model
 
 
 def _option_value(spec: str, key: str, value: str) -> Any:
-    if key == "threshold":
+    if key in ("threshold", "overlap_threshold"):
         try:
             return float(value)  # its range is the source's (DETR's is [0, 1), Mask R-CNN's [0, 1])
         except ValueError:
-            raise SourceError(f"{spec!r}: threshold {value!r} is not a number") from None
+            raise SourceError(f"{spec!r}: {key} {value!r} is not a number") from None
     if key in ("size", "max_size"):
         if not value.isdigit() or int(value) < 1:
             raise SourceError(f"{spec!r}: {key} {value!r} is not a whole number of pixels >= 1")
