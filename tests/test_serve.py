@@ -349,6 +349,117 @@ def test_cache_is_bounded(predictor):
         assert c.post(f"/v1/segment/{ids[-1]}/threshold", json={"threshold": 0.5}).status_code == 200
 
 
+# ---- batching ---------------------------------------------------------------------------------
+
+def _odd_sizes() -> list[np.ndarray]:
+    """Four scenes of three shapes: in one batch the network pads them to a common size."""
+    scenes = [np.asarray(Image.open(s).convert("RGB")) for s in SCENES[:4]]
+    return [scenes[0], np.ascontiguousarray(scenes[1][:, :192]), np.ascontiguousarray(scenes[2][:160]),
+            scenes[3]]
+
+
+@pytest.mark.parametrize("together", [True, None], ids=["padded-batch", "cpu-default"])
+def test_waiting_requests_run_as_one_batch(together):
+    # requests that wait while the network is busy run as one batch: each answer is that of
+    # `predict --batch-size 4` on the four images (True: one padded tensor, as on a GPU; None:
+    # the CPU's way, each image alone, so a single image's answer), re-thresholding from the
+    # batch's cached outputs equals a fresh batch at that threshold; a bad upload in the batch
+    # is its own 415, and a request at another threshold runs in a batch of its own
+    predictor = Predictor("demo", batched_network=together)
+    images = _odd_sizes()
+    bodies = [_encode(im, "PNG") for im in images]
+    app = create_app(predictor, Limits(max_batch=8, batch_wait_ms=20))
+    worker = app.state.worker
+
+    async def scenario():
+        release, started = threading.Event(), threading.Event()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            busy = asyncio.create_task(worker.run(_blocker(release, started)))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            sends = [c.post("/v1/segment", content=b) for b in bodies]
+            sends += [c.post("/v1/segment", content=b"not an image"),
+                      c.post("/v1/segment?threshold=0.2", content=bodies[1])]
+            tasks = [asyncio.create_task(send) for send in sends]
+            while worker.depth < 1 + len(tasks):
+                await asyncio.sleep(0.01)
+            release.set()
+            await busy
+            answers = await asyncio.gather(*tasks)
+            rethresholded = {t: [await c.post(f"/v1/segment/{a.json()['request_id']}/threshold",
+                                              json={"threshold": t}) for a in answers[:4]]
+                             for t in (0.05, 0.9, 0.3)}
+            return answers, rethresholded, (await c.get("/metrics")).text
+
+    answers, rethresholded, metrics = asyncio.run(scenario())
+    worker.close()
+    expected = Predictor("demo", batched_network=together, batch_size=4).predict_batch(images)
+    if together:  # padding to the batch's size changes the answers: the comparison means something
+        alone = [predictor.predict(im) for im in images]
+        assert any(len(e.segments_info) != len(a.segments_info) for e, a in zip(expected, alone, strict=True))
+    for r, e in zip(answers[:4], expected, strict=True):
+        assert r.status_code == 200, r.text
+        _check_result(r.json(), e, predictor)
+    assert answers[4].status_code == 415 and "\n" not in answers[4].json()["detail"]
+    _check_result(answers[5].json(), Predictor("demo", threshold=0.2).predict(images[1]), predictor)
+    # one batch of the 4 decoded images, one of 1 (the other threshold)
+    assert "panoptic_detr_batch_size_count 2.0" in metrics and "panoptic_detr_batch_size_sum 5.0" in metrics
+    assert 'panoptic_detr_batch_size_bucket{le="3.0"} 1.0' in metrics
+    for t, replies in rethresholded.items():
+        fresh = Predictor("demo", batched_network=together, batch_size=4, threshold=t).predict_batch(images)
+        for r, e in zip(replies, fresh, strict=True):
+            assert r.status_code == 200, r.text
+            _check_result(r.json(), e, predictor)
+
+
+def test_batching_settings(predictor, monkeypatch):
+    # one at a time on a CPU unless asked; the command's flags reach the app
+    with TestClient(create_app(predictor)) as c:
+        limits = c.get("/v1/model").json()["limits"]
+        assert limits["max_batch"] == 1 and c.app.state.worker.max_batch == 1
+    seen = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(app=app, **kw))
+    assert main(["serve", "--max-batch", "3", "--batch-wait-ms", "2.5"]) == 0
+    worker = seen["app"].state.worker
+    assert (worker.max_batch, worker.batch_wait_s) == (3, 0.0025)
+    for bad in (["--max-batch", "0"], ["--batch-wait-ms", "-1"], ["--batch-wait-ms", "nan"]):
+        with pytest.raises(SystemExit):
+            main(["serve", *bad])
+
+
+def test_worker_batches_only_equal_keys():
+    # the worker's own rules: same function and key, at most max_batch, cancelled jobs left out
+    from panoptic_detr.serve.worker import Worker
+
+    worker = Worker(max_queue=16, timeout_s=10, max_batch=3, batch_wait_s=0.01)
+    batches = []
+
+    def double(items: list[int]) -> list[int | Exception]:
+        batches.append(list(items))
+        return [ValueError(f"odd {i}") if i % 2 else 2 * i for i in items]
+
+    async def scenario():
+        release, started = threading.Event(), threading.Event()
+        busy = asyncio.create_task(worker.run(_blocker(release, started)))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        jobs = [asyncio.create_task(worker.run_batched(double, i, key=i % 3 == 0)) for i in range(8)]
+        while worker.depth < 9:
+            await asyncio.sleep(0.01)
+        jobs[4].cancel()  # still waiting: never runs
+        await asyncio.sleep(0.01)
+        release.set()
+        await busy
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    worker.close()
+    assert batches == [[0, 3, 6], [1, 2, 5], [7]]  # first come first, key by key, 3 at most
+    assert [r if isinstance(r, int) else type(r).__name__ for r in results] == [
+        0, "ValueError", 4, "ValueError", "CancelledError", "ValueError", 12, "ValueError"]
+    assert worker.depth == 0
+
+
 # ---- schemathesis -----------------------------------------------------------------------------
 
 def test_no_server_errors_over_the_openapi_schema(predictor):

@@ -13,14 +13,23 @@ from .weights_flag import add_weights_flag
 API_KEY_ENV = "PANOPTIC_DETR_API_KEY"
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"{text} is out of range (expected a number > 0)")
-    return value
+def _number(low: float, *, inclusive: bool):
+    """argparse type: a finite number > low (>= low when inclusive), refused in one line."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low <= value if inclusive else low < value) or value == float("inf"):  # NaN fails too
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range (expected a number {'>=' if inclusive else '>'} {low:g})")
+        return value
+
+    return parse
+
+
+_positive = _number(0, inclusive=False)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="requests that may wait for the network; more get 503 + Retry-After (8)")
     p.add_argument("--timeout", type=_positive, default=60.0,
                    help="seconds a request may wait for and use the network; then 503 (60)")
+    p.add_argument("--max-batch", type=whole_number(1), default=None,
+                   help="segment requests waiting together run through the network as one batch, "
+                        "results as predict --batch-size N gives them (default 4 on a GPU, 1 on a CPU)")
+    p.add_argument("--batch-wait-ms", type=_number(0, inclusive=True), default=10.0,
+                   help="how long to wait for more requests to fill a batch (10)")
     p.add_argument("--cache-mb", type=_positive, default=512.0,
                    help="memory for the network outputs kept for re-thresholding (512)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -73,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError("--api-key is empty")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     max_queue=args.queue_size, timeout_s=args.timeout,
-                    cache_bytes=int(args.cache_mb * 2**20))
+                    cache_bytes=int(args.cache_mb * 2**20), max_batch=args.max_batch,
+                    batch_wait_ms=args.batch_wait_ms)
     predictor = Predictor(args.weights, preset=args.preset, device=args.device, **settings_kwargs(args))
     name = os.path.basename(os.fspath(args.weights))
     app = create_app(predictor, limits, api_key=api_key, cors_origins=tuple(args.cors_origin),
