@@ -330,6 +330,54 @@ def test_close_finishes_the_queued_jobs():
     asyncio.run(scenario())
 
 
+def test_sigterm_lets_requests_in_flight_finish(tmp_path):
+    # the real command under uvicorn: SIGTERM while requests run or wait for the network, each
+    # of them still answered 200 with predict's segments, and the process exits 0
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "panoptic_detr", "serve", "--port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        body = SCENES[2].read_bytes()
+        with ThreadPoolExecutor(6) as pool:
+            sent = [pool.submit(httpx.post, f"{url}/v1/segment", content=body, timeout=60) for _ in range(6)]
+            while httpx.get(f"{url}/readyz", timeout=5).json()["queue_depth"] < 2:  # some wait
+                assert not all(f.done() for f in sent), "the requests ended before the signal"
+            server.send_signal(signal.SIGTERM)
+            answers = [f.result() for f in sent]
+        assert server.wait(30) == 0, (tmp_path / "serve.log").read_text()
+        assert "stopped (SIGTERM)" in (tmp_path / "serve.log").read_text()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+    predictor = Predictor("demo")
+    expected = segments_json(predictor.predict(SCENES[2]), predictor.categories)
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert r.json()["segments_info"] == expected
+
+
 def test_not_ready_while_closing(predictor):
     with TestClient(create_app(predictor)) as c:
         assert c.get("/readyz").status_code == 200

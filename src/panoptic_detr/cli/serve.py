@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from . import OptionError, whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
@@ -98,5 +102,24 @@ def run(args: argparse.Namespace) -> int:
               "can use the model", file=sys.stderr)
     print(f"serving {name} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    with _sigterm_is_a_stop() as stopped:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    if stopped:
+        print("stopped (SIGTERM): the requests in flight were answered", file=sys.stderr)
     return 0
+
+
+@contextmanager
+def _sigterm_is_a_stop() -> Iterator[list[int]]:
+    """SIGTERM as an ordinary stop: uvicorn finishes the requests in flight, then raises the
+    signal again for the handler that was there before it; with this one the command then
+    returns (exit 0) instead of dying of the signal. Yields the signals seen."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+        yield seen
+        return
+    previous = signal.signal(signal.SIGTERM, lambda sig, _: seen.append(sig))
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)
