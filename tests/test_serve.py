@@ -27,6 +27,7 @@ from panoptic_detr.predictor import Predictor  # noqa: E402
 from panoptic_detr.runner import segments_json  # noqa: E402
 from panoptic_detr.serve import Limits, create_app  # noqa: E402
 from panoptic_detr.serve.worker import JobTimeout  # noqa: E402
+from panoptic_detr.viz import palette  # noqa: E402
 
 SCENES = sorted((Path(__file__).resolve().parents[1] / "src/panoptic_detr/assets/demo/scenes").glob("*.jpg"))
 KEY = "s3cret-key"
@@ -76,8 +77,9 @@ def test_segments_equal_predict(client, predictor, scene):
         assert r.headers["X-Request-Id"] == r.json()["request_id"]
     ids = {multipart.json()["request_id"], raw.json()["request_id"]}
     assert len(ids) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
-    colors = multipart.json()["colors"]
-    assert sorted(map(int, colors)) == [s["id"] for s in expected.segments_info]
+    colors = multipart.json()["colors"]  # the overlays' colours: each thing instance its own
+    assert colors == {str(k): list(v) for k, v in palette(expected, predictor.categories).items()}
+    assert len({tuple(c) for c in colors.values()}) == len(expected.segments_info)
 
 
 def test_accept_png_and_threshold_field(client, predictor):
