@@ -436,12 +436,22 @@ def test_waiting_requests_run_as_one_batch(together):
             release.set()
             await busy
             answers = await asyncio.gather(*tasks)
+            # explain runs the image alone: a segment of a padded batch is matched to that run's
+            explained = [(s, await c.get(f"/v1/segment/{a.json()['request_id']}/explain/{s['id']}"))
+                         for a in answers[:4] for s in a.json()["segments_info"][:3]]
             rethresholded = {t: [await c.post(f"/v1/segment/{a.json()['request_id']}/threshold",
                                               json={"threshold": t}) for a in answers[:4]]
                              for t in (0.05, 0.9, 0.3)}
-            return answers, rethresholded, (await c.get("/metrics")).text
+            return answers, explained, rethresholded, (await c.get("/metrics")).text
 
-    answers, rethresholded, metrics = asyncio.run(scenario())
+    answers, explained, rethresholded, metrics = asyncio.run(scenario())
+    for s, r in explained:  # no 500, the same class, or a 404 saying why
+        if r.status_code == 404:
+            assert together and "has no segment of its class when the image runs alone" in r.text
+            continue
+        assert r.status_code == 200, r.text
+        assert r.json()["category_id"] == s["category_id"] and len(r.json()["heads"]) > 0
+    assert sum(r.status_code == 200 for _, r in explained) >= len(explained) // 2
     worker.close()
     expected = Predictor("demo", batched_network=together, batch_size=4).predict_batch(images)
     if together:  # padding to the batch's size changes the answers: the comparison means something

@@ -37,7 +37,7 @@ from ..predictor import Predictor
 from ..runner import segments_json
 from ..structures import PanopticResult
 from ..viz import palette
-from .engine import Engine, Entry, ResultCache
+from .engine import Engine, Entry, NoCounterpart, ResultCache
 from .metrics import Metrics
 from .uploads import FORMATS, MULTIPART_SLACK, BodyLimit, UploadError, decode_upload, read_upload
 from .worker import JobTimeout, QueueFull, Worker
@@ -243,7 +243,10 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
             raise HTTPException(409, f"explanations need the torch runtime (this server runs "
                                      f"{predictor.settings.runtime}): serve with --runtime torch")
         entry = entry_of(request_id)
-        found = await worker.run(explain_job, entry, segment_id)
+        try:
+            found = await worker.run(explain_job, entry, segment_id)
+        except NoCounterpart as e:
+            raise HTTPException(404, str(e)) from None
         cache.put(request_id, entry)
         if found is None:
             raise HTTPException(404, f"request {request_id} has no segment {segment_id} at threshold "

@@ -122,12 +122,21 @@ class Engine:
 
     def explain(self, entry: Entry, segment_id: int) -> dict[str, Any] | None:
         """That segment's per-head attention maps and mask logits as PNG pictures over the
-        image (`explain`'s data and figures); None when the entry has no such segment."""
+        image (`explain`'s data and figures); None when the entry has no such segment.
+
+        `explain` runs the image alone; for an entry that ran in a padded batch, whose segments
+        may differ a little, the segment explained is the one of that run with the same class
+        that overlaps it most (`NoCounterpart` when there is none)."""
         if not any(int(s["id"]) == segment_id for s in entry.result.segments_info):
             return None
         if entry.explanation is None:
             entry.explanation = explain(self.predictor, entry.image, threshold=entry.threshold)
         e = entry.explanation
+        alone = _same_segment(entry.result, e.result, segment_id)
+        if alone is None:
+            raise NoCounterpart(f"segment {segment_id} came from a batch of requests and has no "
+                                "segment of its class when the image runs alone, as explain runs it")
+        segment_id = alone
         q = e.query_of_segment(segment_id)
         figures = Figures(e)
         size = thumb_size(entry.image.shape[:2], EXPLAIN_LONG_SIDE)
@@ -141,6 +150,27 @@ class Engine:
                       for m, panel in enumerate(figures.attention(q.index, size))],
             "mask_logits": figures.logits(q.index, size),
         }
+
+
+class NoCounterpart(LookupError):
+    """A segment of a batched request that the image's run alone does not have."""
+
+
+def _same_segment(ours: PanopticResult, alone: PanopticResult, segment_id: int) -> int | None:
+    """The id in `alone` of segment `segment_id` of `ours` (the same image): itself when the two
+    id maps agree, else the segment of its class with the largest intersection over union."""
+    if torch.equal(ours.id_map, alone.id_map):
+        return segment_id
+    category = next(int(s["category_id"]) for s in ours.segments_info if int(s["id"]) == segment_id)
+    mask = ours.id_map == segment_id
+    best, best_iou = None, 0.0
+    for s in alone.segments_info:
+        if int(s["category_id"]) == category:
+            other = alone.id_map == int(s["id"])
+            iou = float((mask & other).sum()) / max(1, int((mask | other).sum()))
+            if iou > best_iou:
+                best, best_iou = int(s["id"]), iou
+    return best
 
 
 class ResultCache:
