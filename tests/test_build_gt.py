@@ -408,12 +408,12 @@ def test_model_source_labels_the_rest_and_load_errors_stop(tmp_path, monkeypatch
             self.categories = Categories(synth_categories())
             self.pretrained = types.SimpleNamespace(source=f"{weights} (a test double)")
 
-        def predict(self, path):
-            i = int(Path(path).stem)
-            if i == 2:
-                raise OSError("truncated JPEG")
-            id_map, segs = _original(i)
-            return PanopticResult(torch.from_numpy(id_map), segs)
+        def predict_arrays(self, arrays):  # which scene: the nearest of the three (JPEG is lossy)
+            scenes = [make_scene(SEED, i, SIZE, crowd_prob=0.7)[0].astype(float) for i in range(3)]
+            found = [int(np.argmin([np.abs(a - s).mean() for s in scenes])) for a in arrays]
+            if 2 in found:
+                raise RuntimeError("out of memory\n(details)")
+            return [PanopticResult(torch.from_numpy(_original(i)[0]), _original(i)[1]) for i in found]
 
     fake = types.SimpleNamespace(Predictor=FakePredictor)
     monkeypatch.setitem(sys.modules, "panoptic_detr.predictor", fake)
@@ -425,7 +425,8 @@ def test_model_source_labels_the_rest_and_load_errors_stop(tmp_path, monkeypatch
     assert seen["weights"] == "some.pt" and seen["threshold"] == 0.6
     assert lines[0] == "model:some.pt@0.6: weights some.pt (a test double)"  # which weights run
     assert lines[1] == "model:some.pt@0.6: one model in memory on its device: --workers ignored"
-    assert lines[2] == f"{images / _name(2)}.jpg: model:some.pt@0.6: truncated JPEG"
+    assert lines[2] == (f"{images / _name(2)}.jpg: prediction failed (RuntimeError: model:some.pt@0.6: "
+                        "out of memory (details))")
     assert [f["file_name"] for f in report["images"]["failed"]] == [f"{_name(2)}.jpg"]
     original, rebuilt = _segments(tmp_path / "orig"), _segments(tmp_path / "m")
     for i in (0, 1):

@@ -10,7 +10,7 @@ import torch
 from panoptic_detr.ops.boxes import masks_to_boxes_xyxy, xyxy_to_cxcywh
 from panoptic_detr.structures import PaddedBatch, Target
 from panoptic_detr.train.criterion import SetCriterion
-from panoptic_detr.train.matcher import hungarian_match
+from panoptic_detr.train.matcher import MatchCosts, hungarian_match
 from panoptic_detr.train.model_with_loss import ModelWithLoss
 from tiny_detr import TinyDETR
 
@@ -46,8 +46,10 @@ def tiny_real_model() -> torch.nn.Module:
     return build_model(PRESETS["tiny"].with_overrides(num_classes=4))
 
 
+@pytest.mark.parametrize("costs", [MatchCosts(), MatchCosts(mask_weight=2.0, dice_weight=5.0)],
+                         ids=["box-costs", "mask-costs"])
 @pytest.mark.parametrize("make_model", [TinyDETR, tiny_real_model], ids=["stand-in", "detr-tiny"])
-def test_matched_only_masks_equal_all_queries_loss_and_grads(make_model):
+def test_matched_only_masks_equal_all_queries_loss_and_grads(make_model, costs):
     torch.manual_seed(0)
     model = make_model().double()
     g = torch.Generator().manual_seed(1)
@@ -57,7 +59,7 @@ def test_matched_only_masks_equal_all_queries_loss_and_grads(make_model):
     results = []
     for all_queries in (False, True):
         model.zero_grad()
-        step = ModelWithLoss(model, SetCriterion(num_classes=4), all_query_masks=all_queries)
+        step = ModelWithLoss(model, SetCriterion(num_classes=4, costs=costs), all_query_masks=all_queries)
         losses = step(batch, targets)
         losses["loss"].backward()
         results.append(({k: v.detach() for k, v in losses.items()}, _grads(model)))

@@ -17,11 +17,12 @@ from panoptic_detr.data.synth import make_dataset, make_scene
 from panoptic_detr.gt import build_gt
 from panoptic_detr.gt.box_masks import fill_box_masks, rectangle
 from panoptic_detr.gt.compose import compose, merge_things
-from panoptic_detr.gt.instance_model import Detections, InstanceModelSource, SourceError
+from panoptic_detr.gt.instance_model import Detections, InstanceModelSource, InstanceOutput, SourceError
 from panoptic_detr.gt.instances import crop_mask, decode_segmentation
 from panoptic_detr.gt.maskrcnn import COCO_MASKRCNN, MaskRCNNConfig, build_small, load_instance_model
 from panoptic_detr.gt.taxonomy import STUFF, THING, Rule
 from panoptic_detr.model.weights import WeightsError
+from panoptic_detr.settings import SettingsError
 
 
 def _square(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -78,14 +79,20 @@ class _FakeModel:
     spec = "model:fake"
     categories = [{"id": 1, "name": "circle", "isthing": 1}, {"id": 2, "name": "square", "isthing": 1}]
 
-    def __init__(self, mask: np.ndarray):
+    def __init__(self, mask: np.ndarray | None):
         self.mask = mask
+        self.seen: list = []
 
-    def instances(self, image_path, height, width):
-        return Detections([crop_mask(self.mask)], [2], [0.9])
+    def predict_arrays(self, images, boxes=None, wanted=None, *, detect=True):
+        self.seen.append((len(images), boxes, wanted, detect))
+        return [InstanceOutput(Detections([crop_mask(self.mask)], [2], [0.9]) if detect else None,
+                               *self._discs(image.shape[:2], boxes[k] if boxes else [],
+                                            wanted[k] if wanted else []))
+                for k, image in enumerate(images)]
 
-    def masks_in_boxes(self, image_path, height, width, boxes, wanted):
-        yy, xx = np.mgrid[:height, :width]
+    @staticmethod
+    def _discs(size, boxes, wanted):
+        yy, xx = np.mgrid[:size[0], :size[1]]
         out = []
         for x0, y0, x1, y1 in boxes:
             r = min(x1 - x0, y1 - y0) / 2
@@ -185,19 +192,23 @@ def test_box_only_annotations_without_box_masks_are_reported(tmp_path):
 
 
 def test_fill_box_masks_rectangle_and_wanted_classes():
-    anns = [{"id": 1, "category_id": 5, "bbox": [1.5, 2, 3, 4]}]
-    filled, origins = fill_box_masks(anns, None, 10, 10, "box", {})
-    assert origins == ["box"] and "segmentation" not in anns[0]  # the input is left alone
+    from panoptic_detr.gt.models import BuildModels
+
+    anns = [{"id": 1, "category_id": 5, "bbox": [1.5, 2, 3, 4]},
+            {"id": 2, "category_id": 1, "bbox": [6, 6, 2, 2]}]
+    filled, origins = fill_box_masks(anns, 10, 10, "box")
+    assert origins == ["box", "box"] and "segmentation" not in anns[0]  # the input is left alone
     assert rectangle([1.5, 2, 4.5, 6], 10, 10).sum() == 3 * 4
-    seen = {}
-
-    class Spy(_FakeModel):
-        def masks_in_boxes(self, image_path, height, width, boxes, wanted):
-            seen["wanted"] = wanted
-            return super().masks_in_boxes(image_path, height, width, boxes, wanted)
-
-    _, origins = fill_box_masks(anns, None, 10, 10, Spy(None), {5: {2}})
-    assert seen["wanted"] == [{2}] and origins == ["model_box"]
+    spy = _FakeModel(None)
+    models = BuildModels(None, None, spy, {5: {2}})
+    (out,) = models.predict_items([({"id": 1}, anns)], [np.zeros((10, 10, 3))])
+    ((n, boxes, wanted, detect),) = spy.seen
+    assert (n, wanted, detect) == (1, [[{2}, set()]], False)  # the classes that map to each box's class
+    np.testing.assert_array_equal(boxes[0], [[1.5, 2, 4.5, 6], [6, 6, 8, 8]])
+    empty = np.zeros((10, 10), bool)  # where the model sees nothing, the box is filled
+    filled, origins = fill_box_masks(anns, 10, 10, "model", [out.box_masks[0], empty])
+    assert origins == ["model_box", "box"]
+    assert decode_segmentation(filled[1]["segmentation"], 10, 10)[0].sum() == 4
 
 
 # ---------------------------------------------------------------- the real networks
@@ -205,12 +216,12 @@ def test_fill_box_masks_rectangle_and_wanted_classes():
 
 def test_box_masks_by_the_standin_lie_in_their_boxes_and_use_the_wanted_channel(tmp_path):
     image, id_map, segs = make_scene(3, 0, (128, 160))
-    Image.fromarray(image).save(tmp_path / "s.png")
     things = [s for s in segs if s["category_id"] <= 6]
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (s["bbox"] for s in things)], np.float32)
     source = InstanceModelSource("demo-maskrcnn", device="cpu")
     wanted = [{s["category_id"]} if k % 2 else set() for k, s in enumerate(things)]
-    masks, channels = source.masks_in_boxes(tmp_path / "s.png", 128, 160, boxes, wanted)
+    (out,) = source.predict_arrays([image], [boxes], [wanted])
+    masks, channels = out.box_masks, out.channels
     assert len(masks) == len(things) > 0
     for k, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes.astype(int), strict=True)):
         outside = mask.copy()
@@ -220,8 +231,8 @@ def test_box_masks_by_the_standin_lie_in_their_boxes_and_use_the_wanted_channel(
             assert channels[k] == things[k]["category_id"]
         else:
             assert 1 <= channels[k] <= 6
-    # the instances of the same image come from the same backbone run as a plain forward pass
-    found = source.instances(tmp_path / "s.png", 128, 160)
+    # the instances of the same backbone run are a plain forward pass's
+    found = out.detections
     net = source._load().model
     with torch.inference_mode():
         ref = net([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
@@ -231,6 +242,31 @@ def test_box_masks_by_the_standin_lie_in_their_boxes_and_use_the_wanted_channel(
     assert found.labels == [int(ref["labels"][keep][k]) for k in nonempty]
     for k, (box, crop) in zip(nonempty, found.masks, strict=True):
         assert np.array_equal(ref_masks[k][box], crop) and ref_masks[k][box].sum() == ref_masks[k].sum()
+
+
+def test_standin_batched_equals_one_by_one():
+    """Same-size images in one padded batch give each image's own detections and box masks
+    (the padding is the same as alone): the maths says equal, float32 rounding allows a few
+    mask pixels on the 0.5 boundary."""
+    scenes = [make_scene(5, i, (96, 128)) for i in range(3)]
+    images = [im for im, _, _ in scenes]
+    boxes = [np.array([[x, y, x + w, y + h] for x, y, w, h in
+                       (s["bbox"] for s in segs if s["category_id"] <= 6)],
+                      np.float32).reshape(-1, 4) for _, _, segs in scenes]
+    wanted = [[set()] * len(b) for b in boxes]
+    alone = InstanceModelSource("demo-maskrcnn", 0.05, device="cpu", batched=False)
+    together = InstanceModelSource("demo-maskrcnn", 0.05, device="cpu", batched=True)
+    one, many = alone.predict_arrays(images, boxes, wanted), together.predict_arrays(images, boxes, wanted)
+    assert sum(len(o.detections.labels) for o in one) > 0 and sum(len(b) for b in boxes) > 0
+    for a, b in zip(one, many, strict=True):
+        assert a.detections.labels == b.detections.labels and a.channels == b.channels
+        torch.testing.assert_close(a.detections.scores, b.detections.scores, atol=1e-4, rtol=0)
+        for (box_a, crop_a), (box_b, crop_b) in zip(a.detections.masks, b.detections.masks, strict=True):
+            full_a, full_b = np.zeros((96, 128), bool), np.zeros((96, 128), bool)
+            full_a[box_a], full_b[box_b] = crop_a, crop_b
+            assert (full_a != full_b).sum() <= 2
+        for ma, mb in zip(a.box_masks, b.box_masks, strict=True):
+            assert (ma != mb).sum() <= 2 and ma.any()
 
 
 def test_standin_checkpoint_records_its_architecture(tmp_path):
@@ -266,18 +302,78 @@ def test_maskrcnn_offline_message_names_the_file_and_the_cache_path(tmp_path, mo
         InstanceModelSource("maskrcnn")
 
 
-def test_the_model_source_isolates_a_bad_image(tmp_path):
-    pan = make_dataset(tmp_path / "d", 3, seed=4, size=(64, 80), progress=False)
+def test_the_model_source_under_the_runner_isolates_a_bad_image(tmp_path, monkeypatch):
+    """build-gt with an instance model runs through runner.run_images in batches: a corrupt file
+    and an image the network fails on cost one line each (naming the file), the others are
+    built, their batch-mates included."""
+    from panoptic_detr.data.images import load_image
+
+    pan = make_dataset(tmp_path / "d", 4, seed=4, size=(64, 80), progress=False)
     images = pan.parent / "images"
     data = (images / "000001.jpg").read_bytes()
     (images / "000001.jpg").write_bytes(data[: len(data) // 2])  # a header, half the pixels
+    poison = load_image(images / "000002.jpg")
+    run, calls = InstanceModelSource.predict_arrays, []
+
+    def fails_on_poison(self, batch, *args, **kwargs):
+        calls.append(len(batch))
+        if any(np.array_equal(im, poison) for im in batch):
+            raise RuntimeError("out of memory\nsecond line")
+        return run(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(InstanceModelSource, "predict_arrays", fails_on_poison)
     lines: list[str] = []
-    report = build_gt(None, images, tmp_path / "out", things_from="model:demo-maskrcnn", progress=False,
-                      log=lines.append, instance_options={"device": "cpu"})
-    assert [f["file_name"] for f in report["images"]["failed"]] == ["000001.jpg"]
-    assert report["images"]["processed"] == 2
-    bad = [line for line in lines if "000001.jpg" in line]
-    assert len(bad) == 1 and "\n" not in bad[0] and "demo-maskrcnn" in bad[0]
+    report = build_gt(None, images, tmp_path / "out", things_from="model:demo-maskrcnn,device=cpu",
+                      progress=False, log=lines.append, batch_size=2, previews=False)
+    assert calls == [1, 2, 1, 1]  # 000000 (its batch-mate unreadable); 000002 + 000003, then one by one
+    assert [f["file_name"] for f in report["images"]["failed"]] == ["000001.jpg", "000002.jpg"]
+    assert report["images"]["processed"] == 2 and (tmp_path / "out" / "panoptic" / "000003.png").is_file()
+    assert [line for line in lines if "000001.jpg" in line] == [
+        f"{images / '000001.jpg'}: truncated or corrupt JPEG (image file is truncated "
+        "(13 bytes not processed))"]
+    assert [line for line in lines if "000002.jpg" in line] == [
+        f"{images / '000002.jpg'}: prediction failed (RuntimeError: model:demo-maskrcnn,device=cpu: "
+        "out of memory second line)"]
+
+
+def test_each_model_source_takes_its_own_options(tmp_path):
+    """A DETR stuff source and a Mask R-CNN things source, each with its own threshold, size and
+    device in its spec; the spec's options win over the flags' defaults; bad values are one
+    line naming the spec."""
+    from panoptic_detr.gt.instance_model import parse_instance_spec
+    from panoptic_detr.gt.sources import open_source, parse_model_spec
+    from predict_fixtures import save_checkpoint, tiny_pretrained
+
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_pretrained())
+    stuff = open_source(f"model:{ckpt}@0.4,size=64,max_size=96,device=cpu", size=32, max_size=32)
+    things = parse_instance_spec("model:demo-maskrcnn,threshold=0.3,size=96,max-size=112,device=cpu",
+                                 size=200, device="cuda")
+    assert (stuff._load().threshold, stuff._load().size, stuff._load().max_size) == (0.4, 64, 96)
+    transform = things._load().model.transform
+    assert (things.threshold, transform.min_size, transform.max_size) == (0.3, (96,), 112)
+    assert str(stuff._load().device) == "cpu" and things.device == "cpu"
+    boxes = parse_instance_spec("model:demo-maskrcnn@0.9,size=96,max_size=112,device=cpu", like=things)
+    assert boxes._model is things._model and (boxes.threshold, things.threshold) == (0.9, 0.3)
+    assert parse_model_spec("model:runs/a,b.pt@0.5,size=10").weights == "runs/a,b.pt"
+    for spec, words in (("model:demo,size=0", "size '0' is not a whole number of pixels >= 1"),
+                        ("model:demo,size=abc", "size 'abc' is not a whole number"),
+                        ("model:demo@x", "threshold 'x' is not a number"),
+                        ("model:demo@0.5,threshold=0.6", "threshold given twice"),
+                        ("model:demo,size=100,max_size=50", "max_size 50 is below size 100"),
+                        ("model:demo,device=gpu", "device 'gpu' is not a device torch knows"),
+                        ("model:demo,dtype=bfloat16",
+                         "unknown option 'dtype' (this source takes threshold, size, max_size, device)"),
+                        ("model:@0.5", "no weights named")):
+        with pytest.raises(SourceError) as err:
+            parse_instance_spec(spec)
+        line = str(err.value)
+        assert line.startswith(f"{spec!r}: ") and words in line and "\n" not in line
+    with pytest.raises(SourceError, match="unknown option 'batch'"):
+        open_source("model:demo,batch=2")
+    with pytest.raises(SourceError, match=r"^model:demo-maskrcnn,threshold=1.5: threshold 1.5 is not "):
+        parse_instance_spec("model:demo-maskrcnn,threshold=1.5")
+    with pytest.raises(SettingsError, match="threshold must be"):  # DETR's range, said as predict says it
+        open_source("model:demo,threshold=1")
 
 
 def test_things_rules_follow_the_taxonomy():
@@ -324,3 +420,43 @@ def test_standin_training_is_reproducible_from_its_seed(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert runs[0]["inference"]["trained"]["seed"] == 3
     assert load_instance_model(tmp_path / "a.pt").categories[0]["name"] == "circle"
+
+
+def _workflow(text: str, after: str) -> list[str]:
+    """The commands of the first ```bash block after `after`, continuation lines joined,
+    comments dropped."""
+    block = text.split(after, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #", 1)[0].rstrip() for line in block.replace("\\\n", " ").splitlines()]
+    return [" ".join(line.split()) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_the_seed_workflow_with_the_standins_runs_as_written(tmp_path, monkeypatch):
+    """docs/ground_truth.md's offline workflow (boxes -> build-gt with the stand-ins for every
+    model -> check -> evaluate -> train fine-tuning from a checkpoint), command by command, with
+    fewer images and steps; the README shows the same commands."""
+    import shlex
+    import subprocess
+    import sys
+
+    from panoptic_detr.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "ground_truth.md").read_text()
+    commands = _workflow(docs, "The same workflow without a download")
+    readme = _workflow((root / "README.md").read_text(), "The workflow offline, as written")
+    assert readme and set(readme) <= set(commands) and len(commands) == 7
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        command = command.replace("--n 20", "--n 3").replace("configs/", f"{root}/configs/")
+        command = command.replace("steps=20 eval_every=20 checkpoint_every=20",
+                                  "steps=1 eval_every=1 checkpoint_every=1")
+        argv = shlex.split(command)
+        if argv[0] == "python":
+            subprocess.run([sys.executable, *argv[1:]], check=True)
+        else:
+            quiet = ["--quiet"] if argv[1] in ("synth", "build-gt") else []
+            assert argv[0] == "panoptic-detr" and main(argv[1:] + quiet) == 0, command
+    report = json.loads(Path("data/site_gt/report.json").read_text())
+    assert report["images"]["processed"] == 3 and report["masks"]["model_box"] > 0
+    assert report["stuff_from"] == "model:demo@0.5,size=128,max_size=160"
+    assert Path("runs/site/checkpoint_last.pt").is_file()

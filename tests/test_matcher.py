@@ -74,3 +74,59 @@ def test_perfect_predictions_match_themselves():
         boxes[0, q] = tboxes[s]
     ((q, t),) = hungarian_match(logits, boxes, [labels], [tboxes])
     assert dict(zip(t.tolist(), q.tolist(), strict=True)) == {0: 4, 1: 1, 2: 3}
+
+
+def _disc(h: int, w: int, cy: float, cx: float, r: float) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    return (((ys - cy) ** 2 + (xs - cx) ** 2) <= r * r).double()
+
+
+def test_mask_costs_decide_where_boxes_and_classes_cannot():
+    """Two segments with the same class and box (a ring around a disc): the box costs tie, so
+    DETR's matching takes the identity; with mask costs the query whose mask is the ring gets
+    the ring whichever query holds it."""
+    h = w = 32
+    disc, outer = _disc(h, w, 16, 16, 6), _disc(h, w, 16, 16, 12)
+    ring = outer - disc
+    targets = torch.stack([ring, disc])
+    box = torch.tensor([[0.5, 0.5, 0.75, 0.75]], dtype=torch.float64)
+    tboxes = box.repeat(2, 1)
+    labels = torch.tensor([1, 1])
+    logits = torch.zeros(1, 2, 3, dtype=torch.float64)
+    # query 0 predicts the disc, query 1 the ring, as logits at a quarter of the resolution
+    pred = torch.stack([disc, ring])[None]
+    pred = torch.nn.functional.avg_pool2d(pred, 4)[0] * 20 - 10
+    costs = MatchCosts(mask_weight=1.0, dice_weight=1.0)
+    [(q, t)] = hungarian_match(logits, box[None].repeat(1, 2, 1), [labels], [tboxes], costs,
+                               [pred], [targets])
+    assert dict(zip(t.tolist(), q.tolist(), strict=True)) == {0: 1, 1: 0}
+    # the same with the queries swapped: the matching follows the masks
+    [(q, t)] = hungarian_match(logits, box[None].repeat(1, 2, 1), [labels], [tboxes], costs,
+                               [pred.flip(0)], [targets])
+    assert dict(zip(t.tolist(), q.tolist(), strict=True)) == {0: 0, 1: 1}
+
+
+def test_mask_cost_matrix_against_its_definition():
+    from panoptic_detr.train.matcher import mask_cost_matrix
+
+    g = torch.Generator().manual_seed(4)
+    pred = torch.randn(5, 6, 7, generator=g, dtype=torch.float64)
+    tgt = (torch.rand(3, 24, 28, generator=g) > 0.5).double()
+    got = mask_cost_matrix(pred, tgt, MatchCosts(mask_weight=2.0, dice_weight=3.0))
+    t = torch.nn.functional.avg_pool2d(tgt[None], 4)[0].flatten(1)
+    for i in range(5):
+        for j in range(3):
+            x = pred[i].flatten().float()
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(x, t[j].float())
+            p = x.sigmoid()
+            dice = 1 - (2 * (p * t[j]).sum() + 1) / (p.sum() + t[j].sum() + 1)
+            torch.testing.assert_close(got[i, j], (2 * bce + 3 * dice).to(got.dtype), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_costs_need_masks():
+    import pytest
+
+    logits, boxes, labels, tboxes = _random_case(torch.Generator().manual_seed(5), 1, 3, 2, [2])
+    with pytest.raises(ValueError, match="pred_masks"):
+        hungarian_match(logits, boxes, labels, tboxes, MatchCosts(dice_weight=1.0))

@@ -264,3 +264,56 @@ def test_select_queries_thresholds_bfloat16_logits_in_float32():
     result = panoptic_postprocess(logits, masks, (16, 16), (16, 16), (16, 16), is_thing, threshold=0.88,
                                   query_idx=torch.tensor([0, 1]))
     assert len(result.segments_info) == 2
+
+
+def _confident(classes: list[int], num_classes: int = 7) -> torch.Tensor:
+    logits = torch.zeros(len(classes), num_classes + 1)
+    logits[torch.arange(len(classes)), torch.tensor(classes)] = 10.0
+    return logits
+
+
+def test_overlap_threshold_drops_thing_fragments_only():
+    """Query 1 (a thing) has a large mask but wins only a sliver: query 0, another thing, is
+    stronger on most of it. With overlap_threshold 0.5 the sliver goes (its pixels to the next
+    best query), with 0 it stays; a stuff query left with a sliver is never dropped by it."""
+    h, w = 16, 20  # a 4 x 5 grid of mask logits
+    masks = torch.full((3, h // 4, w // 4), -5.0)
+    masks[2] = 1.0  # stuff everywhere, weak: it wins the last column
+    masks[0, :, :3] = 8.0  # thing 0: the left three columns, strong
+    masks[1, :, :3] = 4.0  # thing 1: its own mask is the first four columns, but thing 0 is
+    masks[1, :, 3] = 2.0  # stronger on three of them: it wins only the fourth
+    for classes, dropped in (([0, 1, 3], True), ([0, 3, 3], False)):
+        logits = _confident(classes)
+        plain = panoptic_postprocess(logits, masks, (h, w), (h, w), (h, w), SMALL_IS_THING)
+        assert len(plain.segments_info) == (3 if classes[1] != classes[2] else 2)
+        filtered = panoptic_postprocess(logits, masks, (h, w), (h, w), (h, w), SMALL_IS_THING,
+                                        overlap_threshold=0.5)
+        if not dropped:  # query 1 is stuff (merged with query 2's class): nothing changes
+            assert filtered.segments_info == plain.segments_info
+            assert torch.equal(filtered.id_map, plain.id_map)
+            continue
+        cats = sorted(s["category_id"] for s in filtered.segments_info)
+        assert cats == [0, 3]
+        stuff = next(s for s in filtered.segments_info if s["category_id"] == 3)
+        sliver = plain.id_map == next(s["id"] for s in plain.segments_info if s["category_id"] == 1)
+        # its pixels go to the next best query there: mostly the stuff, thing 0 near its edge
+        assert bool(sliver.any()) and bool((filtered.id_map[sliver] > 0).all())
+        assert float((filtered.id_map[sliver] == stuff["id"]).float().mean()) > 0.5
+        # overlap 0 is exactly the original
+        same = panoptic_postprocess(logits, masks, (h, w), (h, w), (h, w), SMALL_IS_THING,
+                                    overlap_threshold=0.0)
+        assert same.segments_info == plain.segments_info and torch.equal(same.id_map, plain.id_map)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_overlap_threshold_keeps_whole_things_and_only_removes(seed):
+    """On random outputs the filter only removes thing segments: every segment it keeps keeps
+    its class, and the stuff segments are all still there."""
+    logits, masks = random_outputs(seed)
+    plain = panoptic_postprocess(logits, masks, (24, 32), (24, 32), (30, 40), SMALL_IS_THING)
+    filtered = panoptic_postprocess(logits, masks, (24, 32), (24, 32), (30, 40), SMALL_IS_THING,
+                                    overlap_threshold=0.6)
+    plain_stuff = {s["category_id"] for s in plain.segments_info if not s["isthing"]}
+    assert plain_stuff <= {s["category_id"] for s in filtered.segments_info}
+    assert sum(s["isthing"] for s in filtered.segments_info) <= sum(s["isthing"] for s in plain.segments_info)
+    assert sum(s["area"] for s in filtered.segments_info) == sum(s["area"] for s in plain.segments_info)

@@ -192,6 +192,7 @@ def test_every_command_runs_the_same_model_path_by_default(tmp_path, small_val, 
         assert main([*argv, "--quiet"] if name in ("predict", "evaluate") else argv) == 0, name
     open_source("model:demo")._load()
     assert len(built) == 6
-    assert api.settings == InferenceSettings(threshold=0.5, size=128, max_size=160)  # the checkpoint's
+    assert api.settings == InferenceSettings(threshold=0.5, size=128, max_size=160,  # the checkpoint's
+                                             overlap_threshold=0.5)
     for p in built:
         assert p.settings == api.settings and id(p.model) in prepared

@@ -183,7 +183,8 @@ def test_export_is_half_precision_without_train_state(tmp_path):
     small = ckpt_io.load_checkpoint(tmp_path / "small.pt")
     assert "train_state" not in small and small["config"] == full["config"]
     # the validation settings travel with the weights, so predict uses them by default
-    expected = {"size": cfg.data.val_size, "max_size": cfg.data.max_size, "threshold": cfg.eval_threshold}
+    expected = {"size": cfg.data.val_size, "max_size": cfg.data.max_size, "threshold": cfg.eval_threshold,
+                "overlap_threshold": cfg.eval_overlap_threshold}
     assert full["inference"] == small["inference"] == expected
     for k, v in full["model"].items():
         assert small["model"][k].dtype == torch.float16

@@ -164,8 +164,8 @@ class Predictor:
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
         return segment(self.model, batch, [a.shape[:2] for a in arrays], self.is_thing,
                        threshold=s.threshold if threshold is None else threshold,
-                       stuff_merge=s.stuff_merge, mask_chunk=s.mask_chunk,
-                       together=self.batched_network, keep_det=keep_det)
+                       stuff_merge=s.stuff_merge, overlap_threshold=s.overlap_threshold,
+                       mask_chunk=s.mask_chunk, together=self.batched_network, keep_det=keep_det)
 
 
 def _as_pretrained(weights: Any, categories: Categories | None, preset: str | None,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -54,18 +54,32 @@ from .structures import Categories, PanopticResult
 from .viz import overlay
 
 T = TypeVar("T")
-Writer = Callable[[T, np.ndarray, PanopticResult], None]
+Writer = Callable[[T, np.ndarray, Any], None]
 """write(item, image [H, W, 3] uint8, result): store one image's result (raises OSError)."""
+
+
+@runtime_checkable
+class ItemModel(Protocol):
+    """What `run_images` runs besides a `Predictor`: a model of many images that needs each
+    image's item too (build-gt's sources: the boxes annotated in each image)."""
+
+    batch_size: int
+
+    def predict_items(self, items: Sequence[Any], images: Sequence[np.ndarray]) -> list[Any]:
+        """The result of each (item, decoded [H, W, 3] uint8 image), in order; raises
+        RuntimeError / ValueError / MemoryError for a batch it cannot run."""
+        ...
 
 OVERLAY_MAX_SIDE = 2048
 """Overlays of larger images are drawn on a copy scaled down to this longest side."""
 
 
-def run_images(predictor: Predictor, items: Sequence[tuple[Path, T]], write: Writer[T], *,
+def run_images(predictor: Predictor | ItemModel, items: Sequence[tuple[Path, T]], write: Writer[T], *,
                failed: list[str], batch_size: int | None = None, progress: bool = True,
                desc: str | None = None, loader_workers: int = 0) -> list[Path]:
     """Predict the image file of each (path, item) pair and `write(item, image, result)`, in
-    order, `batch_size` images per network call (default: the predictor's).
+    order, `batch_size` images per network call (default: the predictor's). predictor: a
+    `Predictor` (`predict_arrays(images)`), or an `ItemModel` (`predict_items(items, images)`).
 
     The network runs in this thread; `write` runs in a writer thread, one batch behind (PNG
     encoding overlaps the next batch's network); with `loader_workers` > 0 the files are
@@ -149,13 +163,18 @@ class _Decode(torch.utils.data.Dataset):
         return _decode(self.paths[i])
 
 
-def _predict_isolating_failures(predictor: Predictor, loaded: list, failed: list[str]) -> list:
+def _predict_isolating_failures(predictor: Predictor | ItemModel, loaded: list, failed: list[str]) -> list:
     """(loaded item, result) pairs; if the batch fails, image by image, so one bad image costs
     only itself."""
     if not loaded:
         return []
+    images = [im for _, _, im in loaded]
     try:
-        return list(zip(loaded, predictor.predict_arrays([im for _, _, im in loaded]), strict=True))
+        if isinstance(predictor, ItemModel):
+            results = predictor.predict_items([item for _, item, _ in loaded], images)
+        else:
+            results = predictor.predict_arrays(images)
+        return list(zip(loaded, results, strict=True))
     except (RuntimeError, ValueError, MemoryError) as e:
         if len(loaded) == 1:
             why = (str(e).splitlines() or [""])[0][:200]
@@ -635,5 +654,6 @@ def _predictions(out: Path, categories: Categories, failed: list[str]) -> dict[s
     return {"images": images, "annotations": annotations, "categories": categories.to_json()}
 
 
-__all__ = ["IMAGE_EXTENSIONS", "OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs",
-           "file_digest", "output_stems", "predict_files", "run_images", "save_result", "segments_json"]
+__all__ = ["IMAGE_EXTENSIONS", "ItemModel", "OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary",
+           "expand_inputs", "file_digest", "output_stems", "predict_files", "run_images", "save_result",
+           "segments_json"]

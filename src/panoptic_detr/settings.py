@@ -19,7 +19,7 @@ MaskChunk = int | None | Literal["auto"]
 DTYPES = ("float32", "bfloat16")
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
-RECOMMENDED = ("threshold", "size", "max_size", "stuff_merge")
+RECOMMENDED = ("threshold", "size", "max_size", "stuff_merge", "overlap_threshold")
 """The settings a checkpoint may recommend: they belong to the model, not the machine."""
 
 
@@ -41,6 +41,11 @@ class InferenceSettings:
     stuff_merge: StuffMerge = "original"
     """Duplicated stuff: "original" reproduces DETR (extra queries of a stuff class dropped,
     their pixels to the next best query); "union" merges them into one segment."""
+    overlap_threshold: float = 0.0
+    """Fragments: a thing query that wins less than this share of its own mask (the pixels
+    where its mask logit is > 0) in the per-pixel argmax is dropped, and its pixels go to the
+    next best query (Mask2Former's overlap threshold, on things); 0 (DETR) keeps every segment
+    larger than 4 pixels. In [0, 1)."""
     mask_chunk: MaskChunk = "auto"
     """Queries per mask-head call (the same masks, bounded memory): an int >= 1, None for all
     at once, "auto" for `model.detr.DETRPanoptic.mask_chunk`."""
@@ -62,9 +67,10 @@ class InferenceSettings:
     CPU. The same segments up to float32 rounding; faster on CPUs (benchmarks/RESULTS.md)."""
 
     def __post_init__(self) -> None:
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t) or not 0 <= t < 1:
-            raise SettingsError(f"threshold must be a number from 0 up to (not including) 1, got {t!r}")
+        for name in ("threshold", "overlap_threshold"):
+            t = getattr(self, name)
+            if isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t) or not 0 <= t < 1:
+                raise SettingsError(f"{name} must be a number from 0 up to (not including) 1, got {t!r}")
         for name in ("size", "max_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -23,19 +23,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output dataset folder")
     p.add_argument("--stuff-from", metavar="SOURCE",
                    help="semantic:DIR[:LABELMAP], panoptic:JSON_OR_DIR or "
-                        "model:PRESET_OR_WEIGHTS[@THRESHOLD]")
+                        "model:PRESET_OR_WEIGHTS[@THRESHOLD][,KEY=VALUE...] (KEY: threshold, size, "
+                        "max_size, device, stuff_merge, dtype, runtime; e.g. model:detr_r50_panoptic,"
+                        "size=640,device=cuda)")
     p.add_argument("--things-from", metavar="MODEL",
                    help="an instance-segmentation model for the things (below the annotations): "
                         "model:maskrcnn[@THRESHOLD] (torchvision's COCO Mask R-CNN), "
-                        "model:demo-maskrcnn (the bundled stand-in) or model:CHECKPOINT[@THRESHOLD]")
+                        "model:demo-maskrcnn (the bundled stand-in) or model:CHECKPOINT[@THRESHOLD], "
+                        "with its own options after the name: ,size=N,max_size=N,device=DEV")
     p.add_argument("--box-masks", metavar="box|MODEL",
                    help="annotations with a bbox and no segmentation get a mask: 'box' fills the "
-                        "rectangle, model:... predicts one inside the box (as --things-from)")
+                        "rectangle, model:... predicts one inside the box (as --things-from; the same "
+                        "network as --things-from shares its backbone run)")
     p.add_argument("--instance-size", type=whole_number(1), nargs=2, metavar=("SHORT", "MAX"),
                    help="the instance model resizes images to this shortest side and longest-side cap "
                         "(default: its own, 800 1333 for model:maskrcnn)")
     p.add_argument("--instance-device", metavar="DEV",
                    help="device of the instance model (default: cuda when available, else cpu)")
+    p.add_argument("--batch-size", type=whole_number(1), default=1, metavar="N",
+                   help="images per batch through the model sources (1); on a GPU one padded batch, "
+                        "on a CPU run one by one")
+    p.add_argument("--loader-workers", type=whole_number(0), default=0, metavar="N",
+                   help="with a model source: processes decoding images ahead of the models (default 0)")
     p.add_argument("--taxonomy", metavar="MAP.yaml",
                    help="source -> target category mapping (a file, or a bundled name: coco_coarse)")
     p.add_argument("--order", choices=["area", "annotation"], default="area",
@@ -45,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-unannotated", action="store_true",
                    help="skip images without annotations (default: keep them with source labels)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--workers", type=whole_number(1), default=1, metavar="N", help="processes")
+    p.add_argument("--workers", type=whole_number(1), default=1, metavar="N",
+                   help="processes composing the images when no model source runs (with one: "
+                        "--batch-size, --loader-workers)")
     p.add_argument("--model-size", type=whole_number(1), nargs=2, metavar=("SHORT", "MAX"),
                    help="a model source resizes images to this shortest side and longest-side cap "
                         "(default: the checkpoint's, else 800 1333)")
@@ -68,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                           workers=args.workers, previews=args.previews, progress=not args.quiet,
                           model_size=tuple(args.model_size) if args.model_size else None,
                           things_from=args.things_from, box_masks=args.box_masks,
-                          instance_options=_instance_options(args), runtime=args.runtime)
+                          instance_options=_instance_options(args), runtime=args.runtime,
+                          batch_size=args.batch_size, loader_workers=args.loader_workers)
     except BuildError as e:  # printed as it is worded (it may span lines)
         rank = dist_info().rank
         print(e if rank == 0 else f"rank {rank}: {e}", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..settings import DETR_DEFAULTS, RUNTIMES, default_help
 
-NAMES = ("threshold", "size", "max_size", "stuff_merge", "dtype", "prepare", "runtime")
+NAMES = ("threshold", "size", "max_size", "stuff_merge", "overlap_threshold", "dtype", "prepare", "runtime")
 
 
 def add_settings_flags(group: argparse._ActionsContainer) -> None:
@@ -26,6 +26,10 @@ def add_settings_flags(group: argparse._ActionsContainer) -> None:
                        help="duplicated stuff: 'original' reproduces DETR (extra queries of a stuff class "
                             "dropped, their pixels to the next best query); 'union' merges them "
                             f"({default_help('stuff_merge')})")
+    group.add_argument("--overlap-threshold", type=float, default=None, metavar="SHARE",
+                       help="drop a thing that keeps less than this share of its own mask after the "
+                            "per-pixel argmax (a fragment); 0 keeps all, as DETR "
+                            f"({default_help('overlap_threshold')})")
     group.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                        help="network precision: bfloat16 is ~2x faster on CPUs with AVX512-BF16/AMX, "
                             f"with bfloat16-rounded scores and masks (default {DETR_DEFAULTS.dtype})")

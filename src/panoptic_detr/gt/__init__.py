@@ -3,7 +3,8 @@
 `compose` and `preview` are pure arrays; `sources` and `build` read and write files.
 Instance models (Mask R-CNN) for things and for masks inside annotated boxes: `maskrcnn`
 (networks, loading), `instance_model` (the source), `box_masks`; `train_instance_model`
-trains the bundled stand-in.
+trains the bundled stand-in. `models`: a build's model sources as one `runner.ItemModel`, so
+that `build` runs them through the many-images runner.
 """
 
 from .build import DEFAULT_MIN_AREA, BuildError, build_gt

@@ -2,8 +2,8 @@
 
 An annotation with a `bbox` and no `segmentation` (missing, null or an empty list) gets a mask
 inside its box: `box` fills the rectangle (a baseline), an `InstanceModelSource` predicts one
-with its mask head, the box as the proposal. The mask is stored in the annotation as an RLE,
-so every later step reads it like a drawn one.
+with its mask head, the box as the proposal (`box_queries`: the boxes to ask it about). The
+mask is stored in the annotation as an RLE, so every later step reads it like a drawn one.
 """
 
 from __future__ import annotations
@@ -43,35 +43,38 @@ def rectangle(box: Sequence[float], height: int, width: int) -> np.ndarray:
     return mask
 
 
+def box_queries(anns: Sequence[dict[str, Any]], height: int, width: int) -> tuple[list[int], np.ndarray]:
+    """(the indices of the box-only annotations, their boxes [N, 4] x0, y0, x1, y1 clipped to
+    the image): what the instance model is asked for masks in, and `fill_box_masks` fills."""
+    todo = [k for k, a in enumerate(anns) if is_box_only(a)]
+    boxes = np.array([box_xyxy(anns[k]["bbox"], height, width) for k in todo], np.float32).reshape(-1, 4)
+    return todo, boxes
+
+
 def fill_box_masks(
     anns: Sequence[dict[str, Any]],
-    image_path: Any,
     height: int,
     width: int,
-    box_masks: Any,
-    wanted: dict[int, set[int]],
+    box_masks: str | None,
+    predicted: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The annotations with a mask in each box-only one (copies; the others unchanged) and the
     origin of each (`ORIGINS`), in order.
 
-    box_masks: "box", an `InstanceModelSource` (where its mask is empty, the box is filled),
-    or None (box-only annotations left as they
-    are: no pixel, reported as skipped). wanted: annotation category id -> the model classes
-    that the taxonomy maps to its target (may be empty).
+    box_masks: "box" (fill the rectangle), "model" (`predicted`: the instance model's [H, W]
+    bool mask for each box of `box_queries`, in order; where one is empty, the box is filled),
+    or None (box-only annotations left as they are: no pixel, reported as skipped).
     """
     out, origins = list(anns), [DRAWN] * len(anns)
-    todo = [k for k, a in enumerate(anns) if is_box_only(a)] if box_masks is not None else []
+    todo, boxes = box_queries(anns, height, width) if box_masks is not None else ([], None)
     if not todo:
         return out, origins
-    boxes = np.array([box_xyxy(anns[k]["bbox"], height, width) for k in todo], np.float32).reshape(-1, 4)
     if box_masks == "box":
-        masks = [rectangle(b, height, width) for b in boxes]
-        origin = BOX
+        masks, origin = [rectangle(b, height, width) for b in boxes], BOX
+    elif box_masks == "model" and predicted is not None and len(predicted) == len(todo):
+        masks, origin = list(predicted), MODEL_BOX
     else:
-        cats = [int(anns[k].get("category_id", -1)) for k in todo]
-        masks, _ = box_masks.masks_in_boxes(image_path, height, width, boxes,
-                                            [wanted.get(c, set()) for c in cats])
-        origin = MODEL_BOX
+        raise ValueError(f"box_masks must be 'box', or 'model' with a mask per box, got {box_masks!r}")
     for k, box, mask in zip(todo, boxes, masks, strict=True):
         if origin == MODEL_BOX and not mask.any():  # the model sees nothing there: keep the box
             mask, origins[k] = rectangle(box, height, width), BOX

@@ -9,6 +9,10 @@ Output folder layout:
     OUT/previews/*.jpg       audit overlays (gt.preview)
     OUT/report.json          what happened: images kept/skipped, pixel shares, overlaps, ...
 
+With a model among the sources (`--stuff-from model:`, `--things-from`, `--box-masks model:`)
+the images go through the many-images runner that predict and evaluate use
+(`runner.run_images`: decoding, batches, a bad image costing only itself), the models' outputs
+for a batch coming from `gt.models.BuildModels`; without one, through `--workers` processes.
 Under torchrun each process builds its share of the images (a model source on its own
 device) and rank 0 writes the dataset and the report from every process's records.
 
@@ -42,9 +46,10 @@ from .box_masks import MODEL, MODEL_BOX, fill_box_masks, is_box_only
 from .compose import compose, merge_things
 from .instance_model import InstanceModelSource, parse_instance_spec
 from .instances import ORDERS, decode_annotations, instances_to_panoptic
+from .models import BuildModels, ModelOutputs
 from .preview import draw_preview
 from .report import make_report
-from .sources import ModelSource, Source, SourceError, open_source
+from .sources import ModelSource, Source, SourceError, check_size, open_source
 from .taxonomy import THING, Rule, Taxonomy, TaxonomyError
 
 DEFAULT_MIN_AREA = 16
@@ -99,6 +104,8 @@ def build_gt(
     things_from: str | InstanceModelSource | None = None,
     box_masks: str | InstanceModelSource | None = None,
     instance_options: dict[str, Any] | None = None,
+    batch_size: int = 1,
+    loader_workers: int = 0,
 ) -> dict[str, Any]:
     """Build the dataset into `out_dir` and return the report (also written to report.json).
 
@@ -116,8 +123,14 @@ def build_gt(
     `things_from`: an instance model (`model:maskrcnn[@T]`, `model:demo-maskrcnn`,
     `model:PATH`, or an `InstanceModelSource`) whose things lie below the annotations and above
     `stuff_from` (`compose.merge_things`). `box_masks`: "box" or an instance model (a spec, or
-    the same object) giving box-only annotations a mask (`gt.box_masks`).
-    `instance_options`: device=, size=, max_size= of the instance-model sources named by spec.
+    the same object) giving box-only annotations a mask (`gt.box_masks`); a spec naming the
+    things' network (weights, device, size) shares its backbone run.
+    `instance_options`: device=, size=, max_size= of the instance-model sources named by spec
+    (a spec's own options win: `model:maskrcnn@0.7,size=1024,device=cuda:1`, see
+    `sources.parse_model_spec`).
+
+    With a model source, `batch_size` images go through the models at a time and
+    `loader_workers` processes decode them ahead (`runner.run_images`).
     """
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
     if order not in ORDERS:
@@ -138,7 +151,7 @@ def build_gt(
     with process_group() as group:  # under torchrun: each process builds its share of the images
         return _build(data, instances_json, images_dir, out_dir, stuff_from, taxonomy, order, min_area,
                       skip_unannotated, overwrite, workers, previews, model_size, progress, log, group,
-                      things_from, box_masks, instance_options, runtime)
+                      things_from, box_masks, instance_options, runtime, batch_size, loader_workers)
 
 
 def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir: Path,
@@ -146,7 +159,8 @@ def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir
            skip_unannotated: bool, overwrite: bool, workers: int, previews: bool,
            model_size: tuple[int, int] | None, progress: bool, log: Callable[[str], None], group: DistInfo,
            things_from: str | InstanceModelSource | None, box_masks: str | InstanceModelSource | None,
-           instance_options: dict[str, Any] | None, runtime: str | None) -> dict[str, Any]:
+           instance_options: dict[str, Any] | None, runtime: str | None, batch_size: int,
+           loader_workers: int) -> dict[str, Any]:
     if group.enabled:
         rank_device("auto", group)  # a model source's device is then this process's own
     if not group.is_main:  # rank 0 reports every process's problems, once
@@ -158,8 +172,7 @@ def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir
         things = (parse_instance_spec(things_from, **(instance_options or {}))
                   if isinstance(things_from, str) else things_from)
         if isinstance(box_masks, str) and box_masks != "box":
-            same = things is not None and box_masks == things.spec
-            box_masks = things if same else parse_instance_spec(box_masks, **(instance_options or {}))
+            box_masks = parse_instance_spec(box_masks, like=things, **(instance_options or {}))
     except SourceError as e:
         raise BuildError(str(e)) from None
     if isinstance(source, ModelSource):
@@ -198,7 +211,9 @@ def _build(data: dict[str, Any], instances_json: Path, images_dir: Path, out_dir
     records, todo = _plan(data["images"], by_image, work, source or things, skip_unannotated, instances_json,
                           warn)
     planned = len(problems)
-    built = _run(job, shard(todo, group), workers, progress and group.is_main, warn)
+    models = (BuildModels(source if isinstance(source, ModelSource) else None, things, box_masks, wanted,
+                          batch_size) if BuildModels.needed(source, things, box_masks) else None)
+    built = _run(job, shard(todo, group), workers, progress and group.is_main, warn, models, loader_workers)
     shares = all_gather_object((built, problems[planned:]), group)
     order = {img["file_name"]: i for i, (img, _) in enumerate(todo)}  # canonical, whoever built it
     records += sorted((r for share, _ in shares for r in share), key=lambda r: order[r["file_name"]])
@@ -381,9 +396,12 @@ def _plan(images: list[dict[str, Any]], by_image: dict[Any, list[dict[str, Any]]
     return records, todo
 
 
-def _run(job: _Job, todo: list, workers: int, progress: bool, warn: Callable[[str], None]
-         ) -> list[dict[str, Any]]:
-    """Build every image of `todo`, in `workers` processes; records in completion order."""
+def _run(job: _Job, todo: list, workers: int, progress: bool, warn: Callable[[str], None],
+         models: BuildModels | None = None, loader_workers: int = 0) -> list[dict[str, Any]]:
+    """Build every image of `todo`: with `models`, through the many-images runner (in order);
+    else in `workers` processes (in completion order)."""
+    if models is not None:
+        return _run_models(job, todo, models, progress, warn, loader_workers)
     records = []
     bar = tqdm(total=len(todo), desc="build-gt", unit="img", disable=not progress, file=sys.stderr)
     if workers > 1 and len(todo) > 1:
@@ -398,6 +416,38 @@ def _run(job: _Job, todo: list, workers: int, progress: bool, warn: Callable[[st
     return records
 
 
+def _run_models(job: _Job, todo: list, models: BuildModels, progress: bool, warn: Callable[[str], None],
+                loader_workers: int) -> list[dict[str, Any]]:
+    """`runner.run_images` over the images: decoded and batched there, `models` on each batch,
+    each image composed from their outputs in the writer thread. An image that cannot be read
+    or run is one line and a failed record; the others are built."""
+    from ..runner import run_images
+
+    _init_worker(job)
+    records: dict[Any, dict[str, Any]] = {}
+    items = []
+    for img, anns in todo:  # a missing file is said as the other sources say it
+        missing = _missing(job, img, anns)
+        if missing is not None:
+            records[img["id"]] = missing
+        else:
+            items.append((job.images_dir / img["file_name"], (img, anns)))
+
+    def write(item: tuple[dict[str, Any], list[dict[str, Any]]], image: np.ndarray,
+              outputs: ModelOutputs) -> None:
+        records[item[0]["id"]] = _worker(item, image, outputs)
+
+    failed: list[str] = []
+    run_images(models, items, write, failed=failed, progress=progress, desc="build-gt",
+               loader_workers=loader_workers)
+    for path, (img, _) in items:  # what the runner could not read or run: its line
+        if img["id"] not in records:
+            reason = next((line for line in failed if line.startswith(f"{path}:")), f"{path}: not built")
+            records[img["id"]] = {"status": "failed", "file_name": img["file_name"], "reason": reason}
+    bar = tqdm(disable=True)
+    return [_collect(records[img["id"]], warn, bar) for img, _ in todo]
+
+
 # ---------------------------------------------------------------- one image (worker)
 
 _JOB: _Job | None = None
@@ -408,10 +458,13 @@ def _init_worker(job: _Job) -> None:
     _JOB = job
 
 
-def _worker(item: tuple[dict[str, Any], list[dict[str, Any]]]) -> dict[str, Any]:
+def _worker(item: tuple[dict[str, Any], list[dict[str, Any]]], image: np.ndarray | None = None,
+            outputs: ModelOutputs | None = None) -> dict[str, Any]:
     img, anns = item
     try:
-        return _build_one(_JOB, img, anns)
+        if outputs is None:
+            return _build_one(_JOB, img, anns)
+        return _build_one(_JOB, img, anns, image, outputs)
     except SourceError as e:
         return {"status": "failed", "file_name": img["file_name"], "reason": str(e)}
     except (OSError, ValueError) as e:
@@ -419,24 +472,41 @@ def _worker(item: tuple[dict[str, Any], list[dict[str, Any]]]) -> dict[str, Any]
                 "reason": f"{_JOB.images_dir / img['file_name']}: {' '.join(str(e).split())}"}
 
 
-def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> dict[str, Any]:
+def _missing(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The failed record of an image whose file is missing, else None."""
+    path = job.images_dir / img["file_name"]
+    if path.exists():
+        return None
+    reason = f"{path}: image not found" + (f" ({len(anns)} annotation(s) skipped)" if anns else "")
+    return {"status": "failed", "file_name": img["file_name"], "reason": reason}
+
+
+def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]], image: np.ndarray | None = None,
+               outputs: ModelOutputs | None = None) -> dict[str, Any]:
+    """One image's record (its PNG, preview and part written). image / outputs: the decoded
+    image and the models' outputs for it, when the run has models (`_run_models`)."""
     name = img["file_name"]
     path = job.images_dir / name
-    if not path.exists():
-        reason = f"{path}: image not found" + (f" ({len(anns)} annotation(s) skipped)" if anns else "")
-        return {"status": "failed", "file_name": name, "reason": reason}
+    missing = _missing(job, img, anns)
+    if missing is not None:
+        return missing
     with Image.open(path) as im:
         width, height = im.size
     if (img.get("height"), img.get("width")) not in ((None, None), (height, width)):
         return {"status": "failed", "file_name": name, "reason":
                 f"{path}: size {width}x{height} differs from the JSON's {img['width']}x{img['height']}"}
+    outputs = outputs or ModelOutputs()
+    models = [m for m in (job.source, job.things, job.box_masks) if m is not None and m != "box"]
+    if image is not None and models:  # what the models saw is what is composed
+        check_size(image, height, width, f"{path}: {' and '.join(m.spec for m in models)}")
     problems = []
     if job.box_masks is None:
         problems += [f"{job.instances_json}: {name}: annotation {a.get('id', f'#{k}')}: a box without a "
                      "segmentation, skipped (pass --box-masks box or model:...)"
                      for k, a in enumerate(anns) if is_box_only(a)]
         anns = [a for a in anns if not is_box_only(a)]
-    anns, origins = fill_box_masks(anns, path, height, width, job.box_masks, job.wanted or {})
+    mode = None if job.box_masks is None else "box" if job.box_masks == "box" else "model"
+    anns, origins = fill_box_masks(anns, height, width, mode, outputs.box_masks)
     origin_of = {a.get("id", k): o for k, (a, o) in enumerate(zip(anns, origins, strict=True))}
     masks, cats, crowd, ann_ids, issues = decode_annotations(anns, height, width, cropped=True)
     problems += [f"{job.instances_json}: {name}: {p}" for p in issues]
@@ -446,14 +516,16 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
     seg_origin = {int(s["id"]): origin_of[ann_ids[int(s["id"]) - 1]] for s in ann_segs}
     things_map, things_segs, model_dropped, same_object = ann_map, ann_segs, [], 0
     if job.things is not None:
-        found = job.things.instances(path, height, width)
+        found = outputs.things
         kept = [k for k, c in enumerate(found.labels) if c in job.things_targets]
         th = merge_things(ann_map, ann_segs, [found.masks[k] for k in kept],
                           [job.things_targets[found.labels[k]] for k in kept], job.order, job.min_area)
         things_map, things_segs = th.id_map, th.segments
         model_dropped, same_object = th.dropped, th.same_object
         seg_origin.update(dict.fromkeys(th.model_ids, MODEL))
-    if job.source is not None:
+    if outputs.stuff is not None:
+        src_map, src_segs = outputs.stuff
+    elif job.source is not None:
         src_map, src_segs = job.source.labels(path, height, width)
     else:
         src_map, src_segs = None, []
@@ -465,9 +537,10 @@ def _build_one(job: _Job, img: dict[str, Any], anns: list[dict[str, Any]]) -> di
     write_panoptic_png(job.work / "panoptic" / png_name, comp.id_map, fsync=False)
     _link(path, job.work / "images" / name)
     if job.previews:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        over = Image.fromarray(draw_preview(rgb, comp.id_map, comp.segments_info, comp.annotated,
+        if image is None:
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+        over = Image.fromarray(draw_preview(image, comp.id_map, comp.segments_info, comp.annotated,
                                             job.categories, model_made))
         atomic_write(job.work / "previews" / Path(name).with_suffix(".jpg"),
                      lambda f: over.save(f, format="JPEG", quality=85), fsync=False)

@@ -7,8 +7,12 @@
   components, one instance each (a semantic map cannot separate touching instances).
 * `panoptic:JSON_OR_DIR`: a COCO-panoptic JSON with its PNG folder (`x.json` + `x/`), or a
   folder holding one JSON and that PNG folder. Images are matched by file name stem.
-* `model:PRESET_OR_WEIGHTS[@THRESHOLD]`: a panoptic model run by this project
-  (`predictor.Predictor`), e.g. `model:demo@0.7` or `model:runs/x/checkpoint.pt`.
+* `model:PRESET_OR_WEIGHTS[@THRESHOLD][,KEY=VALUE...]`: a panoptic model run by this project
+  (`predictor.Predictor`), e.g. `model:demo@0.7` or `model:runs/x/checkpoint.pt,size=640`.
+
+A model source's own options follow its name (`parse_model_spec`, the one parser of `model:`
+specs, the instance models' too): `threshold`, `size`, `max_size`, `device`, and for this
+project's DETR `stuff_merge`, `dtype`, `runtime`; e.g. `model:detr_r50_panoptic@0.8,device=cuda:1`.
 
 Each source has `categories` (COCO dicts) and `labels(image_path, height, width) ->
 (id_map [H, W] int64, segments_info)`; problems raise SourceError with one line.
@@ -17,6 +21,8 @@ Each source has `categories` (COCO dicts) and `labels(image_path, height, width)
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -159,13 +165,15 @@ class PanopticSource:
 
 
 class ModelSource:
-    """A panoptic model of this project; loaded once per process, on first use."""
+    """A panoptic model of this project; loaded once per process, on first use. build-gt runs
+    it over many images through `runner.run_images` (`predict_arrays`)."""
 
-    def __init__(self, weights: str, threshold: float | None = None, device: str | None = None,
-                 **predictor_options: Any):
+    def __init__(self, weights: str, threshold: float | None = None, device: str | None = None, *,
+                 spec: str | None = None, **predictor_options: Any):
         """threshold and predictor_options (size=, max_size=, preset=, ...): as `Predictor` takes
-        them; settings not given are the checkpoint's, else DETR's, as in `predict`."""
-        self.spec = f"model:{weights}" + (f"@{threshold}" if threshold is not None else "")
+        them; settings not given are the checkpoint's, else DETR's, as in `predict`. device:
+        default cuda when there is one. spec: the name logs use (default model:WEIGHTS[@T])."""
+        self.spec = spec or f"model:{weights}" + (f"@{threshold}" if threshold is not None else "")
         self.weights, self.threshold, self.device = weights, threshold, device
         self.predictor_options = predictor_options
         self._predictor: Any = None
@@ -177,9 +185,8 @@ class ModelSource:
                 from ..predictor import Predictor
             except ImportError as e:
                 raise SourceError(f"{self.spec}: the predictor is not available ({e})") from None
-            import torch
 
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = model_device(self.device, self.spec)
             try:
                 self._predictor = Predictor(self.weights, device=device, threshold=self.threshold,
                                             **self.predictor_options)
@@ -197,44 +204,137 @@ class ModelSource:
     def __getstate__(self) -> dict[str, Any]:  # worker processes load their own copy
         return {**self.__dict__, "_predictor": None}
 
+    def predict_arrays(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
+        """(id_map [H, W] int64, segments_info) of each decoded [H, W, 3] uint8 image, the batch
+        run as `Predictor.predict_arrays` runs it."""
+        return [(np.asarray(r.id_map, np.int64), [dict(s) for s in r.segments_info])
+                for r in self._load().predict_arrays(images)]
+
     def labels(self, image_path: Path, height: int, width: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """One image file's labels (`Source.labels`); build-gt uses `predict_arrays`."""
+        from ..data.images import ImageError, load_image
+
         try:
-            result = self._load().predict(image_path)
-        except SourceError:
-            raise
-        except Exception as e:  # an image the model cannot read: this image fails, the rest goes on
+            (labels,) = self.predict_arrays([load_image(image_path)])
+        except (ImageError, RuntimeError, ValueError) as e:
             raise SourceError(f"{image_path}: {self.spec}: {_one_line(e)}") from None
-        id_map = np.asarray(result.id_map.cpu() if hasattr(result.id_map, "cpu") else result.id_map)
-        if id_map.shape != (height, width):
-            raise SourceError(f"{self.spec}: prediction {id_map.shape[1]}x{id_map.shape[0]} differs from "
-                              f"the image {width}x{height}")
-        return id_map.astype(np.int64), [dict(s) for s in result.segments_info]
+        check_size(labels[0], height, width, f"{image_path}: {self.spec}")
+        return labels
+
+
+def check_size(labels: np.ndarray, height: int, width: int, name: str) -> None:
+    """SourceError unless `labels` ([h, w, ...]) is height x width."""
+    h, w = labels.shape[:2]
+    if (h, w) != (height, width):
+        raise SourceError(f"{name}: the model saw {w}x{h} (the decoded image, EXIF orientation applied), "
+                          f"the annotations' image is {width}x{height}")
 
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+MODEL_OPTIONS = ("threshold", "size", "max_size", "device")
+"""What every model source takes after its name: the score a segment or instance needs, the
+shortest side and longest-side cap of the resize, the torch device."""
+DETR_OPTIONS = (*MODEL_OPTIONS, "stuff_merge", "dtype", "runtime")
+"""A DETR source's: the model options and the `InferenceSettings` of the machine."""
+MODEL_SPEC = "model:WEIGHTS[@THRESHOLD][,KEY=VALUE...]"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed `model:` spec."""
+
+    spec: str
+    """As the user wrote it (the name logs and reports use)."""
+    weights: str
+    options: dict[str, Any]
+    """The options it gives (threshold: float, size / max_size: int, others str)."""
+
+
+def parse_model_spec(spec: str, known: tuple[str, ...] = MODEL_OPTIONS) -> ModelSpec:
+    """`model:WEIGHTS[@THRESHOLD][,KEY=VALUE...]` -> weights and options, e.g.
+    `model:maskrcnn@0.7,size=1024,device=cuda:1`. KEY is one of `known` (`max-size` is
+    `max_size`); `@T` is `threshold=T`. Values are typed and checked on their own here (a
+    number, a whole number >= 1, a device torch can name); what depends on the model (the
+    threshold's range, max_size >= the checkpoint's size) is checked by the source.
+    A bad spec raises SourceError, one line naming it and the problem."""
+    kind, _, rest = spec.partition(":")
+    if kind != "model" or not rest:
+        raise SourceError(f"{spec!r}: expected {MODEL_SPEC}")
+    pieces = rest.split(",")
+    given = []  # KEY=VALUE pieces from the end; a comma in a file name stays in the name
+    while len(pieces) > 1 and re.fullmatch(r"[A-Za-z_-]+=.*", pieces[-1]):
+        given.insert(0, pieces.pop())
+    name = ",".join(pieces)
+    weights, _, thr = name.rpartition("@") if "@" in name else (name, "", "")
+    if not weights:
+        raise SourceError(f"{spec!r}: no weights named; expected {MODEL_SPEC}")
+    pairs = [("threshold", thr)] if thr else []
+    pairs += [(k.replace("-", "_"), v) for k, _, v in (piece.partition("=") for piece in given)]
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if key not in known:
+            raise SourceError(f"{spec!r}: unknown option {key!r} (this source takes {', '.join(known)})")
+        if key in options:
+            raise SourceError(f"{spec!r}: {key} given twice")
+        options[key] = _option_value(spec, key, value)
+    if options.get("max_size", 1 << 30) < options.get("size", 0):
+        raise SourceError(f"{spec!r}: max_size {options['max_size']} is below size {options['size']}")
+    return ModelSpec(spec, weights, options)
+
+
+def _option_value(spec: str, key: str, value: str) -> Any:
+    if key == "threshold":
+        try:
+            return float(value)  # its range is the source's (DETR's is [0, 1), Mask R-CNN's [0, 1])
+        except ValueError:
+            raise SourceError(f"{spec!r}: threshold {value!r} is not a number") from None
+    if key in ("size", "max_size"):
+        if not value.isdigit() or int(value) < 1:
+            raise SourceError(f"{spec!r}: {key} {value!r} is not a whole number of pixels >= 1")
+        return int(value)
+    if key == "device":
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            raise SourceError(f"{spec!r}: device {value!r} is not a device torch knows (cpu, cuda, "
+                              "cuda:1, mps, ...)") from None
+    return value
+
+
+def model_device(name: str | None, spec: str) -> str:
+    """The device a model source runs on: `name`, else cuda when there is one, else cpu; a CUDA
+    device on a machine without one is a SourceError."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise SourceError(f"{spec}: device {name!r}: no CUDA device is available here")
+    return name
+
+
 def open_source(spec: str, **model_options: Any) -> SemanticSource | PanopticSource | ModelSource:
-    """Parse `semantic:DIR[:MAP]`, `panoptic:JSON_OR_DIR` or `model:WEIGHTS[@THRESHOLD]`.
+    """Parse `semantic:DIR[:MAP]`, `panoptic:JSON_OR_DIR` or a `model:` spec (`parse_model_spec`).
 
     model_options: `Predictor` settings and options for a model source (size=, max_size=,
-    device=, ...; None: not given, the checkpoint's or DETR's).
+    device=, runtime=, ...; None: not given, the checkpoint's or DETR's); the spec's own
+    options win over them.
     """
     kind, _, rest = spec.partition(":")
     if not rest:
-        raise SourceError(f"{spec!r}: expected semantic:DIR[:LABELMAP], panoptic:JSON_OR_DIR or "
-                          "model:PRESET_OR_WEIGHTS[@THRESHOLD]")
+        raise SourceError(f"{spec!r}: expected semantic:DIR[:LABELMAP], panoptic:JSON_OR_DIR or {MODEL_SPEC}")
     if kind == "semantic":
         folder, _, labelmap = rest.partition(":")
         return SemanticSource(folder, labelmap or None)
     if kind == "panoptic":
         return PanopticSource(rest)
     if kind == "model":
-        weights, _, thr = rest.rpartition("@") if "@" in rest else (rest, "", "")
-        try:
-            threshold = float(thr) if thr else None
-        except ValueError:
-            raise SourceError(f"{spec!r}: threshold {thr!r} is not a number") from None
-        return ModelSource(weights, threshold, **model_options)
+        parsed = parse_model_spec(spec, DETR_OPTIONS)
+        options = {**model_options, **parsed.options}
+        return ModelSource(parsed.weights, options.pop("threshold", None), spec=spec, **options)
     raise SourceError(f"{spec!r}: unknown source kind {kind!r} (semantic, panoptic or model)")

@@ -50,6 +50,7 @@ def segment(
     *,
     threshold: float = 0.85,
     stuff_merge: StuffMerge = "original",
+    overlap_threshold: float = 0.0,
     mask_chunk: MaskChunk = "auto",
     together: bool = True,
     return_attention: bool = False,
@@ -70,15 +71,15 @@ def segment(
     if len(out_sizes) != len(batch):
         raise ValueError(f"out_sizes has {len(out_sizes)} entries for {len(batch)} images")
     if together:
-        return _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, mask_chunk,
-                        return_attention, keep_det)
+        return _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, overlap_threshold,
+                        mask_chunk, return_attention, keep_det)
     return [s for i in range(len(batch))
             for s in _segment(model, batch.alone(i), out_sizes[i : i + 1], is_thing, threshold, stuff_merge,
-                              mask_chunk, return_attention, keep_det)]
+                              overlap_threshold, mask_chunk, return_attention, keep_det)]
 
 
-def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, mask_chunk, return_attention,
-             keep_det) -> list[Segmentation]:
+def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, overlap_threshold, mask_chunk,
+             return_attention, keep_det) -> list[Segmentation]:
     det = model.detect(batch, return_attention=return_attention)
     # post-processing in float32 whatever the network's dtype (bfloat16 weights, autocast)
     logits, boxes = det.pred_logits.float(), det.pred_boxes.float()
@@ -89,7 +90,8 @@ def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, mask_chu
     for i, (size, out_size) in enumerate(zip(batch.sizes, out_sizes, strict=True)):
         m = masks[i].float()
         result = panoptic_postprocess(logits[i], m, size, padded, out_size, is_thing, threshold=threshold,
-                                      stuff_merge=stuff_merge, query_idx=kept[i], pred_boxes=boxes[i])
+                                      stuff_merge=stuff_merge, query_idx=kept[i], pred_boxes=boxes[i],
+                                      overlap_threshold=overlap_threshold)
         out.append(Segmentation(result, logits[i], boxes[i], kept[i], m, size, padded,
                                 det if keep_det else None, i))
     return out

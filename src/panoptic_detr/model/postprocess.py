@@ -174,6 +174,7 @@ def panoptic_postprocess(
     stuff_merge: StuffMerge = "original",
     query_idx: Tensor | None = None,
     pred_boxes: Tensor | None = None,
+    overlap_threshold: float = 0.0,
 ) -> PanopticResult:
     """Panoptic segmentation of one image from its DETR outputs.
 
@@ -191,6 +192,9 @@ def panoptic_postprocess(
         pixels, scored by its most confident query.
     pred_boxes: optional [N, 4] normalised (cx, cy, w, h); when given, each segment also gets
         "pred_bbox" [x, y, w, h], its query's box in target pixels.
+    overlap_threshold: > 0 also drops, with the small segments, every thing query that wins
+        less than this share of its own mask (its pixels with a mask logit > 0), counted at the
+        target size (`settings.InferenceSettings.overlap_threshold`); 0 is the original.
     Returns a PanopticResult at target_size: ids 1..S in query order, 0 = void; segments_info
     with id, category_id, isthing, area, score and the mask's bbox [x, y, w, h].
     """
@@ -239,6 +243,10 @@ def panoptic_postprocess(
 
     alive = torch.ones(q, dtype=torch.bool, device=device)
     ar = torch.arange(q, device=device)
+    own = None  # target pixels of each query's own mask (logit > 0), for `overlap_threshold`
+    if overlap_threshold > 0:
+        inside = (vals > 0).to(torch.float64)
+        own = inside.sum(1) if weight is None else inside @ weight
     idx, tied = _first_argmax_of_softmax(vals, alive)  # P
     while True:
         # Merge duplicated stuff into its first query. The original merges on its first pass
@@ -249,6 +257,8 @@ def panoptic_postprocess(
         area = torch.zeros_like(per_query).index_add_(0, rep, per_query)  # on representatives
         area = area.round().to(torch.int64) if weight is not None else area
         small = alive & ((area[rep] if stuff_merge == "union" else area) <= min_area)
+        if own is not None:  # a thing left with a small part of its own mask: a fragment
+            small |= alive & is_thing[labels] & (per_query < overlap_threshold * own)
         if not bool(small.any()):
             break
         alive &= ~small

@@ -142,6 +142,31 @@ class OptimSection:
 
 
 @dataclass(frozen=True)
+class MatchCosts:
+    """Weights of the Hungarian matching costs (`train/matcher.py`), the `match:` section:
+    DETR's class/box/GIoU costs, and optionally Mask2Former's mask costs. With `mask_weight` or
+    `dice_weight` above 0 the mask head runs on all queries before matching (about twice the
+    mask head's cost) and the final layer is matched on its masks too; the auxiliary layers,
+    which have no masks, keep the box costs. 0 (the default) is DETR's matching."""
+
+    class_weight: float = 1.0
+    bbox_weight: float = 5.0
+    giou_weight: float = 2.0
+    mask_weight: float = 0.0
+    """Mean sigmoid cross-entropy between a query's mask logits and a segment's mask."""
+    dice_weight: float = 0.0
+    """1 - soft Dice between a query's mask and a segment's."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_range(self, f.name, 0, range_text="a finite weight >= 0; 0: cost off")
+
+    @property
+    def uses_masks(self) -> bool:
+        return self.mask_weight > 0 or self.dice_weight > 0
+
+
+@dataclass(frozen=True)
 class LossWeights:
     """Weights of the loss terms in the total (DETR's panoptic defaults); the `loss:` section."""
 
@@ -197,6 +222,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     loss: LossWeights = field(default_factory=LossWeights)
+    match: MatchCosts = field(default_factory=MatchCosts)
     denoising: DenoisingSection = field(default_factory=DenoisingSection)
     schedule: str = "joint"
     """"joint" (everything at once), "two_stage" (detector for `stage1_steps`, then the frozen
@@ -235,6 +261,9 @@ class TrainConfig:
     """"auto" (cuda when available), "cpu", "cuda", "cuda:1", ..."""
     eval_threshold: float = 0.85
     """Query confidence threshold of the panoptic post-processing in validation."""
+    eval_overlap_threshold: float = 0.0
+    """The post-processing's fragment filter in validation (`InferenceSettings.overlap_threshold`;
+    0: off, as DETR). Like `eval_threshold`, it becomes the checkpoint's recommendation."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -247,6 +276,8 @@ class TrainConfig:
         _check_range(self, "time_limit", 0, range_text="minutes, a finite number >= 0; 0: none")
         _check_range(self, "eval_threshold", 0, high=1, below=True,
                      range_text="a number from 0 up to (not including) 1")
+        _check_range(self, "eval_overlap_threshold", 0, high=1, below=True,
+                     range_text="a number from 0 up to (not including) 1; 0: off")
         if self.denoising.groups > 0 and self.all_query_masks:
             raise ConfigError("denoising.groups: denoising runs the mask head on chosen queries only; "
                               "turn all_query_masks off")

@@ -20,6 +20,8 @@ Crowd segments are dropped before matching: they serve evaluation only.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -190,11 +192,20 @@ class SetCriterion(nn.Module):
         return normalizers(counts, pred_logits.shape[1], self.weights.eos_coef, pred_logits.device)
 
     def match(
-        self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[Target]
+        self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[Target],
+        pred_masks: list[Tensor] | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
-        """Per image (query indices, target indices), see `matcher.hungarian_match`."""
+        """Per image (query indices, target indices), see `matcher.hungarian_match`. pred_masks:
+        every query's mask logits per image ([N, H/4, W/4]), for the mask costs of `costs`;
+        without them (the auxiliary layers) the matching uses the class and box costs only."""
         labels, boxes = [t.labels for t in targets], [t.boxes for t in targets]
-        return hungarian_match(pred_logits, pred_boxes, labels, boxes, self.costs)
+        if pred_masks is None:
+            costs = dataclasses.replace(self.costs, mask_weight=0.0, dice_weight=0.0)
+            return hungarian_match(pred_logits, pred_boxes, labels, boxes, costs)
+        h = max(int(t.masks.shape[-2]) for t in targets)
+        w = max(int(t.masks.shape[-1]) for t in targets)
+        padded = [F.pad(t.masks, (0, w - t.masks.shape[-1], 0, h - t.masks.shape[-2])) for t in targets]
+        return hungarian_match(pred_logits, pred_boxes, labels, boxes, self.costs, pred_masks, padded)
 
     def class_box_losses(
         self,

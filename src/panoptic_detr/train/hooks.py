@@ -103,7 +103,8 @@ class PeriodicEvaluation(HookBase):
 
 def inference_settings(cfg: TrainConfig) -> dict[str, Any]:
     """What predict should use with this run's weights by default: its validation settings."""
-    return {"size": cfg.data.val_size, "max_size": cfg.data.max_size, "threshold": cfg.eval_threshold}
+    return {"size": cfg.data.val_size, "max_size": cfg.data.max_size, "threshold": cfg.eval_threshold,
+            "overlap_threshold": cfg.eval_overlap_threshold}
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

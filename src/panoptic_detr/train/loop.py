@@ -232,9 +232,10 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
     if evaluate_fn is None and parts.val_set is not None:
         from .evaluation import make_evaluator
 
-        evaluate_fn = make_evaluator(parts.categories, cfg.eval_threshold)
+        evaluate_fn = make_evaluator(parts.categories, cfg.eval_threshold,
+                                     overlap_threshold=cfg.eval_overlap_threshold)
     model = parts.model.to(device)
-    criterion = SetCriterion(num_classes=parts.categories.num_classes, weights=cfg.loss)
+    criterion = SetCriterion(num_classes=parts.categories.num_classes, weights=cfg.loss, costs=cfg.match)
     train_set = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
         if parts.val_set is not None else None

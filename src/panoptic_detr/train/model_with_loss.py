@@ -15,6 +15,7 @@ step runs exactly the calls it ran before denoising existed (tests/test_denoisin
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..model.detr import Detection
@@ -58,11 +59,16 @@ class ModelWithLoss(nn.Module):
         matched = drop_crowd(targets)
         counts = [len(t) for t in matched] if step_counts is None else step_counts
         num_boxes, ce_weight = crit.normalizers(counts, det.pred_logits)
-        indices = crit.match(det.pred_logits, det.pred_boxes, matched)
+        all_masks = det.pred_masks  # every query's masks: the original's forward, or to match on
+        if crit.costs.uses_masks and all_masks is None:
+            b, n = det.pred_logits.shape[:2]
+            all_masks = model.predict_masks(det, [torch.arange(n)] * b)
+        indices = crit.match(det.pred_logits, det.pred_boxes, matched,
+                             all_masks if crit.costs.uses_masks else None)
         losses = crit.class_box_losses(det.pred_logits, det.pred_boxes, matched, indices, num_boxes,
                                        ce_weight)
         if crit.masks:
-            losses.update(self._mask_losses(det, matched, indices, num_boxes))
+            losses.update(self._mask_losses(det, matched, indices, num_boxes, all_masks))
         if crit.weights.semantic > 0:  # crowd segments too: their class is known
             cells = model.class_embed(det.memory.flatten(2).transpose(1, 2))  # B x hw x K+1
             losses["loss_semantic"] = semantic_loss(cells, det.memory, det.padding, targets, len(counts))
@@ -76,7 +82,8 @@ class ModelWithLoss(nn.Module):
         return losses
 
     def _mask_losses(
-        self, det: Detection, targets: list[Target], indices: list[tuple[Tensor, Tensor]], num_boxes: float
+        self, det: Detection, targets: list[Target], indices: list[tuple[Tensor, Tensor]], num_boxes: float,
+        all_masks: list[Tensor] | None = None,
     ) -> dict[str, Tensor]:
         queries = [q.to(det.pred_logits.device) for q, _ in indices]
         if sum(len(q) for q in queries) == 0:
@@ -84,8 +91,8 @@ class ModelWithLoss(nn.Module):
             # parameter, so DDP sees the same gradients ready on every process
             zero = sum(p.view(-1)[0] for p in self.model.parameters() if p.requires_grad) * 0.0
             return {"loss_mask": zero, "loss_dice": zero}
-        if det.pred_masks is not None:  # every query's mask was computed (the original's way)
-            masks = [m[q] for m, q in zip(det.pred_masks, queries, strict=True)]
+        if all_masks is not None:  # every query's mask was computed (the original's way, or to match)
+            masks = [m[q] for m, q in zip(all_masks, queries, strict=True)]
         else:
             masks = self.model.predict_masks(det, queries)  # per image Q_i x H/4 x W/4
         return self.criterion.mask_losses(masks, targets, indices, num_boxes)
