@@ -55,7 +55,7 @@ def start_server(args, queue_size: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "panoptic_detr", "serve", "--weights", args.weights, "--port", str(port),
            "--queue-size", str(queue_size), "--timeout", "120", "--cache-mb", str(args.cache_mb)]
-    for flag in ("size", "max_size", "threshold"):
+    for flag in ("size", "max_size", "threshold", "max_batch", "batch_wait_ms"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--rethreshold", type=int, default=50)
     ap.add_argument("--r50-reference", type=Path, default=None, metavar="DIR")
     ap.add_argument("--keep", type=int, default=20)
+    ap.add_argument("--max-batch", type=int, default=None, help="the server's --max-batch")
+    ap.add_argument("--batch-wait-ms", type=float, default=None, help="the server's --batch-wait-ms")
     args = ap.parse_args()
     images = sorted(args.images.glob("*.jpg")) if args.images else SCENES
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as work:
@@ -227,9 +229,14 @@ def run(args, images: list[Path]) -> None:
             print(f"| {conc} | {n} | {bad} | {n / wall:.1f} | {pct(good, 50):.0f} | {pct(good, 95):.0f} | "
                   f"{pct(good, 99):.0f} | {fivexx} | {len(wrong)} unexpected | {start:.0f} -> {end:.0f} "
                   f"({max(rss + [end]):.0f}) |")
-        cache = [line for line in httpx.get(url + "/metrics").text.splitlines()
-                 if line.startswith("panoptic_detr_cache_bytes")]
-        print(f"\ncache at the end: {float(cache[0].split()[1]) / 2**20:.1f} MB of {args.cache_mb:g} MB")
+        lines = httpx.get(url + "/metrics").text.splitlines()
+        metrics = {line.split()[0]: float(line.split()[1]) for line in lines
+                   if line.startswith(("panoptic_detr_cache_bytes", "panoptic_detr_batch_size_"))}
+        cache_mb = metrics["panoptic_detr_cache_bytes"] / 2**20
+        print(f"\ncache at the end: {cache_mb:.1f} MB of {args.cache_mb:g} MB")
+        runs, images_run = metrics["panoptic_detr_batch_size_count"], metrics["panoptic_detr_batch_size_sum"]
+        print(f"network runs of /v1/segment: {runs:.0f}, {images_run / runs:.2f} images each on average "
+              f"(--max-batch {args.max_batch or 'default'})")
         steps = (0.05, 0.3, 0.5, 0.7, 0.9)
         if args.r50_reference is not None:  # around the threshold that keeps --keep queries
             steps = tuple(args.threshold * f for f in (0.5, 0.8, 1.0, 1.25, 2.0))

@@ -195,6 +195,31 @@ def test_predict_and_evaluate_say_which_weights(tmp_path, capsys):
         assert "(default: demo)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_train_says_which_weights_it_starts_from(tmp_path, monkeypatch, capsys):
+    # the line comes before training (here replaced by a stub): from scratch, init=, --resume
+    from panoptic_detr.cli import main
+    from panoptic_detr.train import loop
+
+    runs = []
+    monkeypatch.setattr(loop, "train", lambda cfg, **kw: runs.append((cfg.init, kw["resume"])) or {})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{preset: tiny}}\ndata: {{train: {tmp_path / 'data'}}}\ndevice: cpu\n")
+    out = f"out_dir={tmp_path / 'run'}"
+    cases = [
+        ([], "weights: none, random initialisation (no pretrained part); init=WEIGHTS starts from"),
+        (["model.overrides={pretrained_backbone: true, backbone_norm: frozen_bn}"],
+         "weights: none, random initialisation (the backbone from torchvision's ImageNet weights)"),
+        (["init=demo"], "weights: demo, the bundled synthetic demo model ("),
+        (["init=detr_r50_panoptic"], "weights: detr_r50_panoptic (COCO panoptic, PQ"),
+        (["--resume"], f"weights: resuming {tmp_path / 'run' / 'checkpoint_last.pt'} (its model"),
+        (["init=demo", "--resume-from", "old.pt"], "weights: resuming old.pt (its model"),
+    ]
+    for extra, first in cases:
+        assert main(["train", "--config", str(cfg), *extra[:1], out, *extra[1:]]) == 0
+        assert capsys.readouterr().out.splitlines()[0].startswith(first), extra
+    assert [r[0] for r in runs] == ["", "", "demo", "detr_r50_panoptic", "", "demo"]
+
+
 # -- folders: image files only, --recursive, dataset folders ---------------------------------
 
 def test_folders_give_their_image_files(tmp_path):

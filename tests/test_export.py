@@ -115,6 +115,23 @@ def test_exported_model_masks_equal_torch_predict_masks(ort_predictor, net):
         assert_within_noise("masks", got[0], want[0])
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_one_image_of_a_detection_gives_its_masks(ort_predictor, net, runtime):
+    """`Detection.one(i)` / `ExportedDetection.one(i)` (what the server caches of a request
+    that ran in a batch) give image i's predictions and, later, exactly its masks in the batch."""
+    model = net if runtime == "torch" else ort_predictor.model
+    batch = scene_batch((96, 128))
+    queries = [torch.tensor([3, 0, 5]), torch.tensor([1, 4])]
+    with torch.no_grad():
+        det = model.detect(batch)
+        want = model.predict_masks(det, queries)
+        for i in range(2):
+            one = det.one(i)
+            assert torch.equal(one.pred_logits, det.pred_logits[i : i + 1])
+            assert torch.equal(model.predict_masks(one, [queries[i]])[0], want[i])
+            assert one.one(0) is one
+
+
 def same_segments(a, b):
     assert torch.equal(a.id_map, b.id_map)
     assert len(a.segments_info) == len(b.segments_info)

@@ -27,6 +27,7 @@ from panoptic_detr.predictor import Predictor  # noqa: E402
 from panoptic_detr.runner import segments_json  # noqa: E402
 from panoptic_detr.serve import Limits, create_app  # noqa: E402
 from panoptic_detr.serve.worker import JobTimeout  # noqa: E402
+from panoptic_detr.viz import palette  # noqa: E402
 
 SCENES = sorted((Path(__file__).resolve().parents[1] / "src/panoptic_detr/assets/demo/scenes").glob("*.jpg"))
 KEY = "s3cret-key"
@@ -76,12 +77,13 @@ def test_segments_equal_predict(client, predictor, scene):
         assert r.headers["X-Request-Id"] == r.json()["request_id"]
     ids = {multipart.json()["request_id"], raw.json()["request_id"]}
     assert len(ids) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
-    colors = multipart.json()["colors"]
-    assert sorted(map(int, colors)) == [s["id"] for s in expected.segments_info]
+    colors = multipart.json()["colors"]  # the overlays' colours: each thing instance its own
+    assert colors == {str(k): list(v) for k, v in palette(expected, predictor.categories).items()}
+    assert len({tuple(c) for c in colors.values()}) == len(expected.segments_info)
 
 
 def test_accept_png_and_threshold_field(client, predictor):
-    scene = SCENES[0]
+    scene = SCENES[1]  # its segments change with the threshold (scene 0's do not, with the overlap filter)
     low = Predictor("demo", threshold=0.2).predict(scene)
     assert len(low.segments_info) != len(predictor.predict(scene).segments_info)
     r = client.post("/v1/segment?threshold=0.2", content=scene.read_bytes(), headers={"Accept": "image/png"})
@@ -111,7 +113,7 @@ def test_rethreshold_equals_a_fresh_run(client, predictor):
 
 
 def test_explain_a_segment(client, predictor):
-    scene = SCENES[0]
+    scene = SCENES[1]  # a lower threshold gives it more segments
     body = client.post("/v1/segment", content=scene.read_bytes()).json()
     rid, seg = body["request_id"], body["segments_info"][0]
     r = client.get(f"/v1/segment/{rid}/explain/{seg['id']}")
@@ -330,6 +332,56 @@ def test_close_finishes_the_queued_jobs():
     asyncio.run(scenario())
 
 
+def test_sigterm_lets_requests_in_flight_finish(tmp_path):
+    # the real command under uvicorn: SIGTERM while requests run or wait for the network, each
+    # of them still answered 200 with predict's segments, and the process exits 0
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "panoptic_detr", "serve", "--port", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300  # a loaded machine can take minutes to import torch
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        image = tmp_path / "big.jpg"  # larger than the scenes: its decoding keeps the worker busy longer
+        Image.open(SCENES[2]).resize((1024, 768)).save(image, quality=90)
+        body = image.read_bytes()
+        with ThreadPoolExecutor(4) as pool:  # (uvicorn gives them 30 s after the signal)
+            sent = [pool.submit(httpx.post, f"{url}/v1/segment", content=body, timeout=120) for _ in range(4)]
+            while httpx.get(f"{url}/readyz", timeout=5).json()["queue_depth"] < 2:  # some wait
+                assert not all(f.done() for f in sent), "the requests ended before the signal"
+            server.send_signal(signal.SIGTERM)
+            answers = [f.result() for f in sent]
+        assert server.wait(120) == 0, (tmp_path / "serve.log").read_text()
+        assert "stopped (SIGTERM)" in (tmp_path / "serve.log").read_text()
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+    predictor = Predictor("demo")
+    expected = segments_json(predictor.predict(image), predictor.categories)
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert r.json()["segments_info"] == expected
+
+
 def test_not_ready_while_closing(predictor):
     with TestClient(create_app(predictor)) as c:
         assert c.get("/readyz").status_code == 200
@@ -347,6 +399,127 @@ def test_cache_is_bounded(predictor):
         assert 0 < len(cache) < len(SCENES) and cache.nbytes <= 2_500_000
         assert c.post(f"/v1/segment/{ids[0]}/threshold", json={"threshold": 0.5}).status_code == 404
         assert c.post(f"/v1/segment/{ids[-1]}/threshold", json={"threshold": 0.5}).status_code == 200
+
+
+# ---- batching ---------------------------------------------------------------------------------
+
+def _odd_sizes() -> list[np.ndarray]:
+    """Four scenes of three shapes: in one batch the network pads them to a common size."""
+    scenes = [np.asarray(Image.open(s).convert("RGB")) for s in SCENES[:4]]
+    return [scenes[0], np.ascontiguousarray(scenes[1][:, :192]), np.ascontiguousarray(scenes[2][:160]),
+            scenes[3]]
+
+
+@pytest.mark.parametrize("together", [True, None], ids=["padded-batch", "cpu-default"])
+def test_waiting_requests_run_as_one_batch(together):
+    # requests that wait while the network is busy run as one batch: each answer is that of
+    # `predict --batch-size 4` on the four images (True: one padded tensor, as on a GPU; None:
+    # the CPU's way, each image alone, so a single image's answer), re-thresholding from the
+    # batch's cached outputs equals a fresh batch at that threshold; a bad upload in the batch
+    # is its own 415, and a request at another threshold runs in a batch of its own
+    predictor = Predictor("demo", batched_network=together)
+    images = _odd_sizes()
+    bodies = [_encode(im, "PNG") for im in images]
+    app = create_app(predictor, Limits(max_batch=8, batch_wait_ms=20))
+    worker = app.state.worker
+
+    async def scenario():
+        release, started = threading.Event(), threading.Event()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            busy = asyncio.create_task(worker.run(_blocker(release, started)))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            sends = [c.post("/v1/segment", content=b) for b in bodies]
+            sends += [c.post("/v1/segment", content=b"not an image"),
+                      c.post("/v1/segment?threshold=0.2", content=bodies[1])]
+            tasks = [asyncio.create_task(send) for send in sends]
+            while worker.depth < 1 + len(tasks):
+                await asyncio.sleep(0.01)
+            release.set()
+            await busy
+            answers = await asyncio.gather(*tasks)
+            # explain runs the image alone: a segment of a padded batch is matched to that run's
+            explained = [(s, await c.get(f"/v1/segment/{a.json()['request_id']}/explain/{s['id']}"))
+                         for a in answers[:4] for s in a.json()["segments_info"][:3]]
+            rethresholded = {t: [await c.post(f"/v1/segment/{a.json()['request_id']}/threshold",
+                                              json={"threshold": t}) for a in answers[:4]]
+                             for t in (0.05, 0.9, 0.3)}
+            return answers, explained, rethresholded, (await c.get("/metrics")).text
+
+    answers, explained, rethresholded, metrics = asyncio.run(scenario())
+    for s, r in explained:  # no 500, the same class, or a 404 saying why
+        if r.status_code == 404:
+            assert together and "has no segment of its class when the image runs alone" in r.text
+            continue
+        assert r.status_code == 200, r.text
+        assert r.json()["category_id"] == s["category_id"] and len(r.json()["heads"]) > 0
+    assert sum(r.status_code == 200 for _, r in explained) >= len(explained) // 2
+    worker.close()
+    expected = Predictor("demo", batched_network=together, batch_size=4).predict_batch(images)
+    if together:  # padding to the batch's size changes the answers: the comparison means something
+        alone = [predictor.predict(im) for im in images]
+        assert any(len(e.segments_info) != len(a.segments_info) for e, a in zip(expected, alone, strict=True))
+    for r, e in zip(answers[:4], expected, strict=True):
+        assert r.status_code == 200, r.text
+        _check_result(r.json(), e, predictor)
+    assert answers[4].status_code == 415 and "\n" not in answers[4].json()["detail"]
+    _check_result(answers[5].json(), Predictor("demo", threshold=0.2).predict(images[1]), predictor)
+    # one batch of the 4 decoded images, one of 1 (the other threshold)
+    assert "panoptic_detr_batch_size_count 2.0" in metrics and "panoptic_detr_batch_size_sum 5.0" in metrics
+    assert 'panoptic_detr_batch_size_bucket{le="3.0"} 1.0' in metrics
+    for t, replies in rethresholded.items():
+        fresh = Predictor("demo", batched_network=together, batch_size=4, threshold=t).predict_batch(images)
+        for r, e in zip(replies, fresh, strict=True):
+            assert r.status_code == 200, r.text
+            _check_result(r.json(), e, predictor)
+
+
+def test_batching_settings(predictor, monkeypatch):
+    # one at a time on a CPU unless asked; the command's flags reach the app
+    with TestClient(create_app(predictor)) as c:
+        limits = c.get("/v1/model").json()["limits"]
+        assert limits["max_batch"] == 1 and c.app.state.worker.max_batch == 1
+    seen = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(app=app, **kw))
+    assert main(["serve", "--max-batch", "3", "--batch-wait-ms", "2.5"]) == 0
+    worker = seen["app"].state.worker
+    assert (worker.max_batch, worker.batch_wait_s) == (3, 0.0025)
+    for bad in (["--max-batch", "0"], ["--batch-wait-ms", "-1"], ["--batch-wait-ms", "nan"]):
+        with pytest.raises(SystemExit):
+            main(["serve", *bad])
+
+
+def test_worker_batches_only_equal_keys():
+    # the worker's own rules: same function and key, at most max_batch, cancelled jobs left out
+    from panoptic_detr.serve.worker import Worker
+
+    worker = Worker(max_queue=16, timeout_s=10, max_batch=3, batch_wait_s=0.01)
+    batches = []
+
+    def double(items: list[int]) -> list[int | Exception]:
+        batches.append(list(items))
+        return [ValueError(f"odd {i}") if i % 2 else 2 * i for i in items]
+
+    async def scenario():
+        release, started = threading.Event(), threading.Event()
+        busy = asyncio.create_task(worker.run(_blocker(release, started)))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        jobs = [asyncio.create_task(worker.run_batched(double, i, key=i % 3 == 0)) for i in range(8)]
+        while worker.depth < 9:
+            await asyncio.sleep(0.01)
+        jobs[4].cancel()  # still waiting: never runs
+        await asyncio.sleep(0.01)
+        release.set()
+        await busy
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    worker.close()
+    assert batches == [[0, 3, 6], [1, 2, 5], [7]]  # first come first, key by key, 3 at most
+    assert [r if isinstance(r, int) else type(r).__name__ for r in results] == [
+        0, "ValueError", 4, "ValueError", "CancelledError", "ValueError", 12, "ValueError"]
+    assert worker.depth == 0
 
 
 # ---- schemathesis -----------------------------------------------------------------------------

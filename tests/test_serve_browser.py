@@ -1,6 +1,7 @@
 """The page of `panoptic-detr serve` in headless Chromium (Playwright driving Debian's
 `chromium`) against a real uvicorn server: upload a bundled scene, see the overlay and the
-legend, hover a segment, move the threshold, toggle a class, with no console errors.
+legend (each thing instance in a colour of its own, `viz.palette`'s), hover a segment, move
+the threshold, toggle a class; drop and paste an image; with no console errors.
 
 PANOPTIC_DETR_SCREENSHOT=docs/images/serve.png also saves the README's screenshot.
 """
@@ -25,6 +26,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from panoptic_detr.predictor import Predictor  # noqa: E402
 from panoptic_detr.serve import create_app  # noqa: E402
+from panoptic_detr.viz import palette  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 SCENE = Path(__file__).resolve().parents[1] / "src/panoptic_detr/assets/demo/scenes/scene_000001.jpg"
@@ -99,6 +101,24 @@ def test_page_in_chromium(server, predictor, tmp_path):
                     && d[i+2] === 255; return [c.width, c.height, white]; }""")
             assert painted[:2] == [expected.size[1], expected.size[0]] and painted[2] > 100  # outlines
 
+            # every segment in its own colour, `viz.palette`'s, instances of one class included,
+            # drawn over the image at the segment's inside
+            colors = palette(expected, predictor.categories)
+            swatches = page.locator("#legend .swatch").evaluate_all(
+                "els => els.map(e => getComputedStyle(e).backgroundColor)")
+            assert swatches == [f"rgb({r}, {g}, {b})" for r, g, b in
+                                (colors[s["id"]] for s in expected.segments_info)]
+            classes = [s["category_id"] for s in expected.segments_info if s["isthing"]]
+            assert len(set(classes)) < len(classes)  # the scene has instances of one class
+            for s in expected.segments_info:
+                x, y = (int(v) for v in _segment_point(expected, s["id"]))
+                drawn = page.evaluate("""([x, y]) => {
+                    const c = document.getElementById('overlay'), w = c.width, p = 4 * (y * w + x);
+                    const out = c.getContext('2d').getImageData(x, y, 1, 1).data;
+                    return [[...out.slice(0, 3)], [...state.pixels.slice(p, p + 3)]]; }""", [x, y])
+                want = [src * 0.45 + c * 0.55 for src, c in zip(drawn[1], colors[s["id"]], strict=True)]
+                assert max(abs(a - b) for a, b in zip(drawn[0], want, strict=True)) <= 1, s
+
             # hover the largest thing: the tooltip names its class, the attention panel fills
             seg = max((s for s in expected.segments_info if s["isthing"]), key=lambda s: s["area"])
             box = page.locator("#overlay").bounding_box()
@@ -127,6 +147,55 @@ def test_page_in_chromium(server, predictor, tmp_path):
             legend.first.click()
             assert "hidden" in (legend.first.get_attribute("class") or "")
             page.screenshot(path=str(tmp_path / "after.png"))
+        finally:
+            browser.close()
+    assert errors == []
+
+
+DROP_AND_PASTE = """([b64, name, how]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const data = new DataTransfer();
+    data.items.add(new File([bytes], name, { type: name.endsWith('.jpg') ? 'image/jpeg' : 'image/png' }));
+    if (how === 'drop') {
+        const drop = document.getElementById('drop');
+        const init = { dataTransfer: data, bubbles: true, cancelable: true };
+        drop.dispatchEvent(new DragEvent('dragover', init));
+        drop.dispatchEvent(new DragEvent('drop', init));
+    } else {
+        document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true,
+                                                             cancelable: true }));
+    }
+}"""
+
+
+def test_drop_and_paste_in_chromium(server, predictor):
+    # a file dropped on the drop zone, then an image pasted (a PNG without a name, as from a
+    # screenshot tool): each segmented, the legend predict's for that image
+    import base64
+
+    scenes = sorted(SCENE.parent.glob("*.jpg"))
+    dropped = scenes[2]
+    pasted = io.BytesIO()
+    Image.open(scenes[0]).save(pasted, format="PNG")
+    cases = [("drop", dropped.name, dropped.read_bytes(), predictor.predict(dropped), dropped.name),
+             ("paste", "", pasted.getvalue(), predictor.predict(scenes[0]), "pasted image")]
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_function("() => document.getElementById('model').textContent.includes('torch')")
+            for how, name, data, expected, shown_as in cases:
+                page.evaluate(DROP_AND_PASTE, [base64.b64encode(data).decode(), name, how])
+                h, w = expected.size
+                page.wait_for_function(f"() => document.getElementById('status').textContent === "
+                                       f"'{shown_as}: {w} \u00d7 {h}'")
+                shown = page.locator("#legend li > span:nth-child(2)").all_inner_texts()
+                assert shown == [f"{s['id']}: {s['name']}" for s in predict_json(expected, predictor)], how
+                assert "over" not in (page.locator("#drop").get_attribute("class") or "")
         finally:
             browser.close()
     assert errors == []

@@ -103,3 +103,46 @@ def test_a_truncated_video_keeps_the_frames_before_the_cut(predictor, tmp_path):
     doc = json.loads(done.json.read_text())
     assert [im["frame"] for im in doc["images"]] == done.frames
     assert len(list(read_frames(done.video))) == len(done.frames)
+
+
+def test_videos_in_folders_and_globs_are_predicted_as_videos(clip, tmp_path, capsys):
+    # a folder of photos and clips: the clips as videos, the photos as images, one run; a glob
+    # likewise; a folder with neither says both kinds it looks for
+    import shutil
+    from pathlib import Path
+
+    from PIL import Image
+
+    media = tmp_path / "media"
+    (media / "more").mkdir(parents=True)
+    shutil.copy(clip, media / "clip.mp4")
+    shutil.copy(clip, media / "more" / "pan.MOV")
+    Image.fromarray(make_scene(1, 3, (H, W))[0]).save(media / "photo.png")
+    (media / "notes.txt").write_text("neither")
+    out = tmp_path / "out"
+    assert main(["predict", str(media), "--out", str(out), "--every", "4", "--quiet", "--recursive"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    videos = [line.split(": ")[:2] for line in lines if "frames predicted" in line]
+    assert [(Path(v).name, n.split(";")[0]) for v, n in videos] == [("clip.mp4", "3 frames predicted"),
+                                                                    ("pan.MOV", "3 frames predicted")]
+    assert "1 inputs: 1 predicted" in lines[-1]
+    for stem in ("clip", "pan"):
+        doc = json.loads((out / f"{stem}.json").read_text())
+        assert [im["frame"] for im in doc["images"]] == [0, 4, 8] and (out / f"{stem}.mp4").is_file()
+    assert [im["file_name"] for im in json.loads((out / "predictions.json").read_text())["images"]] == [
+        "photo.png"]
+
+    glob_out = tmp_path / "glob"
+    assert main(["predict", str(media / "*.mp4"), "--out", str(glob_out), "--every", "6", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 frames predicted" in lines[1] and len(lines) == 2  # a video only: no image summary
+    assert json.loads((glob_out / "clip.json").read_text())["images"][1]["frame"] == 6
+
+    assert main(["predict", str(media / "more"), "--out", str(tmp_path / "o2"), "--every", "12",
+                 "--quiet"]) == 0  # a folder holding only a video is no problem
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "notes.txt").write_text("neither")
+    assert main(["predict", str(tmp_path / "none"), "--out", str(tmp_path / "o3"), "--quiet"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: {tmp_path / 'none'}: no image or video files in it (.jpg, .png, .tif, .webp, "
+                   ".mp4, .mov, ...)"]

@@ -27,7 +27,7 @@ from PIL import Image
 from .data.images import as_rgb, preprocess
 from .loading import Pretrained, WeightsError, load_pretrained
 from .model import DETRPanoptic
-from .model.inference import segment
+from .model.inference import Segmentation, segment
 from .settings import InferenceSettings, MaskChunk, SettingsError, StuffMerge, check_settings
 from .structures import Categories, PaddedBatch, PanopticResult
 
@@ -146,19 +146,26 @@ class Predictor:
             out.extend(self.predict_arrays(chunk))
         return out
 
-    @torch.inference_mode()
     def predict_arrays(self, arrays: Sequence[np.ndarray]) -> list[PanopticResult]:
         """One padded batch of decoded [H, W, 3] uint8 images."""
+        return [PanopticResult(s.result.id_map.cpu(), s.result.segments_info, self.categories)
+                for s in self.segment_arrays(arrays)]
+
+    @torch.inference_mode()
+    def segment_arrays(self, arrays: Sequence[np.ndarray], *, threshold: float | None = None,
+                       keep_det: bool = False) -> list[Segmentation]:
+        """`predict_arrays`' way through the network, each image's `Segmentation` (with
+        keep_det, `detect`'s outputs too, e.g. for re-thresholding later); threshold: None for
+        the settings'."""
         if not arrays:
             return []
         s = self.settings
         inputs = [preprocess(a, s.size, s.max_size) for a in arrays]
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
-        done = segment(self.model, batch, [a.shape[:2] for a in arrays], self.is_thing,
-                       threshold=s.threshold, stuff_merge=s.stuff_merge,
-                       overlap_threshold=s.overlap_threshold, mask_chunk=s.mask_chunk,
-                       together=self.batched_network)
-        return [PanopticResult(s.result.id_map.cpu(), s.result.segments_info, self.categories) for s in done]
+        return segment(self.model, batch, [a.shape[:2] for a in arrays], self.is_thing,
+                       threshold=s.threshold if threshold is None else threshold,
+                       stuff_merge=s.stuff_merge, overlap_threshold=s.overlap_threshold,
+                       mask_chunk=s.mask_chunk, together=self.batched_network, keep_det=keep_det)
 
 
 def _as_pretrained(weights: Any, categories: Categories | None, preset: str | None,

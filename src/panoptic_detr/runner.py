@@ -223,17 +223,20 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", 
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None,
-                  recursive: bool = False) -> tuple[list[Path], list[str]]:
+                  recursive: bool = False, videos: frozenset[str] = frozenset()
+                  ) -> tuple[list[Path], list[str]]:
     """Files, folders and globs -> (files in order without repeats, one problem line per input
     that names nothing).
 
-    A folder gives its image files (`IMAGE_EXTENSIONS`, hidden ones left out), with `recursive`
-    those of its subfolders too; a COCO-panoptic dataset folder (panoptic.json or
+    A folder gives its image files (`IMAGE_EXTENSIONS`, hidden ones left out) and those whose
+    suffix is in `videos` (`predict` passes `video.VIDEO_EXTENSIONS`), with `recursive` those of
+    its subfolders too; a COCO-panoptic dataset folder (panoptic.json or
     annotations/panoptic_*.json) gives its image folder's, never its annotation PNGs. Files
     inside the folder `exclude` (the output folder) are left out, so that a run writing into its
     own input folder never predicts its outputs.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
+    suffixes = IMAGE_EXTENSIONS | videos
 
     def kept(found: list[Path]) -> list[Path]:
         return [p for p in found if skip is None or not p.resolve().is_relative_to(skip)]
@@ -243,9 +246,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.Pa
     for item in map(str, inputs):
         path = Path(item)
         if path.is_dir():
-            found = _folder_images(path, recursive)
+            found = _folder_images(path, recursive, suffixes)
             if not found:
-                problems.append(f"{path}: {_no_images(path, recursive)}")
+                problems.append(f"{path}: {_no_images(path, recursive, bool(videos))}")
             elif not kept(found):
                 problems.append(f"{path}: is inside the output folder {skip}, its files are not inputs")
             files.extend(kept(found))
@@ -266,35 +269,38 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]], exclude: str | os.Pa
     return unique, problems
 
 
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
-    """The image files of `folder` (of its subfolders too when `recursive`), sorted; a dataset
-    folder's are those of its image folder."""
+def _folder_images(folder: Path, recursive: bool, suffixes: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """The files of `folder` with one of `suffixes` (of its subfolders too when `recursive`),
+    sorted; a dataset folder's are those of its image folder."""
     if (folder / "panoptic.json").is_file() or any((folder / "annotations").glob("panoptic_*.json")):
         try:
             _, png_dir, image_dir = find_layout(folder)
         except (FileNotFoundError, ValueError):
             png_dir = image_dir = None
         if image_dir is not None:
-            return _folder_images(image_dir, recursive)
+            return _folder_images(image_dir, recursive, suffixes)
         if png_dir is not None:  # no image folder: anything but the annotation PNGs
-            return [p for p in _folder_images_plain(folder, recursive) if not p.is_relative_to(png_dir)]
-    return _folder_images_plain(folder, recursive)
+            return [p for p in _folder_images_plain(folder, recursive, suffixes)
+                    if not p.is_relative_to(png_dir)]
+    return _folder_images_plain(folder, recursive, suffixes)
 
 
-def _folder_images_plain(folder: Path, recursive: bool) -> list[Path]:
+def _folder_images_plain(folder: Path, recursive: bool, suffixes: frozenset[str]) -> list[Path]:
     found = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         found += [Path(root) / n for n in names
-                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+                  if not n.startswith(".") and Path(n).suffix.lower() in suffixes]
     return sorted(f for f in found if f.is_file())
 
 
-def _no_images(folder: Path, recursive: bool) -> str:
+def _no_images(folder: Path, recursive: bool, videos: bool) -> str:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if not entries:
         return "empty folder, no images in it"
     sub = "" if recursive or not any(p.is_dir() for p in entries) else "; --recursive looks in its subfolders"
+    if videos:
+        return f"no image or video files in it (.jpg, .png, .tif, .webp, .mp4, .mov, ...){sub}"
     return f"no image files in it (.jpg, .png, .tif, .webp, ...){sub}"
 
 

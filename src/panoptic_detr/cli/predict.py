@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from . import whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
@@ -26,14 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "panoptic_detr predict ...) each process predicts its share of the images and rank 0 "
         "writes predictions.json (docs/distributed_inference.md). A video (.mp4, .mov, .avi, .mkv, "
         ".webm, ...; the 'video' extra, PyAV) gives OUT/<stem>.mp4 (overlays), "
-        "OUT/<stem>/<stem>_<frame>.png and OUT/<stem>.json.",
+        "OUT/<stem>/<stem>_<frame>.png and OUT/<stem>.json, whether named, in a folder or "
+        "matched by a glob.",
     )
     p.add_argument("images", nargs="*", metavar="IMAGES",
-                   help="image files, folders (their image files) or glob patterns (default with "
-                        "--dataset: all its images)")
+                   help="image or video files, folders (their image and video files) or glob "
+                        "patterns (default with --dataset: all its images)")
     p.add_argument("--recursive", action="store_true",
-                   help="folders: also the images in their subfolders (a folder gives its image files: "
-                        ".jpg, .png, .tif, .webp, ...; a dataset folder its images/)")
+                   help="folders: also the files in their subfolders (a folder gives its image files: "
+                        ".jpg, .png, .tif, .webp, ..., and videos: .mp4, .mov, ...; a dataset folder "
+                        "its images/)")
     p.add_argument("--dataset", metavar="DATASET", default=None,
                    help="COCO panoptic dataset root or its JSON: image ids and names from it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -54,13 +55,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..parallel import dist_info
-    from ..runner import predict_files
-    from ..video import is_video
+    from ..runner import expand_inputs, predict_files
+    from ..video import VIDEO_EXTENSIONS, is_video
 
     if not args.images and args.dataset is None:
         args._parser.error("give IMAGES (files, folders or globs) or --dataset")
-    videos = [v for v in args.images if is_video(v) and not Path(v).is_dir()]
-    images = [i for i in args.images if i not in videos]
+    # videos named, in folders or matched by globs are predicted as videos, the rest as images
+    found, problems = expand_inputs(args.images, exclude=args.out, recursive=args.recursive,
+                                    videos=VIDEO_EXTENSIONS)
+    videos = [str(f) for f in found if is_video(f)]
+    images = [f for f in found if not is_video(f)]
     announce(args)
     predictor, code = None, 0
     try:
@@ -70,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
             predictor = Predictor(resolve(args), preset=args.preset, device=args.device,
                                   batch_size=args.batch_size, **settings_kwargs(args))
             code = _videos(args, predictor, videos)
-            if not images and args.dataset is None:
-                return code
+        # no images left: nothing more to run (with --dataset, no IMAGES means all its images)
+        if not images and (args.images and args.dataset is not None or videos and not problems):
+            for line in problems:
+                print(f"error: {line}", file=sys.stderr)
+            return 1 if problems or code else 0
         summary = predict_files(
             images, args.out, weights=resolve(args), preset=args.preset, device=args.device,
             batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # settings, weights, device, dataset
         print(f"error: {e}", file=sys.stderr)
         return 2
+    summary.failed[:0] = problems  # the inputs that named nothing, as predict_files reports them
     code = 1 if summary.failed or summary.error or code else 0
     rank = dist_info().rank
     if rank != 0:  # under torchrun rank 0 reports for every process; another only why it stopped

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from . import OptionError, whole_number
 from .settings_flags import add_settings_flags, settings_kwargs
@@ -13,14 +17,23 @@ from .weights_flag import add_weights_flag
 API_KEY_ENV = "PANOPTIC_DETR_API_KEY"
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"{text} is out of range (expected a number > 0)")
-    return value
+def _number(low: float, *, inclusive: bool):
+    """argparse type: a finite number > low (>= low when inclusive), refused in one line."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low <= value if inclusive else low < value) or value == float("inf"):  # NaN fails too
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range (expected a number {'>=' if inclusive else '>'} {low:g})")
+        return value
+
+    return parse
+
+
+_positive = _number(0, inclusive=False)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="requests that may wait for the network; more get 503 + Retry-After (8)")
     p.add_argument("--timeout", type=_positive, default=60.0,
                    help="seconds a request may wait for and use the network; then 503 (60)")
+    p.add_argument("--max-batch", type=whole_number(1), default=None,
+                   help="segment requests waiting together run through the network as one batch, "
+                        "results as predict --batch-size N gives them (default 4 on a GPU, 1 on a CPU)")
+    p.add_argument("--batch-wait-ms", type=_number(0, inclusive=True), default=10.0,
+                   help="how long to wait for more requests to fill a batch (10)")
     p.add_argument("--cache-mb", type=_positive, default=512.0,
                    help="memory for the network outputs kept for re-thresholding (512)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -73,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError("--api-key is empty")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                     max_queue=args.queue_size, timeout_s=args.timeout,
-                    cache_bytes=int(args.cache_mb * 2**20))
+                    cache_bytes=int(args.cache_mb * 2**20), max_batch=args.max_batch,
+                    batch_wait_ms=args.batch_wait_ms)
     predictor = Predictor(args.weights, preset=args.preset, device=args.device, **settings_kwargs(args))
     name = os.path.basename(os.fspath(args.weights))
     app = create_app(predictor, limits, api_key=api_key, cors_origins=tuple(args.cors_origin),
@@ -83,5 +102,24 @@ def run(args: argparse.Namespace) -> int:
               "can use the model", file=sys.stderr)
     print(f"serving {name} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    with _sigterm_is_a_stop() as stopped:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    if stopped:
+        print("stopped (SIGTERM): the requests in flight were answered", file=sys.stderr)
     return 0
+
+
+@contextmanager
+def _sigterm_is_a_stop() -> Iterator[list[int]]:
+    """SIGTERM as an ordinary stop: uvicorn finishes the requests in flight, then raises the
+    signal again for the handler that was there before it; with this one the command then
+    returns (exit 0) instead of dying of the signal. Yields the signals seen."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+        yield seen
+        return
+    previous = signal.signal(signal.SIGTERM, lambda sig, _: seen.append(sig))
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)

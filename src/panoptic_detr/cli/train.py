@@ -12,6 +12,7 @@ import os
 import sys
 
 from . import add_quiet_flag, check_device
+from .weights_flag import announce_training
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,13 +38,17 @@ def run(args: argparse.Namespace) -> int:
         print("error: train needs --config FILE.yaml (examples in configs/; KEY=VALUE pairs then "
               "override it)", file=sys.stderr)
         return 2
-    from ..train.config import load_config  # errors: one line each, from cli.main
+    from ..checkpoint import LAST
+    from ..train.config import load_config, model_config  # errors: one line each, from cli.main
     from ..train.loop import train
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)
     if not args.device:
         check_device(cfg.device)
+    resume = args.resume_from or (os.path.join(cfg.out_dir, LAST) if args.resume else None)
+    if int(os.environ.get("RANK", "0")) == 0:
+        announce_training(cfg.init, resume, model_config(cfg).pretrained_backbone)
     metrics = train(cfg, resume=args.resume_from or args.resume, overwrite=args.overwrite,
                     progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary, not one per process

@@ -52,3 +52,16 @@ def announce(args: argparse.Namespace) -> None:
         print(f"weights: demo, the bundled synthetic demo model, as no --weights was given; {COCO_HINT}")
     else:
         print(f"weights: {describe(args.weights)}")
+
+
+def announce_training(init: str, resume: str | None, pretrained_backbone: bool) -> None:
+    """Print the weights a training run starts from: resume: the checkpoint it continues (None
+    when it starts afresh); init: the config's `init` ("" = none)."""
+    if resume is not None:
+        print(f"weights: resuming {resume} (its model, optimiser and step)")
+    elif init:
+        print(f"weights: {describe(init)}, as init= says")
+    else:
+        backbone = ("the backbone from torchvision's ImageNet weights" if pretrained_backbone
+                    else "no pretrained part")
+        print(f"weights: none, random initialisation ({backbone}); init=WEIGHTS starts from a checkpoint")

@@ -92,6 +92,14 @@ class ExportedDetection:
     features: dict[str, np.ndarray]
     """queries [B, N, d], keys, padding, lay1, adapter1..3 (see `graphs.DETECT_OUTPUTS`)."""
 
+    def one(self, index: int) -> ExportedDetection:
+        """Image `index`'s outputs as a batch of one, copied (see `Detection.one`)."""
+        if self.pred_logits.shape[0] == 1 and index == 0:
+            return self
+        i = slice(index, index + 1)
+        return ExportedDetection(self.pred_logits[i].clone(), self.pred_boxes[i].clone(),
+                                 {k: v[i].copy() for k, v in self.features.items()})
+
 
 class ExportedModel:
     """`detect` + `predict_masks` of an export folder (detect.onnx, mask.onnx), run by

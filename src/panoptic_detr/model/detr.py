@@ -83,6 +83,24 @@ class Detection:
     queries (L entries, the last layer's last); the fields above then hold the N learned
     queries' only, but `hs` all N + M (`predict_masks` reaches extra query j as N + j)."""
 
+    def one(self, index: int) -> Detection:
+        """Image `index`'s outputs as a batch of one (copies: the batch's memory can go). The
+        mask head is per image, so `predict_masks` on it gives that image's masks in the batch."""
+        if self.hs.shape[1] == 1 and index == 0:
+            return self
+
+        def row(t: Tensor | None, dim: int = 0) -> Tensor | None:
+            return None if t is None else t.narrow(dim, index, 1).clone()
+
+        def layers(outs: list[LayerOutput] | None) -> list[LayerOutput] | None:
+            return None if outs is None else [LayerOutput(row(o.pred_logits), row(o.pred_boxes))
+                                               for o in outs]
+
+        return Detection(row(self.pred_logits), row(self.pred_boxes), layers(self.aux_outputs),
+                         row(self.layer4), row(self.pos), row(self.memory), row(self.hs, 1),
+                         row(self.padding), row(self.src_proj), [row(f) for f in self.fpns],
+                         row(self.attention_maps), row(self.pred_masks), layers(self.extra_outputs))
+
 
 class MLP(nn.Module):
     """Linear layers with ReLU between them (the box head: 3 layers, d -> d -> d -> 4)."""

@@ -33,6 +33,10 @@ class Segmentation:
     masks: Tensor
     """[Q, h/4, w/4] float32 mask logits of the kept queries (h, w: the network's input,
     padded when the image ran in a padded batch)."""
+    size: tuple[int, int]
+    """(h, w) of the image as the network saw it (after DETR's resize)."""
+    padded: tuple[int, int]
+    """(h, w) of the batch it ran in: `size` padded to the largest image's (`size` when alone)."""
     det: Detection | None = None
     """With `keep_det`: the `detect` outputs of the batch the image ran in, row `row`."""
     row: int = 0
@@ -88,5 +92,6 @@ def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, overlap_
         result = panoptic_postprocess(logits[i], m, size, padded, out_size, is_thing, threshold=threshold,
                                       stuff_merge=stuff_merge, query_idx=kept[i], pred_boxes=boxes[i],
                                       overlap_threshold=overlap_threshold)
-        out.append(Segmentation(result, logits[i], boxes[i], kept[i], m, det if keep_det else None, i))
+        out.append(Segmentation(result, logits[i], boxes[i], kept[i], m, size, padded,
+                                det if keep_det else None, i))
     return out

@@ -37,7 +37,7 @@ from ..predictor import Predictor
 from ..runner import segments_json
 from ..structures import PanopticResult
 from ..viz import palette
-from .engine import Engine, Entry, ResultCache
+from .engine import Engine, Entry, NoCounterpart, ResultCache
 from .metrics import Metrics
 from .uploads import FORMATS, MULTIPART_SLACK, BodyLimit, UploadError, decode_upload, read_upload
 from .worker import JobTimeout, QueueFull, Worker
@@ -62,6 +62,12 @@ class Limits:
     cache_bytes: int = 512 * 2**20
     """Memory for the network outputs kept for re-thresholding and explaining (least recently
     used dropped first; demo model: ~1 MB an image, DETR-R50 at 800 px: ~150 MB)."""
+    max_batch: int | None = None
+    """Segment requests that may run through the network as one batch (those waiting when it
+    is free, with the same threshold), each result then as `predict --batch-size N` gives it
+    on the device; None: 4 on a GPU, 1 (one at a time) on a CPU."""
+    batch_wait_ms: float = 10.0
+    """How long the worker waits for more requests to fill a batch (with max_batch > 1)."""
 
 
 @dataclass
@@ -109,8 +115,10 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
     """The server's ASGI app. api_key: every /v1 call then needs `Authorization: Bearer KEY`;
     cors_origins: origins allowed to call from other pages (none: no CORS headers)."""
     limits = limits or Limits()
+    if limits.max_batch is None:
+        limits = dataclasses.replace(limits, max_batch=1 if predictor.device.type == "cpu" else 4)
     engine, cache = Engine(predictor), ResultCache(limits.cache_bytes)
-    worker = Worker(limits.max_queue, limits.timeout_s)
+    worker = Worker(limits.max_queue, limits.timeout_s, limits.max_batch, limits.batch_wait_ms / 1000)
     metrics = Metrics(lambda: worker.depth, lambda: cache.nbytes)
 
     @asynccontextmanager
@@ -167,9 +175,21 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
                 "panoptic_png": base64.b64encode(done.png).decode()}
         return JSONResponse(body, headers=headers)
 
-    def segment_job(data: bytes, threshold: float | None) -> tuple[Entry, Done]:
-        entry = engine.segment(decode_upload(data, limits.max_pixels), threshold)
-        return entry, Done(entry.result, entry.threshold, _panoptic_png(entry.result.id_map))
+    def segment_batch(uploads: list[tuple[bytes, float]]) -> list[tuple[Entry, Done] | Exception]:
+        """The worker's batch of segment requests (all of one threshold: it is the batch key)."""
+        out: list[tuple[Entry, Done] | Exception | None] = [None] * len(uploads)
+        images: dict[int, np.ndarray] = {}
+        for i, (data, _) in enumerate(uploads):
+            try:
+                images[i] = decode_upload(data, limits.max_pixels)
+            except UploadError as e:  # this request's own 4xx; the others run
+                out[i] = e
+        if images:
+            metrics.batch_size.observe(len(images))
+            entries = engine.segment_batch(list(images.values()), uploads[0][1])
+            for i, entry in zip(images, entries, strict=True):
+                out[i] = entry, Done(entry.result, entry.threshold, _panoptic_png(entry.result.id_map))
+        return out  # type: ignore[return-value]  # every slot filled
 
     @v1.post("/segment", summary="Segment an image (multipart field 'image', or the raw body)",
              openapi_extra=UPLOAD_BODY, responses={200: {"content": {"image/png": {}}, "description": (
@@ -180,7 +200,9 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
         data, field = await read_upload(request, limits.max_upload_bytes)
         if threshold is None and field is not None:
             threshold = _form_threshold(field)
-        entry, done = await worker.run(segment_job, data, threshold)
+        if threshold is None:
+            threshold = predictor.threshold
+        entry, done = await worker.run_batched(segment_batch, (data, threshold), key=threshold)
         rid = secrets.token_hex(16)
         cache.put(rid, entry)
         return respond(request, rid, done)
@@ -221,7 +243,10 @@ def create_app(predictor: Predictor, limits: Limits | None = None, *, api_key: s
             raise HTTPException(409, f"explanations need the torch runtime (this server runs "
                                      f"{predictor.settings.runtime}): serve with --runtime torch")
         entry = entry_of(request_id)
-        found = await worker.run(explain_job, entry, segment_id)
+        try:
+            found = await worker.run(explain_job, entry, segment_id)
+        except NoCounterpart as e:
+            raise HTTPException(404, str(e)) from None
         cache.put(request_id, entry)
         if found is None:
             raise HTTPException(404, f"request {request_id} has no segment {segment_id} at threshold "

@@ -2,13 +2,15 @@
 re-threshold from that cache, explain a segment. No HTTP here; every call runs on the one
 network worker (`worker.Worker`), so the model is never used by two threads at once.
 
-`segment` is `Predictor.predict_arrays` for one image with `detect`'s outputs kept
-(`model.inference.segment(..., keep_det=True)`): the same preprocessing, settings and path,
-so its segments are `predict`'s. Re-thresholding re-selects the queries from the cached class
+`segment_batch` is `Predictor.segment_arrays` (what `predict_arrays` runs) with `detect`'s
+outputs kept: the same preprocessing, settings and path, so the segments of a batch are those
+of `predict --batch-size N` on its images (on a CPU, where each image runs alone, a single
+image's). Re-thresholding re-selects the queries from the cached class
 logits (`select_queries`), runs the mask head only for queries whose masks were never
-computed for this image (`DETRPanoptic.predict_masks` on the cached `Detection`; the head is
-per query, so those masks are the ones a fresh run computes) and post-processes
-(`panoptic_postprocess`), as a fresh run at that threshold does.
+computed for this image (`DETRPanoptic.predict_masks` on the image's row of the cached
+`Detection`; the head is per image and per query, so those masks are the ones a fresh run of
+the same batch computes) and post-processes (`panoptic_postprocess`, cropping the batch's
+padding), as a fresh run at that threshold does.
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.images import preprocess
 from ..explain import Explanation, explain
 from ..explain.figures import Figures, thumb_size
-from ..model.detr import Detection
-from ..model.inference import segment
+from ..model.detr import Detection, LayerOutput
 from ..model.postprocess import panoptic_postprocess, select_queries
 from ..predictor import Predictor
-from ..structures import PaddedBatch, PanopticResult
+from ..structures import PanopticResult
 
 EXPLAIN_LONG_SIDE = 200
 """Longest side in pixels of the attention and mask-logit pictures of `Engine.explain`."""
@@ -42,9 +42,11 @@ class Entry:
     image: np.ndarray
     """[H, W, 3] uint8, the decoded upload."""
     det: Detection
-    """`detect`'s outputs for the image alone (a batch of one)."""
+    """`detect`'s outputs for the image (its row of the batch it ran in, as a batch of one)."""
     input_size: tuple[int, int]
     """(h, w) the network saw, after DETR's resize."""
+    padded_size: tuple[int, int]
+    """(h, w) of the padded batch it ran in (`input_size` when it ran alone)."""
     queries: Tensor
     """[Q] int64, the queries whose mask logits are in `masks` (kept at some threshold)."""
     masks: Tensor
@@ -59,14 +61,16 @@ class Entry:
     def nbytes(self) -> int:
         """Memory the entry holds (the image, every cached tensor)."""
         tensors = [self.masks, self.queries, self.result.id_map]
-        for f in fields(self.det):
+        for f in fields(self.det):  # a Detection, or an ExportedDetection (its features a dict)
             value = getattr(self.det, f.name)
-            tensors += value if isinstance(value, list) else [value]
-        tensors += [t for o in self.det.aux_outputs for t in (o.pred_logits, o.pred_boxes)]
+            value = list(value.values()) if isinstance(value, dict) else value
+            for v in value if isinstance(value, list) else [value]:
+                tensors += [v.pred_logits, v.pred_boxes] if isinstance(v, LayerOutput) else [v]
         if self.explanation is not None:
             e = self.explanation
             tensors += [e.c5_norm, e.pred_logits, e.attention_maps, e.mask_logits, e.result.id_map]
-        size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+        size = sum(t.numel() * t.element_size() if isinstance(t, Tensor) else t.nbytes
+                   for t in tensors if isinstance(t, Tensor | np.ndarray))
         return self.image.nbytes + size
 
 
@@ -76,20 +80,19 @@ class Engine:
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
 
-    @torch.inference_mode()
     def segment(self, image: np.ndarray, threshold: float | None = None) -> Entry:
         """[H, W, 3] uint8 -> its entry; threshold: None for the predictor's."""
+        return self.segment_batch([image], threshold)[0]
+
+    @torch.inference_mode()
+    def segment_batch(self, images: list[np.ndarray], threshold: float | None = None) -> list[Entry]:
+        """Images run as one batch of `predict --batch-size len(images)` -> their entries."""
         p = self.predictor
-        s = p.settings if threshold is None else p.settings.replace(threshold=threshold)
-        x = preprocess(image, s.size, s.max_size)
-        batch = PaddedBatch.from_images([x]).to(p.device, p.dtype)
-        done = segment(p.model, batch, [image.shape[:2]], p.is_thing, threshold=s.threshold,
-                       stuff_merge=s.stuff_merge, overlap_threshold=s.overlap_threshold,
-                       mask_chunk=s.mask_chunk, together=p.batched_network,
-                       keep_det=True)[0]
-        result = PanopticResult(done.result.id_map.cpu(), done.result.segments_info)
-        return Entry(image, done.det, (int(x.shape[1]), int(x.shape[2])), done.kept, done.masks,
-                     s.threshold, result)
+        t = p.settings.threshold if threshold is None else threshold
+        done = p.segment_arrays(images, threshold=t, keep_det=True)
+        return [Entry(image, s.det.one(s.row), s.size, s.padded, s.kept, s.masks, t,
+                      PanopticResult(s.result.id_map.cpu(), s.result.segments_info))
+                for image, s in zip(images, done, strict=True)]
 
     @torch.inference_mode()
     def rethreshold(self, entry: Entry, threshold: float) -> PanopticResult:
@@ -109,24 +112,31 @@ class Engine:
             known += new
         rows = torch.tensor([known.index(q) for q in kept.tolist()], dtype=torch.long,
                             device=entry.masks.device)
-        # the image ran alone: its padded size is its own
         result = panoptic_postprocess(logits, entry.masks.index_select(0, rows), entry.input_size,
-                                      entry.input_size,
-                                      entry.image.shape[:2], p.is_thing, threshold=threshold,
-                                      stuff_merge=s.stuff_merge, query_idx=kept, pred_boxes=boxes,
-                                      overlap_threshold=s.overlap_threshold)
+                                      entry.padded_size, entry.image.shape[:2], p.is_thing,
+                                      threshold=threshold, stuff_merge=s.stuff_merge, query_idx=kept,
+                                      pred_boxes=boxes, overlap_threshold=s.overlap_threshold)
         entry.threshold, entry.explanation = threshold, None
         entry.result = PanopticResult(result.id_map.cpu(), result.segments_info)
         return entry.result
 
     def explain(self, entry: Entry, segment_id: int) -> dict[str, Any] | None:
         """That segment's per-head attention maps and mask logits as PNG pictures over the
-        image (`explain`'s data and figures); None when the entry has no such segment."""
+        image (`explain`'s data and figures); None when the entry has no such segment.
+
+        `explain` runs the image alone; for an entry that ran in a padded batch, whose segments
+        may differ a little, the segment explained is the one of that run with the same class
+        that overlaps it most (`NoCounterpart` when there is none)."""
         if not any(int(s["id"]) == segment_id for s in entry.result.segments_info):
             return None
         if entry.explanation is None:
             entry.explanation = explain(self.predictor, entry.image, threshold=entry.threshold)
         e = entry.explanation
+        alone = _same_segment(entry.result, e.result, segment_id)
+        if alone is None:
+            raise NoCounterpart(f"segment {segment_id} came from a batch of requests and has no "
+                                "segment of its class when the image runs alone, as explain runs it")
+        segment_id = alone
         q = e.query_of_segment(segment_id)
         figures = Figures(e)
         size = thumb_size(entry.image.shape[:2], EXPLAIN_LONG_SIDE)
@@ -140,6 +150,27 @@ class Engine:
                       for m, panel in enumerate(figures.attention(q.index, size))],
             "mask_logits": figures.logits(q.index, size),
         }
+
+
+class NoCounterpart(LookupError):
+    """A segment of a batched request that the image's run alone does not have."""
+
+
+def _same_segment(ours: PanopticResult, alone: PanopticResult, segment_id: int) -> int | None:
+    """The id in `alone` of segment `segment_id` of `ours` (the same image): itself when the two
+    id maps agree, else the segment of its class with the largest intersection over union."""
+    if torch.equal(ours.id_map, alone.id_map):
+        return segment_id
+    category = next(int(s["category_id"]) for s in ours.segments_info if int(s["id"]) == segment_id)
+    mask = ours.id_map == segment_id
+    best, best_iou = None, 0.0
+    for s in alone.segments_info:
+        if int(s["category_id"]) == category:
+            other = alone.id_map == int(s["id"])
+            iou = float((mask & other).sum()) / max(1, int((mask | other).sum()))
+            if iou > best_iou:
+                best, best_iou = int(s["id"]), iou
+    return best
 
 
 class ResultCache:
