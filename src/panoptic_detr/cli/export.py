@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "DIR/model.json (preset, categories, inference settings, the checkpoint's SHA-256, the "
         "exporter's versions), with dynamic batch, height, width and number of kept queries; then "
         "runs ONNX Runtime on a sample and prints its max difference from torch. "
-        "predict/evaluate/build-gt --runtime onnxruntime|openvino build this themselves on first use.",
+        "predict/evaluate/build-gt --runtime onnxruntime|openvino build this themselves on first use. "
+        "--end-to-end also writes DIR/end_to_end.onnx: a decoded image ([H, W, 3] uint8, any size) -> "
+        "id map [H, W] + segment table, the whole of predict in one graph with these inference "
+        "settings built in (model.json says how to call it).",
     )
     add_weights_flag(p, default="demo")
     p.add_argument("--preset", default=None, help="architecture, when --weights is a file that does not say")
@@ -28,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="torch.onnx's exporter: dynamo (default; the TorchScript one where it fails) or "
                         "torchscript (about 10x faster to export, deprecated by torch)")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="also write end_to_end.onnx: image -> id map + segment table (resize, network, "
+                        "panoptic post-processing in one graph; always the dynamo exporter)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an export already in DIR")
     add_settings_flags(p.add_argument_group("inference settings recorded in model.json"))
@@ -49,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = _checkpoint_file(args.weights)
     report = export_onnx(pretrained.model, args.out, categories=pretrained.categories, settings=settings,
                          opset=args.opset or DEFAULT_OPSET, checkpoint=checkpoint, source=pretrained.source,
-                         overwrite=args.overwrite, exporter=args.exporter)
+                         overwrite=args.overwrite, exporter=args.exporter, end_to_end=args.end_to_end)
     print(report.line())
     return 0
 

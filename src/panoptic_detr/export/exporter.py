@@ -60,6 +60,8 @@ FORMAT = "panoptic-detr-onnx/1"
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 FILES = ("detect.onnx", "mask.onnx", "model.json")
+END_TO_END = "end_to_end.onnx"  # end_to_end.FILE
+"""With `end_to_end`: image -> id map + segment table, one graph (see `end_to_end.py`)."""
 
 
 @dataclass
@@ -69,12 +71,22 @@ class ExportReport:
     """"dynamo" or "torchscript" (see the module docstring)."""
     max_difference: dict[str, float]
     """Largest |ONNX Runtime - torch| of every output on the verification sample."""
+    end_to_end: dict[str, Any] | None = None
+    """With `end_to_end`: how ONNX Runtime's end-to-end result compares with the Python path's
+    (`end_to_end.verify_end_to_end`)."""
 
     def line(self) -> str:
         worst = max(self.max_difference, key=self.max_difference.get)
-        return (f"wrote {', '.join(str(self.folder / f) for f in FILES)} ({self.exporter} exporter); "
+        files = (*FILES[:2], *((END_TO_END,) if self.end_to_end else ()), FILES[2])
+        text = (f"wrote {', '.join(str(self.folder / f) for f in files)} ({self.exporter} exporter); "
                 f"ONNX Runtime vs torch on a padded batch of 2: max difference "
                 f"{self.max_difference[worst]:.2g} ({worst})")
+        if self.end_to_end:
+            e = self.end_to_end
+            text += (f"; end to end vs the Python path on a {e['image']} scene: {e['segments']} "
+                     f"segments ({e['python_segments']} in Python), "
+                     f"{100 * e['pixel_agreement']:.2f} % of pixels alike")
+        return text
 
 
 def weights_sha256(model: torch.nn.Module, config: DETRConfig | None) -> str:
@@ -108,8 +120,10 @@ def export_onnx(
     source: str = "",
     overwrite: bool = False,
     exporter: str = "dynamo",
+    end_to_end: bool = False,
 ) -> ExportReport:
-    """Write `folder`/detect.onnx, mask.onnx and model.json for `model` (left unchanged).
+    """Write `folder`/detect.onnx, mask.onnx and model.json for `model` (left unchanged), and
+    with `end_to_end` also end_to_end.onnx (image -> segmentation with `settings` built in).
 
     The files are built in a temporary folder beside `folder`, verified, then moved in
     (model.json last, so a folder with a model.json is complete). An existing export in
@@ -118,16 +132,18 @@ def export_onnx(
     """
     folder = Path(folder)
     if not overwrite:
-        taken = [f for f in FILES if (folder / f).exists()]
+        taken = [f for f in (*FILES, END_TO_END) if (folder / f).exists()]
         if taken:
             raise FileExistsError(f"{folder / taken[0]}: exists (pass --overwrite to replace the export)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         report = write_graphs(model, tmp, categories=categories, settings=settings, opset=opset,
-                              checkpoint=checkpoint, source=source, exporter=exporter)
+                              checkpoint=checkpoint, source=source, exporter=exporter, end_to_end=end_to_end)
         folder.mkdir(exist_ok=True)
-        for name in FILES:
+        if not end_to_end:  # an older export's end-to-end graph would not match the new model.json
+            (folder / END_TO_END).unlink(missing_ok=True)
+        for name in (*FILES[:2], *((END_TO_END,) if end_to_end else ()), FILES[2]):
             os.replace(tmp / name, folder / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -138,9 +154,10 @@ def export_onnx(
 def write_graphs(model: DETRPanoptic, folder: Path, *, categories: Categories,
                  settings: InferenceSettings | None, opset: int,
                  checkpoint: str | os.PathLike[str] | None = None, source: str = "",
-                 exporter: str = "dynamo") -> ExportReport:
+                 exporter: str = "dynamo", end_to_end: bool = False) -> ExportReport:
     """The export into an existing, empty `folder` (see `export_onnx`); exporter: "dynamo"
-    (the TorchScript one where it fails) or "torchscript"."""
+    (the TorchScript one where it fails) or "torchscript" (the end-to-end graph always takes
+    the dynamo one: its filter loop is a `torch.while_loop`, which only torch.export captures)."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     config = getattr(model, "config", None)
@@ -154,25 +171,34 @@ def write_graphs(model: DETRPanoptic, folder: Path, *, categories: Categories,
                    opset, exporter)]
     exporter = "+".join(dict.fromkeys(ran))  # "dynamo", "torchscript" or both where one fell back
     diff = verify(net, folder, detect_in)
+    settings = settings or InferenceSettings()
+    graphs = {"detect": {"file": "detect.onnx", "inputs": list(DETECT_INPUTS),
+                         "outputs": list(DETECT_OUTPUTS), "shapes": SHAPES["detect"]},
+              "mask": {"file": "mask.onnx", "inputs": list(MASK_INPUTS), "outputs": list(MASK_OUTPUTS),
+                       "shapes": SHAPES["mask"]}}
+    checked = None
+    if end_to_end:
+        from . import end_to_end as e2e
+
+        is_thing = categories.thing_mask()
+        graphs["end_to_end"] = e2e.write_end_to_end(net, folder, is_thing, settings, opset)
+        checked = e2e.verify_end_to_end(net, folder / END_TO_END, is_thing, settings)
     meta = {
         "format": FORMAT,
-        "graphs": {"detect": {"file": "detect.onnx", "inputs": list(DETECT_INPUTS),
-                              "outputs": list(DETECT_OUTPUTS), "shapes": SHAPES["detect"]},
-                   "mask": {"file": "mask.onnx", "inputs": list(MASK_INPUTS), "outputs": list(MASK_OUTPUTS),
-                            "shapes": SHAPES["mask"]}},
+        "graphs": graphs,
         "preset": preset_name(config) if config else None,
         "config": config.to_dict() if config else None,
         "categories": categories.to_json(),
         "num_classes": categories.num_classes,
-        "inference": dataclasses.asdict(settings or InferenceSettings()),
+        "inference": dataclasses.asdict(settings),
         "weights_sha256": digest,
         "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else None,
         "source": source,
         "exporter": {"kind": exporter, "opset": opset, **versions()},
-        "verification": {"max_abs_difference": diff},
+        "verification": {"max_abs_difference": diff, **({"end_to_end": checked} if checked else {})},
     }
     write_json(folder / "model.json", meta, indent=1)
-    return ExportReport(folder, exporter, diff)
+    return ExportReport(folder, exporter, diff, checked)
 
 
 def versions() -> dict[str, str | None]:
@@ -224,15 +250,21 @@ def _export(graph: torch.nn.Module, inputs: tuple, path: Path, input_names: tupl
             output_names: tuple[str, ...], axes: dict[str, dict[int, Any]], opset: int,
             exporter: str) -> str:
     """Export one graph with `exporter`; "dynamo" falls back to the TorchScript exporter where it
-    fails. Returns which ran."""
+    fails, "dynamo-only" raises. Returns which ran."""
     graph.eval()
+
+    def dynamo() -> str:
+        with _quiet(), exportable(), torch.no_grad():
+            torch.onnx.export(graph, inputs, path, dynamo=True, external_data=False,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_shapes=axes, opset_version=opset, optimize=True)
+        return "dynamo"
+
+    if exporter == "dynamo-only":
+        return dynamo()
     if exporter == "dynamo":
         try:
-            with _quiet(), exportable(), torch.no_grad():
-                torch.onnx.export(graph, inputs, path, dynamo=True, external_data=False,
-                                  input_names=list(input_names), output_names=list(output_names),
-                                  dynamic_shapes=axes, opset_version=opset, optimize=True)
-            return "dynamo"
+            return dynamo()
         except Exception as e:  # noqa: BLE001 - any failure of the dynamo exporter: try the other
             warnings.warn(f"the dynamo ONNX exporter failed ({type(e).__name__}: {str(e)[:200]}); "
                           "using the TorchScript exporter", stacklevel=2)
