@@ -115,7 +115,8 @@ def test_model_json_says_how_to_call_it(export, session, predictor):
     assert set(graph["shapes"]) == {"image", *graph["outputs"]}
     s = predictor.settings
     assert graph["settings"] == {"threshold": s.threshold, "size": s.size, "max_size": s.max_size,
-                                 "stuff_merge": s.stuff_merge, "min_area": 4}
+                                 "stuff_merge": s.stuff_merge, "overlap_threshold": s.overlap_threshold,
+                                 "min_area": 4}
     check = meta["verification"]["end_to_end"]
     assert check["categories_equal"] and check["pixel_agreement"] >= 0.98
 

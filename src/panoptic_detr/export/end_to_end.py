@@ -134,6 +134,7 @@ class PostprocessGraph(nn.Module):
         self.register_buffer("is_thing", is_thing.bool().clone(), persistent=False)
         self.threshold = settings.threshold
         self.union, self.min_area = settings.stuff_merge == "union", min_area
+        self.overlap = float(settings.overlap_threshold)
 
     def forward(self, frame: Tensor, grid: Tensor, pred_logits: Tensor, pred_boxes: Tensor, queries: Tensor,
                 keys: Tensor, padding: Tensor, lay1: Tensor, adapter1: Tensor, adapter2: Tensor,
@@ -164,10 +165,14 @@ class PostprocessGraph(nn.Module):
         weight = (count_y[:, None] * count_x[None, :]).flatten()  # P
 
         same = self._same_stuff(labels)
-        state = self._pass(alive, vals, weight, same)
+        # fragments (overlap_threshold): the least share of its own mask (logit > 0, counted
+        # in image pixels) a thing query must win; 0 for stuff, so it never applies to them
+        own = ((vals > 0).to(torch.int64) * weight[None, :]).sum(1).to(torch.float64)
+        least = torch.where(self.is_thing[labels], own * self.overlap, 0.0)
+        state = self._pass(alive, vals, weight, same, least)
         alive, idx, rep, area, small = torch.while_loop(
             lambda alive, idx, rep, area, small: (small & alive).any() & (alive & ~small).any(),
-            lambda alive, idx, rep, area, small: self._next(alive & ~small, vals, weight, same),
+            lambda alive, idx, rep, area, small: self._next(alive & ~small, vals, weight, same, least),
             (alive, *state))
         alive = alive & ~small  # empty when every segment was small
 
@@ -196,13 +201,16 @@ class PostprocessGraph(nn.Module):
         stuff = ~self.is_thing[labels]
         return (labels[:, None] == labels[None, :]) & stuff[:, None] & stuff[None, :]
 
-    def _next(self, alive: Tensor, vals: Tensor, weight: Tensor, same: Tensor) -> tuple[Tensor, ...]:
-        return (alive, *self._pass(alive, vals, weight, same))
+    def _next(self, alive: Tensor, vals: Tensor, weight: Tensor, same: Tensor,
+              least: Tensor) -> tuple[Tensor, ...]:
+        return (alive, *self._pass(alive, vals, weight, same, least))
 
-    def _pass(self, alive: Tensor, vals: Tensor, weight: Tensor, same: Tensor) -> tuple[Tensor, ...]:
+    def _pass(self, alive: Tensor, vals: Tensor, weight: Tensor, same: Tensor,
+              least: Tensor) -> tuple[Tensor, ...]:
         """One pass of the filter over the alive queries: (idx [P] winning query of every grid
         pixel, rep [Q] the first alive query of each one's stuff class (itself for things),
-        area [Q] image pixels of each representative's segment, small [Q] alive queries to drop).
+        area [Q] image pixels of each representative's segment, small [Q] alive queries to drop:
+        at most `min_area` pixels, or a thing winning less than `least` of its own mask).
         """
         probs = torch.where(alive[:, None], vals, float("-inf")).softmax(0)
         idx = probs.argmax(0)  # P; the first of equal maxima, as the original
@@ -213,6 +221,7 @@ class PostprocessGraph(nn.Module):
         per_query = torch.zeros(q, dtype=torch.int64).scatter_add(0, idx, weight)
         area = torch.zeros(q, dtype=torch.int64).scatter_add(0, rep, per_query)
         small = alive & ((area[rep] if self.union else area) <= self.min_area)
+        small = small | (alive & (per_query.to(torch.float64) < least))
         return idx, rep, area, small
 
 
@@ -281,7 +290,8 @@ def write_end_to_end(net: DETRPanoptic, folder: Path, is_thing: Tensor, settings
     for f in ("pre.onnx", "post.onnx"):
         (folder / f).unlink()
     baked = {"threshold": settings.threshold, "size": settings.size, "max_size": settings.max_size,
-             "stuff_merge": settings.stuff_merge, "min_area": MIN_AREA}
+             "stuff_merge": settings.stuff_merge, "overlap_threshold": settings.overlap_threshold,
+             "min_area": MIN_AREA}
     return {"file": FILE, "inputs": list(INPUTS), "outputs": list(OUTPUTS), "shapes": SHAPES,
             "settings": baked, "exporter": "dynamo", "usage": USAGE}
 
@@ -297,7 +307,8 @@ def verify_end_to_end(net: DETRPanoptic, path: Path, is_thing: Tensor, settings:
     batch = PaddedBatch.from_images([preprocess(image, settings.size, settings.max_size)])
     with torch.no_grad():
         ref = segment(net, batch, [image.shape[:2]], is_thing, threshold=settings.threshold,
-                      stuff_merge=settings.stuff_merge)[0].result
+                      stuff_merge=settings.stuff_merge,
+                      overlap_threshold=settings.overlap_threshold)[0].result
     cats = [s["category_id"] for s in ref.segments_info]
     return {"image": f"{image.shape[0]}x{image.shape[1]} synthetic", "segments": int(got[1].shape[0]),
             "python_segments": len(cats), "categories_equal": got[2].tolist() == cats,
