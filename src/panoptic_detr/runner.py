@@ -69,8 +69,9 @@ def run_images(predictor: Predictor, items: Sequence[tuple[Path, T]], write: Wri
 
     The network runs in this thread; `write` runs in a writer thread, one batch behind (PNG
     encoding overlaps the next batch's network); with `loader_workers` > 0 the files are
-    decoded by that many DataLoader processes, a few batches ahead. Both queues are bounded,
-    so memory stays flat however many images there are.
+    decoded and preprocessed (resized, normalised: `Predictor.preprocessing`) by that many
+    DataLoader processes, a few batches ahead, so this thread only runs the network. Both
+    queues are bounded, so memory stays flat however many images there are.
 
     One line per image that could not be read, predicted or written is appended to `failed`;
     returns the paths written.
@@ -83,11 +84,11 @@ def run_images(predictor: Predictor, items: Sequence[tuple[Path, T]], write: Wri
     writer = ThreadPoolExecutor(1, thread_name_prefix="writer")
     pending: list[tuple[Path, Future]] = []  # the previous batch's writes
     try:
-        for chunk, loaded in _decoded(items, batch_size, loader_workers, failed):
+        for chunk, loaded in _decoded(items, batch_size, loader_workers, predictor.preprocessing, failed):
             pairs = _predict_isolating_failures(predictor, loaded, failed)
             _collect_writes(pending, done, failed)
             pending = [(path, writer.submit(write, item, image, result))
-                       for (path, item, image), result in pairs]
+                       for (path, item, image, _), result in pairs]
             bar.update(len(chunk))
             bar.set_postfix(failed=len(failed), refresh=False)
         _collect_writes(pending, done, failed)
@@ -106,56 +107,71 @@ def _collect_writes(pending: list[tuple[Path, Future]], done: list[Path], failed
             failed.append(f"{path}: could not write its results ({e})")
 
 
-def _decoded(items: Sequence[tuple[Path, T]], batch_size: int, workers: int, failed: list[str]
-             ) -> Iterator[tuple[Sequence[tuple[Path, T]], list[tuple[Path, T, np.ndarray]]]]:
-    """(chunk of items, its (path, item, image) decoded) per batch, in order; an image that
-    cannot be read is a line in `failed`."""
+Loaded = tuple[Path, T, np.ndarray, torch.Tensor | None]
+"""(path, item, decoded image, its network input when a loader worker made it)."""
+
+
+def _decoded(items: Sequence[tuple[Path, T]], batch_size: int, workers: int,
+             prepare: Callable[[np.ndarray], torch.Tensor], failed: list[str]
+             ) -> Iterator[tuple[Sequence[tuple[Path, T]], list[Loaded]]]:
+    """(chunk of items, its images loaded) per batch, in order; an image that cannot be read is
+    a line in `failed`. With workers, each image is preprocessed (`prepare`) where it is decoded."""
     chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
     if workers > 0 and items:
         from torch.utils.data import DataLoader
 
-        images = DataLoader(_Decode([path for path, _ in items]), batch_size=batch_size, num_workers=workers,
-                            collate_fn=list, prefetch_factor=2)
+        images = DataLoader(_Load([path for path, _ in items], prepare), batch_size=batch_size,
+                            num_workers=workers, collate_fn=list, prefetch_factor=2)
     else:
-        images = ([_decode(path) for path, _ in chunk] for chunk in chunks)
+        images = ([_Load.decode(path) for path, _ in chunk] for chunk in chunks)
     for chunk, decoded in zip(chunks, images, strict=True):
         loaded = []
         for (path, item), image in zip(chunk, decoded, strict=True):
             if isinstance(image, str):
                 failed.append(image)
             else:
-                loaded.append((path, item, image))
+                loaded.append((path, item, *image))
         yield chunk, loaded
 
 
-def _decode(path: Path) -> np.ndarray | str:
-    """The image, or the line saying why it cannot be read."""
-    try:
-        return load_image(path)
-    except ImageError as e:
-        return str(e)
+class _Load(torch.utils.data.Dataset):
+    """Image files decoded, and preprocessed when given `prepare`, in DataLoader workers:
+    (image, network input or None), or the line saying why the file cannot be read. A
+    preprocessing error leaves the input to the predictor, which reports it as its own."""
 
-
-class _Decode(torch.utils.data.Dataset):
-    """Image files decoded in DataLoader workers (see `_decode`)."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence[Path], prepare: Callable[[np.ndarray], torch.Tensor] | None = None
+                 ) -> None:
+        self.paths, self.prepare = list(paths), prepare
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> np.ndarray | str:
-        return _decode(self.paths[i])
+    def __getitem__(self, i: int) -> tuple[np.ndarray, torch.Tensor | None] | str:
+        loaded = self.decode(self.paths[i])
+        if isinstance(loaded, str) or self.prepare is None:
+            return loaded
+        try:
+            return loaded[0], self.prepare(loaded[0])
+        except (ValueError, RuntimeError, MemoryError):
+            return loaded
+
+    @staticmethod
+    def decode(path: Path) -> tuple[np.ndarray, None] | str:
+        try:
+            return load_image(path), None
+        except ImageError as e:
+            return str(e)
 
 
-def _predict_isolating_failures(predictor: Predictor, loaded: list, failed: list[str]) -> list:
+def _predict_isolating_failures(predictor: Predictor, loaded: list[Loaded], failed: list[str]
+                                ) -> list[tuple[Loaded, PanopticResult]]:
     """(loaded item, result) pairs; if the batch fails, image by image, so one bad image costs
     only itself."""
     if not loaded:
         return []
     try:
-        return list(zip(loaded, predictor.predict_arrays([im for _, _, im in loaded]), strict=True))
+        results = predictor.predict_arrays([im for _, _, im, _ in loaded], [x for *_, x in loaded])
+        return list(zip(loaded, results, strict=True))
     except (RuntimeError, ValueError, MemoryError) as e:
         if len(loaded) == 1:
             why = (str(e).splitlines() or [""])[0][:200]
