@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.files import write_json, write_png
+from .data.files import atomic_write, json_bytes, png_bytes, write_json, write_png
 from .data.images import ImageError, load_image
 from .data.layout import find_layout
-from .data.panoptic_png import write_panoptic_png
+from .data.panoptic_png import panoptic_png_bytes, write_panoptic_png
 from .parallel import (
     DistInfo,
+    Relay,
     all_gather_object,
     broadcast_object,
     process_group,
@@ -363,6 +364,7 @@ def predict_files(
     dataset: str | os.PathLike[str] | None = None,
     loader_workers: int = 0,
     recursive: bool = False,
+    gather_outputs: bool = False,
     **given: Any,
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
@@ -394,7 +396,9 @@ def predict_files(
     its share of the CPU's cores), and rank 0 writes predictions.json from all the records.
     Every process returns the summary of the whole run. If a process dies, the others say so
     in `summary.error`; what was done is recorded, and a rerun (any number of processes) does
-    the rest.
+    the rest. gather_outputs (machines that share no file system; the inputs at the same
+    paths on each): the other processes send their images' files to rank 0 as they are made
+    (`parallel.Relay`, one image at a time) and only rank 0 touches `out_dir`.
     """
     dev = torch.device(device)  # a malformed name raises ValueError/RuntimeError here
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -424,16 +428,32 @@ def predict_files(
             return summary
         summary.skipped, todo = plan
 
-        def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
-            save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
-                        image_id=job.image_id)
-
         failed: list[str] = []
+        received: list[str] = []  # rank 0, gather_outputs: the images of the others it wrote
+        relay = None
+        if gather_outputs and group.enabled:
+            relay = Relay(group, lambda rank, files: _write_received(out, *files, received, failed))
+
+        def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
+            if relay is None or group.is_main:
+                save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
+                            image_id=job.image_id)
+            else:  # a ConnectionError (an OSError) when rank 0 is gone: this image fails, one line
+                files = result_files(result, image, job.file, job.stem, predictor.categories,
+                                     digest=job.digest, image_id=job.image_id)
+                relay.send((str(job.file), files))
+
         desc = f"rank 0 of {group.world_size}" if group.enabled else None
         done = run_images(predictor, shard(todo, group), write, failed=failed,
                           progress=progress and group.is_main, desc=desc, loader_workers=loader_workers)
+        if relay is not None:
+            problem = relay.close()  # rank 0: every image sent is written
+            if problem is not None and group.is_main:
+                failed.append(f"{out}: {problem}")
+            if not group.is_main:  # sent is not done: rank 0 says what it wrote
+                done = []
         try:
-            shares = all_gather_object(([str(f) for f in done], failed), group)
+            shares = all_gather_object(([str(f) for f in done] + received, failed), group)
         except RuntimeError as e:  # another process of the run died: what is done stays done
             summary.done, summary.failed = [str(f) for f in done], summary.failed + failed
             why = (str(e).splitlines() or [""])[0][:120]
@@ -448,6 +468,21 @@ def predict_files(
             summary.error = _write_predictions(out, predictor.categories, summary.failed)
         summary.error, summary.failed = broadcast_object((summary.error, summary.failed), group)
     return summary
+
+
+def _write_received(out: Path, file: str, files: list[tuple[str, bytes]], received: list[str],
+                    failed: list[str]) -> None:
+    """Rank 0 of a gather_outputs run: write another process's `files` of input `file` into
+    `out` (as `save_result` would have there), or one line in `failed`."""
+    try:
+        for name, data in files:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise OSError(f"{name}: not a path inside the output folder")
+            atomic_write(out / name, lambda f, data=data: f.write(data))
+    except OSError as e:
+        failed.append(f"{file}: could not write its results ({e})")
+    else:
+        received.append(file)
 
 
 def _write_predictions(out: Path, categories: Categories, failed: list[str]) -> str | None:
@@ -587,9 +622,25 @@ def save_result(result: PanopticResult, image: np.ndarray, file: Path, stem: str
     """out/<stem>.png and out/overlays/<stem>.png, then out/records/<stem>.json, the image's
     COCO entry naming its source (`digest`, the file's SHA-256), whose presence marks the
     image as finished. Replaces what is there: the caller gave this source this name."""
-    write_panoptic_png(out / f"{stem}.png", result.id_map)
-    write_png(out / OVERLAYS / f"{stem}.png", _overlay_image(image, result, categories))
-    write_json(out / RECORDS / f"{stem}.json", _record(result, categories, file, stem, digest, image_id))
+    png, overlay_png, record = _result_names(stem)
+    write_panoptic_png(out / png, result.id_map)
+    write_png(out / overlay_png, _overlay_image(image, result, categories))
+    write_json(out / record, _record(result, categories, file, stem, digest, image_id))
+
+
+def result_files(result: PanopticResult, image: np.ndarray, file: Path, stem: str, categories: Categories,
+                 *, digest: str, image_id: int | None = None) -> list[tuple[str, bytes]]:
+    """The files `save_result` writes, as (path inside the output folder, bytes), the record
+    last: what a process without the output folder sends to rank 0."""
+    png, overlay_png, record = _result_names(stem)
+    return [(png, panoptic_png_bytes(result.id_map)),
+            (overlay_png, png_bytes(_overlay_image(image, result, categories))),
+            (record, json_bytes(_record(result, categories, file, stem, digest, image_id)))]
+
+
+def _result_names(stem: str) -> tuple[str, str, str]:
+    """An image's panoptic PNG, overlay and record, inside the output folder."""
+    return f"{stem}.png", f"{OVERLAYS}/{stem}.png", f"{RECORDS}/{stem}.json"
 
 
 def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Categories) -> np.ndarray:
@@ -646,4 +697,5 @@ def _predictions(out: Path, categories: Categories, failed: list[str]) -> dict[s
 
 
 __all__ = ["IMAGE_EXTENSIONS", "OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary", "expand_inputs",
-           "file_digest", "output_stems", "predict_files", "run_images", "save_result", "segments_json"]
+           "file_digest", "output_stems", "predict_files", "result_files", "run_images", "save_result",
+           "segments_json"]

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from . import whole_number
+from .parallel_flags import add_parallel_flags
 from .settings_flags import add_settings_flags, settings_kwargs
 from .weights_flag import add_weights_flag, announce, resolve
 
@@ -38,8 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--out", metavar="DIR", help="predictions and pq.json go here (runs/evaluate)")
     model.add_argument("--batch-size", type=int, default=1, help="images per network batch (1)")
     model.add_argument("--device", default="cpu", help="torch device (cpu)")
-    model.add_argument("--loader-workers", type=whole_number(0), default=None, metavar="N",
-                       help="processes decoding images ahead of the network (default 0: this process)")
+    add_parallel_flags(model, gather_outputs=False)
     add_settings_flags(model)
     p.add_argument("--output", metavar="FILE.json",
                    help="write the results as JSON (a model's: default OUT/pq.json)")
