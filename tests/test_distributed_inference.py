@@ -217,27 +217,53 @@ def test_a_rerun_with_another_world_size_completes_a_run_whose_rank_died(dataset
             == json.loads((tmp_path / "ref" / "predictions.json").read_text()))
 
 
-def test_gathered_outputs_are_written_by_rank_0_alone(dataset, tmp_path, one_thread):
-    """--gather-outputs, two "machines" that share no file system: each process runs in a
-    folder of its own and --out is relative, so rank 1's --out is not rank 0's. Rank 1 sends
-    its images' files and rank 0 writes them: rank 0's folder holds what 1 process writes, byte
-    for byte, and rank 1 writes nothing. Rank 0's folder already holds 2 of the images (an
-    earlier run's): they are skipped by both processes, as a resumed run skips them."""
-    images = sorted((dataset / "images").iterdir())
-    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+@pytest.fixture(scope="module")
+def gathered(dataset, tmp_path_factory):
+    """predict and evaluate --weights with --gather-outputs, on two "machines" that share no
+    file system: each process runs in a folder of its own and --out is relative, so rank 1's
+    --out is not rank 0's. Rank 0's folder already holds 2 of the images predicted (an earlier
+    run's). Returns (run folder, node0, node1)."""
+    run = tmp_path_factory.mktemp("gathered")
+    node0, node1 = run / "node0", run / "node1"
     node0.mkdir(), node1.mkdir()
+    images = sorted((dataset / "images").iterdir())
     assert main(["predict", *map(str, images[:2]), "--out", str(node0 / "out"), *SMALL]) == 0
-    codes = spawn([["predict", str(dataset / "images"), "--out", "out", "--gather-outputs", *SMALL]],
-                  tmp_path / "log", cwds=[node0, node1])
-    errors = (tmp_path / "log.0.err").read_text() + (tmp_path / "log.1.err").read_text()
+    codes = spawn([["predict", str(dataset / "images"), "--out", "out", "--gather-outputs", *SMALL],
+                   ["evaluate", "--data", str(dataset), "--out", "evaluate", "--gather-outputs", *SMALL]],
+                  run / "log", cwds=[node0, node1])
+    errors = (run / "log.0.err").read_text() + (run / "log.1.err").read_text()
     assert codes == [0, 0], errors
+    return run, node0, node1
+
+
+def test_gathered_outputs_are_written_by_rank_0_alone(dataset, gathered, tmp_path, one_thread):
+    """Rank 1 sends its images' files and rank 0 writes them: rank 0's folder holds what 1
+    process writes, byte for byte, and rank 1 writes nothing; the 2 images done before are
+    skipped by both processes, as a resumed run skips them."""
+    run, node0, node1 = gathered
     assert not list(node1.iterdir())  # rank 1 wrote nothing where it runs
-    report = (tmp_path / "log.0.out").read_text()
+    report = (run / "log.0.out").read_text()
     assert f"{N_IMAGES} inputs: {N_IMAGES - 2} predicted, 2 already done" in report
     assert main(["predict", str(dataset / "images"), "--out", str(tmp_path / "one"), *SMALL]) == 0
     assert outputs(node0 / "out") == outputs(tmp_path / "one")
     assert ((node0 / "out" / "predictions.json").read_bytes()
             == (tmp_path / "one" / "predictions.json").read_bytes())
+
+
+def test_gathered_evaluation_gives_the_figures_and_files_of_one_process(dataset, gathered, tmp_path,
+                                                                       one_thread):
+    run, node0, node1 = gathered
+    assert not list(node1.iterdir())
+    assert main(["evaluate", "--data", str(dataset), "--out", str(tmp_path / "one"), "--workers", "0",
+                 *SMALL]) == 0
+    one, two = tmp_path / "one", node0 / "evaluate"
+    assert outputs(two / "predictions") == outputs(one / "predictions")  # rank 1's PNGs too
+    assert len(outputs(two / "predictions")) == N_IMAGES
+    figures = [json.loads((folder / "pq.json").read_text()) for folder in (one, two)]
+    for r in figures:
+        r.pop("predictions")
+    assert figures[1] == figures[0] and figures[0]["All"]["n"] > 0
+    assert (two / "predictions.json").read_bytes() == (one / "predictions.json").read_bytes()
 
 
 def test_a_gathered_run_whose_rank_died_is_completed_by_a_rerun(dataset, tmp_path, capsys, one_thread):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.files import atomic_write, json_bytes, png_bytes, write_json, write_png
+from .data.files import json_bytes, png_bytes, write_bytes_inside, write_json, write_png
 from .data.images import ImageError, load_image
 from .data.layout import find_layout
 from .data.panoptic_png import panoptic_png_bytes, write_panoptic_png
@@ -476,9 +476,7 @@ def _write_received(out: Path, file: str, files: list[tuple[str, bytes]], receiv
     `out` (as `save_result` would have there), or one line in `failed`."""
     try:
         for name, data in files:
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise OSError(f"{name}: not a path inside the output folder")
-            atomic_write(out / name, lambda f, data=data: f.write(data))
+            write_bytes_inside(out, name, data)
     except OSError as e:
         failed.append(f"{file}: could not write its results ({e})")
     else:

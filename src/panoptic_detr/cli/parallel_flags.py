@@ -8,14 +8,12 @@ import argparse
 from . import whole_number
 
 
-def add_parallel_flags(group: argparse._ActionsContainer, *, gather_outputs: bool = True) -> None:
-    """--loader-workers (default None: not given, 0 processes), and --gather-outputs where the
-    command can send its outputs to rank 0."""
+def add_parallel_flags(group: argparse._ActionsContainer) -> None:
+    """--loader-workers (default None: not given, 0 processes) and --gather-outputs."""
     group.add_argument("--loader-workers", type=whole_number(0), default=None, metavar="N",
                        help="processes decoding and preprocessing images ahead of the network "
                             "(default 0: this process)")
-    if gather_outputs:
-        group.add_argument("--gather-outputs", action="store_true",
-                           help="under torchrun on machines that share no file system: the other "
-                                "processes send their outputs to rank 0, the only one that writes --out "
-                                "(the inputs must be at the same paths on every machine)")
+    group.add_argument("--gather-outputs", action="store_true",
+                       help="under torchrun on machines that share no file system: the other "
+                            "processes send their outputs to rank 0, the only one that writes --out "
+                            "(the inputs must be at the same paths on every machine)")

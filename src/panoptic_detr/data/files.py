@@ -64,6 +64,14 @@ def write_json(path: str | Path, obj: Any, overwrite: bool = True, indent: int |
     return atomic_write(path, lambda f: f.write(data), overwrite=overwrite, fsync=fsync)
 
 
+def write_bytes_inside(folder: str | Path, name: str, data: bytes, fsync: bool = True) -> Path:
+    """Write `data` to folder/name atomically. `name` came from another process: one that
+    leads out of `folder` (absolute, or through "..") raises OSError."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise OSError(f"{name}: not a path inside {folder}")
+    return atomic_write(Path(folder) / name, lambda f: f.write(data), fsync=fsync)
+
+
 def json_bytes(obj: Any, indent: int | None = None) -> bytes:
     """The JSON file of `obj`, as `write_json` writes it."""
     return json.dumps(obj, indent=indent).encode()
