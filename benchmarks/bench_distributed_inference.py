@@ -1,5 +1,6 @@
 """Images/s of `predict` and `evaluate --weights` with the demo model: 1 process x 2 threads
-vs 2 processes x 1 thread (torchrun, gloo), and decoding in 0 / 1 / 2 DataLoader workers.
+vs 2 processes x 1 thread (torchrun, gloo), decoding and preprocessing in 0 / 1 / 2 DataLoader
+workers, and 2 processes whose outputs rank 0 alone writes (`--gather-outputs`).
 
     PYTHONPATH=src python benchmarks/bench_distributed_inference.py [--images 150] [--size 128 160]
         [--wait-policy PASSIVE|ACTIVE|default]
@@ -49,7 +50,8 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.command == "predict":
         summary = predict_files([str(Path(args.data) / "images")], args.out, "demo", progress=False,
-                                loader_workers=args.loader_workers, **SETTINGS)
+                                loader_workers=args.loader_workers, gather_outputs=args.gather_outputs,
+                                **SETTINGS)
         assert not summary.failed and summary.error is None, summary
         n = len(summary.done)
     else:
@@ -62,9 +64,10 @@ def worker(args: argparse.Namespace) -> None:
                           "processes": info.world_size}))
 
 
-def run(command: str, processes: int, loader_workers: int, data: Path, out: Path, wait_policy: str) -> dict:
+def run(command: str, processes: int, loader_workers: int, gather: bool, data: Path, out: Path,
+        wait_policy: str) -> dict:
     script = [str(Path(__file__).resolve()), "--worker", command, "--data", str(data), "--out", str(out),
-              "--loader-workers", str(loader_workers)]
+              "--loader-workers", str(loader_workers), *(["--gather-outputs"] if gather else [])]
     if processes == 1:
         argv = [sys.executable, *script, "--threads", "2"]
     else:
@@ -87,6 +90,7 @@ def main() -> None:
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--loader-workers", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--gather-outputs", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         args.command = args.worker
@@ -95,19 +99,21 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from panoptic_detr.data.synth import make_dataset
 
-    configs = [("predict", 1, 0), ("predict", 2, 0), ("predict", 1, 1), ("predict", 1, 2),
-               ("evaluate", 1, 0), ("evaluate", 2, 0)]
+    configs = [("predict", 1, 0, False), ("predict", 2, 0, False), ("predict", 2, 0, True),
+               ("predict", 1, 1, False), ("predict", 1, 2, False), ("evaluate", 1, 0, False),
+               ("evaluate", 2, 0, False), ("evaluate", 1, 1, False), ("evaluate", 1, 2, False)]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         make_dataset(data, args.images, seed=11, size=tuple(args.size), progress=False)
         print(f"{args.images} synthetic scenes {args.size[0]}x{args.size[1]}, demo model, "
               f"{os.cpu_count()} CPUs, OMP_WAIT_POLICY {args.wait_policy}")
-        print(f"{'command':9s} {'processes x threads':>20s} {'loader workers':>15s} {'seconds':>8s} "
-              f"{'images/s':>9s}")
-        for k, (command, processes, loaders) in enumerate(configs):
-            r = run(command, processes, loaders, data, Path(tmp) / f"out{k}", args.wait_policy)
-            print(f"{command:9s} {processes:>16d} x {r['threads']:<2d} {loaders:>15d} {r['seconds']:8.2f} "
-                  f"{r['images'] / r['seconds']:9.1f}", flush=True)
+        print(f"{'command':9s} {'processes x threads':>20s} {'loader workers':>15s} {'gathered':>9s} "
+              f"{'seconds':>8s} {'images/s':>9s}")
+        for k, (command, processes, loaders, gather) in enumerate(configs):
+            r = run(command, processes, loaders, gather, data, Path(tmp) / f"out{k}", args.wait_policy)
+            gathered = "yes" if gather else ""
+            print(f"{command:9s} {processes:>16d} x {r['threads']:<2d} {loaders:>15d} {gathered:>9s} "
+                  f"{r['seconds']:8.2f} {r['images'] / r['seconds']:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

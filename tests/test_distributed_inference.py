@@ -2,7 +2,8 @@
 torchrun's environment, give what 1 process gives: the same files, the same predictions.json,
 the same PQ; on an odd number of images (uneven shares); and a run whose rank 1 dies after its
 first image is completed by a rerun with another world size. The death is simulated
-deterministically: rank 1's `save_result` exits the process after writing its first image."""
+deterministically: rank 1's `save_result` (or `Relay.send`, with --gather-outputs) exits the
+process after writing (sending) its first image."""
 
 from __future__ import annotations
 
@@ -24,20 +25,28 @@ SMALL = ["--weights", "demo", "--size", "96", "--max-size", "128", "--threshold"
 
 
 def _rank(rank: int, world: int, port: int, commands: list[list[str]], log: str,
-          die_after_first: bool) -> None:
-    """One process of the run: torchrun's environment, then each command as the CLI runs it."""
+          die_after_first: bool, cwd: str | None) -> None:
+    """One process of the run: torchrun's environment, then each command as the CLI runs it
+    (in `cwd`, its machine's own folder, when given)."""
+    if cwd is not None:
+        os.chdir(cwd)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    if die_after_first and rank == 1:
+    if die_after_first and rank == 1:  # after writing its first image, or sending it to rank 0
         from panoptic_detr import runner
+        from panoptic_detr.parallel import Relay
 
-        save = runner.save_result
+        save, send = runner.save_result, Relay.send
 
         def save_then_die(*args, **kwargs):
             save(*args, **kwargs)
             os._exit(3)
 
-        runner.save_result = save_then_die
+        def send_then_die(*args, **kwargs):
+            send(*args, **kwargs)
+            os._exit(3)
+
+        runner.save_result, Relay.send = save_then_die, send_then_die
     codes = []
     with open(f"{log}.{rank}.out", "w") as out, open(f"{log}.{rank}.err", "w") as err:
         with redirect_stdout(out), redirect_stderr(err):
@@ -53,11 +62,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(commands: list[list[str]], log: Path, die_after_first: bool = False) -> list[int]:
+def spawn(commands: list[list[str]], log: Path, die_after_first: bool = False,
+          cwds: list[Path] | None = None) -> list[int]:
     """Run `commands` in 2 processes of one process group; their exit codes."""
     ctx = multiprocessing.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, 2, port, commands, str(log), die_after_first))
+    procs = [ctx.Process(target=_rank, args=(r, 2, port, commands, str(log), die_after_first,
+                                             None if cwds is None else str(cwds[r])))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -204,6 +215,73 @@ def test_a_rerun_with_another_world_size_completes_a_run_whose_rank_died(dataset
     assert outputs(out) == outputs(tmp_path / "ref")
     assert (json.loads((out / "predictions.json").read_text())
             == json.loads((tmp_path / "ref" / "predictions.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def gathered(dataset, tmp_path_factory):
+    """predict and evaluate --weights with --gather-outputs, on two "machines" that share no
+    file system: each process runs in a folder of its own and --out is relative, so rank 1's
+    --out is not rank 0's. Rank 0's folder already holds 2 of the images predicted (an earlier
+    run's). Returns (run folder, node0, node1)."""
+    run = tmp_path_factory.mktemp("gathered")
+    node0, node1 = run / "node0", run / "node1"
+    node0.mkdir(), node1.mkdir()
+    images = sorted((dataset / "images").iterdir())
+    assert main(["predict", *map(str, images[:2]), "--out", str(node0 / "out"), *SMALL]) == 0
+    codes = spawn([["predict", str(dataset / "images"), "--out", "out", "--gather-outputs", *SMALL],
+                   ["evaluate", "--data", str(dataset), "--out", "evaluate", "--gather-outputs", *SMALL]],
+                  run / "log", cwds=[node0, node1])
+    errors = (run / "log.0.err").read_text() + (run / "log.1.err").read_text()
+    assert codes == [0, 0], errors
+    return run, node0, node1
+
+
+def test_gathered_outputs_are_written_by_rank_0_alone(dataset, gathered, tmp_path, one_thread):
+    """Rank 1 sends its images' files and rank 0 writes them: rank 0's folder holds what 1
+    process writes, byte for byte, and rank 1 writes nothing; the 2 images done before are
+    skipped by both processes, as a resumed run skips them."""
+    run, node0, node1 = gathered
+    assert not list(node1.iterdir())  # rank 1 wrote nothing where it runs
+    report = (run / "log.0.out").read_text()
+    assert f"{N_IMAGES} inputs: {N_IMAGES - 2} predicted, 2 already done" in report
+    assert main(["predict", str(dataset / "images"), "--out", str(tmp_path / "one"), *SMALL]) == 0
+    assert outputs(node0 / "out") == outputs(tmp_path / "one")
+    assert ((node0 / "out" / "predictions.json").read_bytes()
+            == (tmp_path / "one" / "predictions.json").read_bytes())
+
+
+def test_gathered_evaluation_gives_the_figures_and_files_of_one_process(dataset, gathered, tmp_path,
+                                                                       one_thread):
+    run, node0, node1 = gathered
+    assert not list(node1.iterdir())
+    assert main(["evaluate", "--data", str(dataset), "--out", str(tmp_path / "one"), "--workers", "0",
+                 *SMALL]) == 0
+    one, two = tmp_path / "one", node0 / "evaluate"
+    assert outputs(two / "predictions") == outputs(one / "predictions")  # rank 1's PNGs too
+    assert len(outputs(two / "predictions")) == N_IMAGES
+    figures = [json.loads((folder / "pq.json").read_text()) for folder in (one, two)]
+    for r in figures:
+        r.pop("predictions")
+    assert figures[1] == figures[0] and figures[0]["All"]["n"] > 0
+    assert (two / "predictions.json").read_bytes() == (one / "predictions.json").read_bytes()
+
+
+def test_a_gathered_run_whose_rank_died_is_completed_by_a_rerun(dataset, tmp_path, capsys, one_thread):
+    """--gather-outputs, rank 1 dies once rank 0 has its first image: rank 0 writes that image
+    and its own 3, stops with one line, and one process completes the run."""
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    node0.mkdir(), node1.mkdir()
+    argv = ["predict", str(dataset / "images"), "--out", "out", "--gather-outputs", *SMALL]
+    codes = spawn([argv], tmp_path / "log", die_after_first=True, cwds=[node0, node1])
+    assert codes == [1, 3]
+    err = (tmp_path / "log.0.err").read_text()
+    assert "another process of this run stopped" in err and "Traceback" not in err
+    assert len(list((node0 / "out" / "records").glob("*.json"))) == 3 + 1 and not list(node1.iterdir())
+    capsys.readouterr()
+    assert main([*argv[:3], str(node0 / "out"), *argv[4:]]) == 0  # one process
+    assert f"{N_IMAGES} inputs: 1 predicted, 4 already done" in capsys.readouterr().out
+    assert main(["predict", str(dataset / "images"), "--out", str(tmp_path / "ref"), *SMALL]) == 0
+    assert outputs(node0 / "out") == outputs(tmp_path / "ref")
 
 
 def test_decoding_in_loader_workers_changes_nothing(dataset, tmp_path, capsys):

@@ -208,10 +208,10 @@ def test_model_mode_a_failing_image_costs_only_itself(synth_dataset, tmp_path, c
     Image.new("RGB", (33, 33), (10, 200, 10)).save(bad, format="JPEG")  # decodes fine
     predict_arrays = Predictor.predict_arrays
 
-    def fails_on_the_bad_one(self, arrays):
+    def fails_on_the_bad_one(self, arrays, inputs=None):
         if any(a.shape[:2] == (33, 33) for a in arrays):
             raise RuntimeError("out of memory\n(details)")
-        return predict_arrays(self, arrays)
+        return predict_arrays(self, arrays, inputs)
 
     monkeypatch.setattr(Predictor, "predict_arrays", fails_on_the_bad_one)
     ckpt = save_checkpoint(tmp_path / "tiny.pth", tiny_pretrained())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from panoptic_detr import runner
@@ -17,11 +18,11 @@ class FailsOnSquares(Predictor):
 
     calls: list[int]
 
-    def predict_arrays(self, arrays):
+    def predict_arrays(self, arrays, inputs=None):
         self.calls.append(len(arrays))
         if any(a.shape[0] == a.shape[1] for a in arrays):
             raise RuntimeError("out of memory\nsecond line")
-        return super().predict_arrays(arrays)
+        return super().predict_arrays(arrays, inputs)
 
 
 def _files(tmp_path, shapes):
@@ -85,3 +86,41 @@ def test_predict_files_writes_the_record_last(tmp_path, monkeypatch):
     again = runner.predict_files([path], tmp_path / "out", predictor=predictor, progress=False)
     assert again.skipped == [str(path.resolve())] and not again.done
     assert Image.open(tmp_path / "out" / "im0.png").size == (60, 40)
+
+
+class RecordsInputs(Predictor):
+    """The tiny predictor, noting the network inputs it was given ready-made."""
+
+    given: list
+
+    def predict_arrays(self, arrays, inputs=None):
+        self.given.extend(zip(arrays, inputs or [None] * len(arrays), strict=True))
+        return super().predict_arrays(arrays, inputs)
+
+
+def test_loader_workers_preprocess_and_change_nothing(tmp_path):
+    """With loader workers the images reach the network resized and normalised by the workers
+    (`Predictor.preprocessing`, the same function as in this process), and every result, a
+    broken file's line and the order are those of decoding here."""
+    predictor = RecordsInputs(tiny_pretrained(), **SMALL)
+    paths = _files(tmp_path, [(40, 60), (70, 50), (40, 70), (30, 50), (60, 60)])
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    paths.insert(2, tmp_path / "bad.png")
+    runs = {}
+    for workers in (0, 2):
+        predictor.given, written, failed = [], [], []
+        done = runner.run_images(predictor, [(p, i) for i, p in enumerate(paths)],
+                                 lambda i, image, r, out=written: out.append((i, r.id_map, r.segments_info)),
+                                 failed=failed, batch_size=2, progress=False, loader_workers=workers)
+        runs[workers] = (done, written, failed, predictor.given)
+    (done, written, failed, given), (done2, written2, failed2, given2) = runs[0], runs[2]
+    assert done2 == done == [p for p in paths if p.name != "bad.png"]
+    assert failed2 == failed and len(failed) == 1
+    assert [i for i, _, _ in written2] == [i for i, _, _ in written] == [0, 1, 3, 4, 5]
+    for (_, ids, segments), (_, ids2, segments2) in zip(written, written2, strict=True):
+        assert torch.equal(ids2, ids) and segments2 == segments
+    assert sum(len(s) for _, _, s in written) > 0
+    assert all(x is None for _, x in given)  # no workers: made by the predictor
+    assert len(given2) == 5 and all(x is not None for _, x in given2)
+    for image, x in given2:
+        assert torch.equal(x, predictor.preprocessing(image)) and x.shape[1:] != image.shape[:2]

@@ -10,15 +10,20 @@ Process groups: `init_distributed` joins the group torchrun's environment (RANK,
 LOCAL_RANK, MASTER_ADDR, ...) describes, NCCL for GPUs and gloo for CPUs; with no such
 environment everything is one process and the collectives below are identities. torch is
 imported inside the functions: PQ workers import this module and must stay torch-free.
+
+`Relay`: for machines without a shared file system, the other processes send what they
+would write to rank 0 while they run, one object at a time, and rank 0 writes it.
 """
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -185,3 +190,94 @@ def threads_per_process(info: DistInfo) -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, cores // max(1, info.local_world_size))
+
+
+# -- objects sent to rank 0 as they are made ---------------------------------------------------
+
+
+class Relay:
+    """Plain data (str, bytes, numbers and lists, tuples, dicts of them) sent by every other
+    process of the run to rank 0 while the run goes on, one object at a time.
+
+    Every process makes one (a collective: it sets up a gloo group of its own, so the objects
+    travel as CPU tensors beside an NCCL group too), the others `send`, and all `close`. On
+    rank 0 a thread takes the objects from the senders in turn and hands each to
+    `receive(sender's rank, object)`; a `send` returns once rank 0 has taken its object, so
+    each sender has at most one object in flight and memory stays flat however many there
+    are. Nothing but plain data is unpickled: the bytes come from processes of the run.
+    """
+
+    def __init__(self, info: DistInfo, receive: Callable[[int, Any], None]) -> None:
+        import torch.distributed as dist
+
+        self.info = info
+        self.problem: str | None = None
+        """Why rank 0 stopped taking objects, one line (a sender gone, a `receive` that raised)."""
+        self._group = dist.new_group(backend="gloo")
+        self._thread: threading.Thread | None = None
+        if info.is_main:
+            self._thread = threading.Thread(target=self._take, args=(receive,), name="relay", daemon=True)
+            self._thread.start()
+
+    def send(self, obj: Any) -> None:
+        """Send `obj` to rank 0 (not from rank 0); raises ConnectionError when it is gone."""
+        if self.info.is_main:
+            raise ValueError("rank 0 receives; it has nothing to send to itself")
+        self._send(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def close(self) -> str | None:
+        """Senders: say they are done; rank 0: wait until every sender has. Returns `problem`."""
+        import torch.distributed as dist
+
+        if self._thread is not None:
+            self._thread.join()
+        else:
+            try:
+                self._send(b"")  # an object is never 0 bytes: the end
+            except ConnectionError as e:
+                self.problem = str(e)
+        dist.destroy_process_group(self._group)
+        return self.problem
+
+    def _send(self, payload: bytes) -> None:
+        import torch
+        import torch.distributed as dist
+
+        try:
+            dist.send(torch.tensor([len(payload)], dtype=torch.int64), dst=0, group=self._group)
+            if payload:
+                dist.send(torch.frombuffer(bytearray(payload), dtype=torch.uint8), dst=0, group=self._group)
+        except RuntimeError as e:  # the connection to rank 0 is gone
+            raise ConnectionError(f"rank 0 does not answer ({_first_line(e)})") from None
+
+    def _take(self, receive: Callable[[int, Any], None]) -> None:
+        import torch
+        import torch.distributed as dist
+
+        senders = list(range(1, self.info.world_size))
+        size = torch.empty(1, dtype=torch.int64)
+        while senders:
+            for rank in list(senders):  # in turn: a sender waits at most one object per other
+                try:
+                    dist.recv(size, src=rank, group=self._group)
+                    if int(size) == 0:
+                        senders.remove(rank)
+                        continue
+                    data = torch.empty(int(size), dtype=torch.uint8)
+                    dist.recv(data, src=rank, group=self._group)
+                except RuntimeError as e:
+                    self.problem = f"rank {rank} stopped sending ({_first_line(e)})"
+                    return
+                try:
+                    receive(rank, _PlainUnpickler(io.BytesIO(data.numpy().tobytes())).load())
+                except Exception as e:  # reported; the senders are still drained, not left hanging
+                    self.problem = self.problem or f"rank 0 could not take an object of rank {rank} ({e})"
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name}: only plain data travels to rank 0")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:120]

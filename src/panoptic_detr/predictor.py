@@ -16,8 +16,9 @@ image's own.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -146,21 +147,32 @@ class Predictor:
             out.extend(self.predict_arrays(chunk))
         return out
 
-    def predict_arrays(self, arrays: Sequence[np.ndarray]) -> list[PanopticResult]:
-        """One padded batch of decoded [H, W, 3] uint8 images."""
+    @property
+    def preprocessing(self) -> Callable[[np.ndarray], torch.Tensor]:
+        """[H, W, 3] uint8 -> [3, h, w] float32 network input with these settings (resize,
+        normalise); picklable, for loader processes."""
+        return functools.partial(preprocess, short=self.settings.size, max_size=self.settings.max_size)
+
+    def predict_arrays(self, arrays: Sequence[np.ndarray],
+                       inputs: Sequence[torch.Tensor | None] | None = None) -> list[PanopticResult]:
+        """One padded batch of decoded [H, W, 3] uint8 images. inputs: their network inputs
+        ([3, h, w], `preprocessing`) where already made (in loader processes); None ones are
+        made here."""
         return [PanopticResult(s.result.id_map.cpu(), s.result.segments_info, self.categories)
-                for s in self.segment_arrays(arrays)]
+                for s in self.segment_arrays(arrays, inputs)]
 
     @torch.inference_mode()
-    def segment_arrays(self, arrays: Sequence[np.ndarray], *, threshold: float | None = None,
-                       keep_det: bool = False) -> list[Segmentation]:
+    def segment_arrays(self, arrays: Sequence[np.ndarray],
+                       inputs: Sequence[torch.Tensor | None] | None = None, *,
+                       threshold: float | None = None, keep_det: bool = False) -> list[Segmentation]:
         """`predict_arrays`' way through the network, each image's `Segmentation` (with
         keep_det, `detect`'s outputs too, e.g. for re-thresholding later); threshold: None for
         the settings'."""
         if not arrays:
             return []
         s = self.settings
-        inputs = [preprocess(a, s.size, s.max_size) for a in arrays]
+        made = inputs if inputs is not None else [None] * len(arrays)
+        inputs = [self.preprocessing(a) if x is None else x for a, x in zip(arrays, made, strict=True)]
         batch = PaddedBatch.from_images(inputs).to(self.device, self.dtype)
         return segment(self.model, batch, [a.shape[:2] for a in arrays], self.is_thing,
                        threshold=s.threshold if threshold is None else threshold,

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.files import write_json, write_png
+from .data.files import json_bytes, png_bytes, write_bytes_inside, write_json, write_png
 from .data.images import ImageError, load_image
 from .data.layout import find_layout
-from .data.panoptic_png import write_panoptic_png
+from .data.panoptic_png import panoptic_png_bytes, write_panoptic_png
 from .parallel import (
     DistInfo,
+    Relay,
     all_gather_object,
     broadcast_object,
     process_group,
@@ -83,8 +84,9 @@ def run_images(predictor: Predictor | ItemModel, items: Sequence[tuple[Path, T]]
 
     The network runs in this thread; `write` runs in a writer thread, one batch behind (PNG
     encoding overlaps the next batch's network); with `loader_workers` > 0 the files are
-    decoded by that many DataLoader processes, a few batches ahead. Both queues are bounded,
-    so memory stays flat however many images there are.
+    decoded and preprocessed (resized, normalised: `Predictor.preprocessing`) by that many
+    DataLoader processes, a few batches ahead, so this thread only runs the network. Both
+    queues are bounded, so memory stays flat however many images there are.
 
     One line per image that could not be read, predicted or written is appended to `failed`;
     returns the paths written.
@@ -97,11 +99,12 @@ def run_images(predictor: Predictor | ItemModel, items: Sequence[tuple[Path, T]]
     writer = ThreadPoolExecutor(1, thread_name_prefix="writer")
     pending: list[tuple[Path, Future]] = []  # the previous batch's writes
     try:
-        for chunk, loaded in _decoded(items, batch_size, loader_workers, failed):
+        prepare = getattr(predictor, "preprocessing", None)  # an ItemModel's images go as decoded
+        for chunk, loaded in _decoded(items, batch_size, loader_workers, prepare, failed):
             pairs = _predict_isolating_failures(predictor, loaded, failed)
             _collect_writes(pending, done, failed)
             pending = [(path, writer.submit(write, item, image, result))
-                       for (path, item, image), result in pairs]
+                       for (path, item, image, _), result in pairs]
             bar.update(len(chunk))
             bar.set_postfix(failed=len(failed), refresh=False)
         _collect_writes(pending, done, failed)
@@ -120,60 +123,74 @@ def _collect_writes(pending: list[tuple[Path, Future]], done: list[Path], failed
             failed.append(f"{path}: could not write its results ({e})")
 
 
-def _decoded(items: Sequence[tuple[Path, T]], batch_size: int, workers: int, failed: list[str]
-             ) -> Iterator[tuple[Sequence[tuple[Path, T]], list[tuple[Path, T, np.ndarray]]]]:
-    """(chunk of items, its (path, item, image) decoded) per batch, in order; an image that
-    cannot be read is a line in `failed`."""
+Loaded = tuple[Path, T, np.ndarray, torch.Tensor | None]
+"""(path, item, decoded image, its network input when a loader worker made it)."""
+
+
+def _decoded(items: Sequence[tuple[Path, T]], batch_size: int, workers: int,
+             prepare: Callable[[np.ndarray], torch.Tensor] | None, failed: list[str]
+             ) -> Iterator[tuple[Sequence[tuple[Path, T]], list[Loaded]]]:
+    """(chunk of items, its images loaded) per batch, in order; an image that cannot be read is
+    a line in `failed`. With workers, each image is preprocessed (`prepare`) where it is decoded."""
     chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
     if workers > 0 and items:
         from torch.utils.data import DataLoader
 
-        images = DataLoader(_Decode([path for path, _ in items]), batch_size=batch_size, num_workers=workers,
-                            collate_fn=list, prefetch_factor=2)
+        images = DataLoader(_Load([path for path, _ in items], prepare), batch_size=batch_size,
+                            num_workers=workers, collate_fn=list, prefetch_factor=2)
     else:
-        images = ([_decode(path) for path, _ in chunk] for chunk in chunks)
+        images = ([_Load.decode(path) for path, _ in chunk] for chunk in chunks)
     for chunk, decoded in zip(chunks, images, strict=True):
         loaded = []
         for (path, item), image in zip(chunk, decoded, strict=True):
             if isinstance(image, str):
                 failed.append(image)
             else:
-                loaded.append((path, item, image))
+                loaded.append((path, item, *image))
         yield chunk, loaded
 
 
-def _decode(path: Path) -> np.ndarray | str:
-    """The image, or the line saying why it cannot be read."""
-    try:
-        return load_image(path)
-    except ImageError as e:
-        return str(e)
+class _Load(torch.utils.data.Dataset):
+    """Image files decoded, and preprocessed when given `prepare`, in DataLoader workers:
+    (image, network input or None), or the line saying why the file cannot be read. A
+    preprocessing error leaves the input to the predictor, which reports it as its own."""
 
-
-class _Decode(torch.utils.data.Dataset):
-    """Image files decoded in DataLoader workers (see `_decode`)."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence[Path], prepare: Callable[[np.ndarray], torch.Tensor] | None = None
+                 ) -> None:
+        self.paths, self.prepare = list(paths), prepare
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> np.ndarray | str:
-        return _decode(self.paths[i])
+    def __getitem__(self, i: int) -> tuple[np.ndarray, torch.Tensor | None] | str:
+        loaded = self.decode(self.paths[i])
+        if isinstance(loaded, str) or self.prepare is None:
+            return loaded
+        try:
+            return loaded[0], self.prepare(loaded[0])
+        except (ValueError, RuntimeError, MemoryError):
+            return loaded
+
+    @staticmethod
+    def decode(path: Path) -> tuple[np.ndarray, None] | str:
+        try:
+            return load_image(path), None
+        except ImageError as e:
+            return str(e)
 
 
-def _predict_isolating_failures(predictor: Predictor | ItemModel, loaded: list, failed: list[str]) -> list:
+def _predict_isolating_failures(predictor: Predictor | ItemModel, loaded: list[Loaded], failed: list[str]
+                                ) -> list[tuple[Loaded, Any]]:
     """(loaded item, result) pairs; if the batch fails, image by image, so one bad image costs
     only itself."""
     if not loaded:
         return []
-    images = [im for _, _, im in loaded]
+    images = [im for _, _, im, _ in loaded]
     try:
         if isinstance(predictor, ItemModel):
-            results = predictor.predict_items([item for _, item, _ in loaded], images)
+            results = predictor.predict_items([item for _, item, _, _ in loaded], images)
         else:
-            results = predictor.predict_arrays(images)
+            results = predictor.predict_arrays(images, [x for *_, x in loaded])
         return list(zip(loaded, results, strict=True))
     except (RuntimeError, ValueError, MemoryError) as e:
         if len(loaded) == 1:
@@ -372,6 +389,7 @@ def predict_files(
     dataset: str | os.PathLike[str] | None = None,
     loader_workers: int = 0,
     recursive: bool = False,
+    gather_outputs: bool = False,
     **given: Any,
 ) -> RunSummary:
     """Predict every image named by `inputs` into `out_dir`:
@@ -403,7 +421,9 @@ def predict_files(
     its share of the CPU's cores), and rank 0 writes predictions.json from all the records.
     Every process returns the summary of the whole run. If a process dies, the others say so
     in `summary.error`; what was done is recorded, and a rerun (any number of processes) does
-    the rest.
+    the rest. gather_outputs (machines that share no file system; the inputs at the same
+    paths on each): the other processes send their images' files to rank 0 as they are made
+    (`parallel.Relay`, one image at a time) and only rank 0 touches `out_dir`.
     """
     dev = torch.device(device)  # a malformed name raises ValueError/RuntimeError here
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -433,16 +453,32 @@ def predict_files(
             return summary
         summary.skipped, todo = plan
 
-        def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
-            save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
-                        image_id=job.image_id)
-
         failed: list[str] = []
+        received: list[str] = []  # rank 0, gather_outputs: the images of the others it wrote
+        relay = None
+        if gather_outputs and group.enabled:
+            relay = Relay(group, lambda rank, files: _write_received(out, *files, received, failed))
+
+        def write(job: _Job, image: np.ndarray, result: PanopticResult) -> None:
+            if relay is None or group.is_main:
+                save_result(result, image, job.file, job.stem, out, predictor.categories, digest=job.digest,
+                            image_id=job.image_id)
+            else:  # a ConnectionError (an OSError) when rank 0 is gone: this image fails, one line
+                files = result_files(result, image, job.file, job.stem, predictor.categories,
+                                     digest=job.digest, image_id=job.image_id)
+                relay.send((str(job.file), files))
+
         desc = f"rank 0 of {group.world_size}" if group.enabled else None
         done = run_images(predictor, shard(todo, group), write, failed=failed,
                           progress=progress and group.is_main, desc=desc, loader_workers=loader_workers)
+        if relay is not None:
+            problem = relay.close()  # rank 0: every image sent is written
+            if problem is not None and group.is_main:
+                failed.append(f"{out}: {problem}")
+            if not group.is_main:  # sent is not done: rank 0 says what it wrote
+                done = []
         try:
-            shares = all_gather_object(([str(f) for f in done], failed), group)
+            shares = all_gather_object(([str(f) for f in done] + received, failed), group)
         except RuntimeError as e:  # another process of the run died: what is done stays done
             summary.done, summary.failed = [str(f) for f in done], summary.failed + failed
             why = (str(e).splitlines() or [""])[0][:120]
@@ -457,6 +493,19 @@ def predict_files(
             summary.error = _write_predictions(out, predictor.categories, summary.failed)
         summary.error, summary.failed = broadcast_object((summary.error, summary.failed), group)
     return summary
+
+
+def _write_received(out: Path, file: str, files: list[tuple[str, bytes]], received: list[str],
+                    failed: list[str]) -> None:
+    """Rank 0 of a gather_outputs run: write another process's `files` of input `file` into
+    `out` (as `save_result` would have there), or one line in `failed`."""
+    try:
+        for name, data in files:
+            write_bytes_inside(out, name, data)
+    except OSError as e:
+        failed.append(f"{file}: could not write its results ({e})")
+    else:
+        received.append(file)
 
 
 def _write_predictions(out: Path, categories: Categories, failed: list[str]) -> str | None:
@@ -596,9 +645,25 @@ def save_result(result: PanopticResult, image: np.ndarray, file: Path, stem: str
     """out/<stem>.png and out/overlays/<stem>.png, then out/records/<stem>.json, the image's
     COCO entry naming its source (`digest`, the file's SHA-256), whose presence marks the
     image as finished. Replaces what is there: the caller gave this source this name."""
-    write_panoptic_png(out / f"{stem}.png", result.id_map)
-    write_png(out / OVERLAYS / f"{stem}.png", _overlay_image(image, result, categories))
-    write_json(out / RECORDS / f"{stem}.json", _record(result, categories, file, stem, digest, image_id))
+    png, overlay_png, record = _result_names(stem)
+    write_panoptic_png(out / png, result.id_map)
+    write_png(out / overlay_png, _overlay_image(image, result, categories))
+    write_json(out / record, _record(result, categories, file, stem, digest, image_id))
+
+
+def result_files(result: PanopticResult, image: np.ndarray, file: Path, stem: str, categories: Categories,
+                 *, digest: str, image_id: int | None = None) -> list[tuple[str, bytes]]:
+    """The files `save_result` writes, as (path inside the output folder, bytes), the record
+    last: what a process without the output folder sends to rank 0."""
+    png, overlay_png, record = _result_names(stem)
+    return [(png, panoptic_png_bytes(result.id_map)),
+            (overlay_png, png_bytes(_overlay_image(image, result, categories))),
+            (record, json_bytes(_record(result, categories, file, stem, digest, image_id)))]
+
+
+def _result_names(stem: str) -> tuple[str, str, str]:
+    """An image's panoptic PNG, overlay and record, inside the output folder."""
+    return f"{stem}.png", f"{OVERLAYS}/{stem}.png", f"{RECORDS}/{stem}.json"
 
 
 def _overlay_image(image: np.ndarray, result: PanopticResult, categories: Categories) -> np.ndarray:
@@ -655,5 +720,5 @@ def _predictions(out: Path, categories: Categories, failed: list[str]) -> dict[s
 
 
 __all__ = ["IMAGE_EXTENSIONS", "ItemModel", "OVERLAYS", "OVERLAY_MAX_SIDE", "RECORDS", "RunSummary",
-           "expand_inputs", "file_digest", "output_stems", "predict_files", "run_images", "save_result",
-           "segments_json"]
+           "expand_inputs", "file_digest", "output_stems", "predict_files", "result_files", "run_images",
+           "save_result", "segments_json"]

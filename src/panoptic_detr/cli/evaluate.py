@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from . import whole_number
+from .parallel_flags import add_parallel_flags
 from .settings_flags import add_settings_flags, settings_kwargs
 from .weights_flag import add_weights_flag, announce, resolve
 
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict runs it, writes its predictions in COCO panoptic format to --out and scores them. "
         "Prints the PQ table; --output writes everything (per class too) as JSON. A model evaluation "
         "runs under torchrun too: each process predicts and scores its share of the images, rank 0 "
-        "reports (docs/distributed_inference.md).",
+        "reports; with --gather-outputs only rank 0 writes --out (docs/distributed_inference.md).",
     )
     files = p.add_argument_group("prediction files")
     files.add_argument("--gt", metavar="GT_JSON", help="ground-truth COCO panoptic JSON")
@@ -38,8 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--out", metavar="DIR", help="predictions and pq.json go here (runs/evaluate)")
     model.add_argument("--batch-size", type=int, default=1, help="images per network batch (1)")
     model.add_argument("--device", default="cpu", help="torch device (cpu)")
-    model.add_argument("--loader-workers", type=whole_number(0), default=None, metavar="N",
-                       help="processes decoding images ahead of the network (default 0: this process)")
+    add_parallel_flags(model)
     add_settings_flags(model)
     p.add_argument("--output", metavar="FILE.json",
                    help="write the results as JSON (a model's: default OUT/pq.json)")
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             gt=args.gt, gt_dir=args.gt_dir, pred=args.pred, pred_dir=args.pred_dir, weights=weights,
             data=args.data, out=args.out, output=args.output, preset=args.preset, device=args.device,
             batch_size=args.batch_size, workers=args.workers, loader_workers=args.loader_workers,
+            gather_outputs=args.gather_outputs,
             overwrite=args.overwrite, progress=not args.quiet, **settings_kwargs(args))
     except UsageError as e:
         args._parser.error(str(e))

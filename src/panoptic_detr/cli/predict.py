@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from . import whole_number
+from .parallel_flags import add_parallel_flags
 from .settings_flags import add_settings_flags, settings_kwargs
 from .weights_flag import add_weights_flag, announce, resolve
 
@@ -23,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "its own. With --dataset the dataset's image ids and file names are used, so evaluate "
         "pairs the predictions with its ground truth. Under torchrun (torchrun --nproc-per-node N -m "
         "panoptic_detr predict ...) each process predicts its share of the images and rank 0 "
-        "writes predictions.json (docs/distributed_inference.md). A video (.mp4, .mov, .avi, .mkv, "
+        "writes predictions.json; with --gather-outputs only rank 0 writes OUT "
+        "(docs/distributed_inference.md). A video (.mp4, .mov, .avi, .mkv, "
         ".webm, ...; the 'video' extra, PyAV) gives OUT/<stem>.mp4 (overlays), "
         "OUT/<stem>/<stem>_<frame>.png and OUT/<stem>.json, whether named, in a folder or "
         "matched by a glob.",
@@ -43,8 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per batch (1); on a GPU one padded network batch, on a CPU run one by one")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
-    p.add_argument("--loader-workers", type=whole_number(0), default=0, metavar="N",
-                   help="processes decoding images ahead of the network (default 0: this process)")
+    add_parallel_flags(p)
     add_settings_flags(p)
     p.add_argument("--every", type=whole_number(1), default=1, metavar="N",
                    help="videos: predict every N-th frame (default 1: all)")
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             images, args.out, weights=resolve(args), preset=args.preset, device=args.device,
             batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
             dataset=args.dataset, recursive=args.recursive, predictor=predictor,
-            loader_workers=args.loader_workers, **settings_kwargs(args),
+            loader_workers=args.loader_workers or 0, gather_outputs=args.gather_outputs,
+            **settings_kwargs(args),
         )
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # settings, weights, device, dataset
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ half-written file behind and a reader never sees one.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -59,14 +60,33 @@ def _umask() -> int:
 
 def write_json(path: str | Path, obj: Any, overwrite: bool = True, indent: int | None = None,
                fsync: bool = True) -> Path:
-    data = json.dumps(obj, indent=indent).encode()
+    data = json_bytes(obj, indent)
     return atomic_write(path, lambda f: f.write(data), overwrite=overwrite, fsync=fsync)
+
+
+def write_bytes_inside(folder: str | Path, name: str, data: bytes, fsync: bool = True) -> Path:
+    """Write `data` to folder/name atomically. `name` came from another process: one that
+    leads out of `folder` (absolute, or through "..") raises OSError."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise OSError(f"{name}: not a path inside {folder}")
+    return atomic_write(Path(folder) / name, lambda f: f.write(data), fsync=fsync)
+
+
+def json_bytes(obj: Any, indent: int | None = None) -> bytes:
+    """The JSON file of `obj`, as `write_json` writes it."""
+    return json.dumps(obj, indent=indent).encode()
 
 
 def write_png(
     path: str | Path, array: np.ndarray, overwrite: bool = True, compress_level: int = 1, fsync: bool = True
 ) -> Path:
     """Write an [H, W] or [H, W, 3|4] uint8 array as PNG (fast compression by default)."""
-    img = Image.fromarray(np.ascontiguousarray(array))
-    return atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=compress_level),
-                        overwrite=overwrite, fsync=fsync)
+    data = png_bytes(array, compress_level)
+    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite, fsync=fsync)
+
+
+def png_bytes(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """The PNG file of an [H, W] or [H, W, 3|4] uint8 array, as `write_png` writes it."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()

@@ -61,17 +61,26 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
 def write_panoptic_png(path: str | Path, id_map: Any, overwrite: bool = True, fsync: bool = True) -> Path:
     """Write an [H, W] id map (numpy or torch) as a COCO panoptic PNG, atomically (see
     `files.atomic_write` for `overwrite` and `fsync`)."""
-    from PIL import Image
+    from .files import atomic_write  # the writer imported here: decoding needs it not
 
-    from .files import atomic_write  # PIL and the writer imported here: decoding needs neither
+    data = panoptic_png_bytes(id_map)
+    return atomic_write(path, lambda f: f.write(data), overwrite=overwrite, fsync=fsync)
+
+
+def panoptic_png_bytes(id_map: Any) -> bytes:
+    """The COCO panoptic PNG of an [H, W] id map (numpy or torch), as `write_panoptic_png` writes it."""
+    import io
+
+    from PIL import Image  # imported here: decoding needs it not
 
     ids = _int32(id_map)
     if ids.ndim != 2:
         raise ValueError(f"expected an [H, W] id map, got shape {tuple(ids.shape)}")
     h, w = ids.shape
     img = Image.frombytes("RGB", (w, h), memoryview(ids).cast("B"), "raw", "RGBX")
-    return atomic_write(path, lambda f: img.save(f, format="PNG", compress_level=1),
-                        overwrite=overwrite, fsync=fsync)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _int32(id_map: Any) -> np.ndarray:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.files import write_json
+from ..data.files import write_bytes_inside, write_json
 from ..data.layout import find_layout
 from ..data.panoptic_png import write_panoptic_png
-from ..parallel import DistInfo, all_gather_object, dist_info, process_group, rank_device, shard
+from ..parallel import DistInfo, Relay, all_gather_object, dist_info, process_group, rank_device, shard
 from ..settings import InferenceSettings
 from .evaluate import EvaluationError, evaluate_files, pair_annotations, score_pair, sum_in_chunks, summarize
 from .pq import PQStat
@@ -109,15 +111,18 @@ def write_model_predictions(predictor: Predictor, data: str | os.PathLike[str], 
 
 def evaluate_model(predictor: Predictor, data: str | os.PathLike[str], out: str | os.PathLike[str],
                    workers: int = 2, overwrite: bool = False, progress: bool = True,
-                   group: DistInfo | None = None, loader_workers: int = 0) -> dict[str, Any]:
+                   group: DistInfo | None = None, loader_workers: int = 0, gather_outputs: bool = False
+                   ) -> dict[str, Any]:
     """Predict dataset `data` into `out` (see `write_model_predictions`) and score it with
     `evaluate_files`. Returns its results dict, plus "predictions" (the JSON's path).
 
     group: the process group of a torchrun run (`parallel.init_distributed`); each process
-    then predicts and scores its share of the images (see `_evaluate_shared`). loader_workers:
+    then predicts and scores its share of the images (see `_evaluate_shared`; gather_outputs:
+    the others send their PNGs to rank 0, the only one that writes `out`). loader_workers:
     processes decoding the images (see `runner.run_images`)."""
     if group is not None and group.enabled:
-        return _evaluate_shared(predictor, data, out, group, overwrite, progress, loader_workers)
+        return _evaluate_shared(predictor, data, out, group, overwrite, progress, loader_workers,
+                                gather_outputs)
     gt_json, gt_dir, pred_json, pred_dir = write_model_predictions(predictor, data, out, overwrite, progress,
                                                                    loader_workers)
     results = evaluate_files(gt_json, gt_dir, pred_json, pred_dir, workers=workers, progress=progress)
@@ -126,12 +131,15 @@ def evaluate_model(predictor: Predictor, data: str | os.PathLike[str], out: str 
 
 
 def _evaluate_shared(predictor: Predictor, data: str | os.PathLike[str], out: str | os.PathLike[str],
-                     group: DistInfo, overwrite: bool, progress: bool, loader_workers: int) -> dict[str, Any]:
+                     group: DistInfo, overwrite: bool, progress: bool, loader_workers: int,
+                     gather_outputs: bool = False) -> dict[str, Any]:
     """`evaluate_model` in many processes: each predicts its share of the images, writes their
     PNGs and scores each against its GT PNG as soon as it is written (`score_pair`); only the
     annotations and the per-image statistics are gathered, never a PNG. Every process gets the
     results, exactly `evaluate_files`' figures (the same statistics, added in the same order);
-    rank 0 writes predictions.json."""
+    rank 0 writes predictions.json. gather_outputs: the others write each PNG to a scratch
+    folder of their own, score it there and send its bytes to rank 0 (`parallel.Relay`), which
+    writes it into `out`."""
     from ..runner import run_images
 
     d = _read_dataset(data, out, overwrite)
@@ -143,15 +151,27 @@ def _evaluate_shared(predictor: Predictor, data: str | os.PathLike[str], out: st
 
     def write(item: tuple[int, dict, dict], image: Any, result: Any) -> None:
         i, info, ann = item
-        annotation = _write_prediction(d.pred_dir, info, ann, result)
+        annotation = _write_prediction(pred_dir, info, ann, result)
+        png = pred_dir / ann["file_name"]
         stat, lines = score_pair((str(d.gt_dir / ann["file_name"]), ann["segments_info"],
-                                  str(d.pred_dir / ann["file_name"]), annotation["segments_info"]), cat_ids)
+                                  str(png), annotation["segments_info"]), cat_ids)
+        if sending:  # scored here; the file goes to rank 0 (a ConnectionError: this image fails)
+            relay.send((ann["file_name"], png.read_bytes()))
+            png.unlink()
         scored.append((i, annotation, stat, lines))
 
     items = [(d.image_dir / info["file_name"], (i, info, ann)) for i, (info, ann) in enumerate(d.todo)]
     failed: list[str] = []
-    run_images(predictor, shard(items, group), write, failed=failed, progress=progress and group.is_main,
-               desc=f"predict, rank 0 of {group.world_size}", loader_workers=loader_workers)
+    relay = Relay(group, lambda rank, png: _write_sent(d.pred_dir, *png, failed)) if gather_outputs else None
+    sending = relay is not None and not group.is_main
+    with tempfile.TemporaryDirectory(prefix="panoptic-detr-") if sending else nullcontext(d.pred_dir) as here:
+        pred_dir = Path(here)
+        run_images(predictor, shard(items, group), write, failed=failed, progress=progress and group.is_main,
+                   desc=f"predict, rank 0 of {group.world_size}", loader_workers=loader_workers)
+    if relay is not None:
+        problem = relay.close()  # rank 0: every PNG sent is written
+        if problem is not None and group.is_main:
+            failed.append(f"{d.pred_dir}: {problem}")
     shares = all_gather_object((scored, failed), group)
     scored = sorted((x for share, _ in shares for x in share), key=lambda x: x[0])
     problems = d.problems + [line for _, lines in shares for line in lines]
@@ -174,6 +194,14 @@ def _evaluate_shared(predictor: Predictor, data: str | os.PathLike[str], out: st
     return results
 
 
+def _write_sent(pred_dir: Path, name: str, data: bytes, failed: list[str]) -> None:
+    """Rank 0 of a gather_outputs run: another process's PNG into `pred_dir`, or one line."""
+    try:
+        write_bytes_inside(pred_dir, name, data, fsync=False)  # as _write_prediction writes
+    except OSError as e:
+        failed.append(f"{pred_dir / name}: could not write it ({e})")
+
+
 def run_evaluation(
     *,
     gt: str | os.PathLike[str] | None = None,
@@ -192,6 +220,7 @@ def run_evaluation(
     overwrite: bool = False,
     progress: bool = True,
     loader_workers: int | None = None,
+    gather_outputs: bool = False,
     **given: Any,
 ) -> tuple[dict[str, Any], Path | None]:
     """Score prediction files (`gt` + `pred`, see `evaluate_files`) or a model on a dataset
@@ -215,6 +244,8 @@ def run_evaluation(
         raise UsageError("inference settings apply to a model evaluation (--weights and --data) only")
     if not model_mode and loader_workers is not None:
         raise UsageError("--loader-workers applies to a model evaluation (--weights and --data) only")
+    if not model_mode and gather_outputs:
+        raise UsageError("--gather-outputs applies to a model evaluation (--weights and --data) only")
     if model_mode:
         from ..predictor import Predictor, check_settings
 
@@ -231,7 +262,8 @@ def run_evaluation(
             predictor = Predictor(weights, settings, preset=preset, device=dev, batch_size=batch_size,
                                   **given)
             results = evaluate_model(predictor, data, out, workers=workers, overwrite=overwrite,
-                                     progress=progress, group=group, loader_workers=loader_workers or 0)
+                                     progress=progress, group=group, loader_workers=loader_workers or 0,
+                                     gather_outputs=gather_outputs)
     else:
         results = evaluate_files(gt, gt_dir, pred, pred_dir, workers=workers, progress=progress)
     if output is not None and dist_info().is_main:
