@@ -8,13 +8,16 @@ PANOPTIC_DETR_SCREENSHOT=docs/images/serve.png also saves the README's screensho
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -60,6 +63,23 @@ def server(predictor):
     thread.join(10)
 
 
+@contextlib.contextmanager
+def chromium_page(server: str, errors: list[str]) -> Iterator[Any]:
+    """The server's page in headless Chromium, loaded and showing the model; console errors and
+    page errors are appended to `errors`."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_function("() => document.getElementById('model').textContent.includes('torch')")
+            yield page
+        finally:
+            browser.close()
+
+
 def _segment_point(result, segment_id: int) -> tuple[float, float]:
     """(x, y) in image pixels of a pixel deep inside the segment (its most central one)."""
     import numpy as np
@@ -76,79 +96,70 @@ def test_page_in_chromium(server, predictor, tmp_path):
     low = Predictor("demo", threshold=0.05).predict(SCENE)
     assert len(low.segments_info) != len(expected.segments_info)
     errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            page.wait_for_function("() => document.getElementById('model').textContent.includes('torch')")
-            page.set_input_files("#file", str(SCENE))
+    with chromium_page(server, errors) as page:
+        page.set_input_files("#file", str(SCENE))
 
-            # the overlay and the legend: one entry per segment, predict's
-            legend = page.locator("#legend li")
-            legend.first.wait_for()
-            assert legend.count() == len(expected.segments_info)
-            assert page.locator("#overlay").is_visible()
-            names = [s["name"] for s in predict_json(expected, predictor)]
-            shown = page.locator("#legend li > span:nth-child(2)").all_inner_texts()
-            assert [t.split(": ", 1)[1] for t in shown] == names
-            painted = page.evaluate("""() => {
-                const c = document.getElementById('overlay');
-                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                let white = 0; for (let i = 0; i < d.length; i += 4) white += d[i] === 255 && d[i+1] === 255
-                    && d[i+2] === 255; return [c.width, c.height, white]; }""")
-            assert painted[:2] == [expected.size[1], expected.size[0]] and painted[2] > 100  # outlines
+        # the overlay and the legend: one entry per segment, predict's
+        legend = page.locator("#legend li")
+        legend.first.wait_for()
+        assert legend.count() == len(expected.segments_info)
+        assert page.locator("#overlay").is_visible()
+        names = [s["name"] for s in predict_json(expected, predictor)]
+        shown = page.locator("#legend li > span:nth-child(2)").all_inner_texts()
+        assert [t.split(": ", 1)[1] for t in shown] == names
+        painted = page.evaluate("""() => {
+            const c = document.getElementById('overlay');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let white = 0; for (let i = 0; i < d.length; i += 4) white += d[i] === 255 && d[i+1] === 255
+                && d[i+2] === 255; return [c.width, c.height, white]; }""")
+        assert painted[:2] == [expected.size[1], expected.size[0]] and painted[2] > 100  # outlines
 
-            # every segment in its own colour, `viz.palette`'s, instances of one class included,
-            # drawn over the image at the segment's inside
-            colors = palette(expected, predictor.categories)
-            swatches = page.locator("#legend .swatch").evaluate_all(
-                "els => els.map(e => getComputedStyle(e).backgroundColor)")
-            assert swatches == [f"rgb({r}, {g}, {b})" for r, g, b in
-                                (colors[s["id"]] for s in expected.segments_info)]
-            classes = [s["category_id"] for s in expected.segments_info if s["isthing"]]
-            assert len(set(classes)) < len(classes)  # the scene has instances of one class
-            for s in expected.segments_info:
-                x, y = (int(v) for v in _segment_point(expected, s["id"]))
-                drawn = page.evaluate("""([x, y]) => {
-                    const c = document.getElementById('overlay'), w = c.width, p = 4 * (y * w + x);
-                    const out = c.getContext('2d').getImageData(x, y, 1, 1).data;
-                    return [[...out.slice(0, 3)], [...state.pixels.slice(p, p + 3)]]; }""", [x, y])
-                want = [src * 0.45 + c * 0.55 for src, c in zip(drawn[1], colors[s["id"]], strict=True)]
-                assert max(abs(a - b) for a, b in zip(drawn[0], want, strict=True)) <= 1, s
+        # every segment in its own colour, `viz.palette`'s, instances of one class included,
+        # drawn over the image at the segment's inside
+        colors = palette(expected, predictor.categories)
+        swatches = page.locator("#legend .swatch").evaluate_all(
+            "els => els.map(e => getComputedStyle(e).backgroundColor)")
+        assert swatches == [f"rgb({r}, {g}, {b})" for r, g, b in
+                            (colors[s["id"]] for s in expected.segments_info)]
+        classes = [s["category_id"] for s in expected.segments_info if s["isthing"]]
+        assert len(set(classes)) < len(classes)  # the scene has instances of one class
+        for s in expected.segments_info:
+            x, y = (int(v) for v in _segment_point(expected, s["id"]))
+            drawn = page.evaluate("""([x, y]) => {
+                const c = document.getElementById('overlay'), w = c.width, p = 4 * (y * w + x);
+                const out = c.getContext('2d').getImageData(x, y, 1, 1).data;
+                return [[...out.slice(0, 3)], [...state.pixels.slice(p, p + 3)]]; }""", [x, y])
+            want = [src * 0.45 + c * 0.55 for src, c in zip(drawn[1], colors[s["id"]], strict=True)]
+            assert max(abs(a - b) for a, b in zip(drawn[0], want, strict=True)) <= 1, s
 
-            # hover the largest thing: the tooltip names its class, the attention panel fills
-            seg = max((s for s in expected.segments_info if s["isthing"]), key=lambda s: s["area"])
-            box = page.locator("#overlay").bounding_box()
-            x, y = _segment_point(expected, seg["id"])
-            scale = box["width"] / expected.size[1]
-            page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
-            tooltip = page.locator("#tooltip")
-            tooltip.wait_for(state="visible")
-            assert tooltip.inner_text().startswith(predictor.categories.name(seg["category_id"]))
-            page.locator("#explain img").first.wait_for()
-            assert page.locator("#explain img").count() == predictor.model.config.mask_heads + 1
-            if os.environ.get("PANOPTIC_DETR_SCREENSHOT"):  # 256 colours: a third of the bytes
-                shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
-                shot.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-                    os.environ["PANOPTIC_DETR_SCREENSHOT"], optimize=True)
+        # hover the largest thing: the tooltip names its class, the attention panel fills
+        seg = max((s for s in expected.segments_info if s["isthing"]), key=lambda s: s["area"])
+        box = page.locator("#overlay").bounding_box()
+        x, y = _segment_point(expected, seg["id"])
+        scale = box["width"] / expected.size[1]
+        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
+        tooltip = page.locator("#tooltip")
+        tooltip.wait_for(state="visible")
+        assert tooltip.inner_text().startswith(predictor.categories.name(seg["category_id"]))
+        page.locator("#explain img").first.wait_for()
+        assert page.locator("#explain img").count() == predictor.model.config.mask_heads + 1
+        if os.environ.get("PANOPTIC_DETR_SCREENSHOT"):  # 256 colours: a third of the bytes
+            shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+            shot.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+                os.environ["PANOPTIC_DETR_SCREENSHOT"], optimize=True)
 
-            # the slider re-thresholds: the legend becomes a fresh run's at that threshold
-            page.mouse.move(0, 0)
-            page.evaluate("""() => { const s = document.getElementById('threshold');
-                s.value = '0.05'; s.dispatchEvent(new Event('input')); }""")
-            n = len(low.segments_info)
-            page.wait_for_function(f"() => document.getElementById('count').textContent === '{n} segments'")
-            assert legend.count() == n
+        # the slider re-thresholds: the legend becomes a fresh run's at that threshold
+        page.mouse.move(0, 0)
+        page.evaluate("""() => { const s = document.getElementById('threshold');
+            s.value = '0.05'; s.dispatchEvent(new Event('input')); }""")
+        n = len(low.segments_info)
+        page.wait_for_function(f"() => document.getElementById('count').textContent === '{n} segments'")
+        assert legend.count() == n
 
-            # a click on a legend entry hides its class
-            legend.first.click()
-            assert "hidden" in (legend.first.get_attribute("class") or "")
-            page.screenshot(path=str(tmp_path / "after.png"))
-        finally:
-            browser.close()
+        # a click on a legend entry hides its class
+        legend.first.click()
+        assert "hidden" in (legend.first.get_attribute("class") or "")
+        page.screenshot(path=str(tmp_path / "after.png"))
     assert errors == []
 
 
@@ -180,24 +191,15 @@ def test_drop_and_paste_in_chromium(server, predictor):
     cases = [("drop", dropped.name, dropped.read_bytes(), predictor.predict(dropped), dropped.name),
              ("paste", "", pasted.getvalue(), predictor.predict(scenes[0]), "pasted image")]
     errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            page.wait_for_function("() => document.getElementById('model').textContent.includes('torch')")
-            for how, name, data, expected, shown_as in cases:
-                page.evaluate(DROP_AND_PASTE, [base64.b64encode(data).decode(), name, how])
-                h, w = expected.size
-                page.wait_for_function(f"() => document.getElementById('status').textContent === "
-                                       f"'{shown_as}: {w} \u00d7 {h}'")
-                shown = page.locator("#legend li > span:nth-child(2)").all_inner_texts()
-                assert shown == [f"{s['id']}: {s['name']}" for s in predict_json(expected, predictor)], how
-                assert "over" not in (page.locator("#drop").get_attribute("class") or "")
-        finally:
-            browser.close()
+    with chromium_page(server, errors) as page:
+        for how, name, data, expected, shown_as in cases:
+            page.evaluate(DROP_AND_PASTE, [base64.b64encode(data).decode(), name, how])
+            h, w = expected.size
+            page.wait_for_function(f"() => document.getElementById('status').textContent === "
+                                   f"'{shown_as}: {w} \u00d7 {h}'")
+            shown = page.locator("#legend li > span:nth-child(2)").all_inner_texts()
+            assert shown == [f"{s['id']}: {s['name']}" for s in predict_json(expected, predictor)], how
+            assert "over" not in (page.locator("#drop").get_attribute("class") or "")
     assert errors == []
 
 
