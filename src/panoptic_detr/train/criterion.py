@@ -52,6 +52,14 @@ def focal_loss(logits: Tensor, targets: Tensor, num_boxes: float) -> Tensor:
     return loss.mean(1).sum() / num_boxes
 
 
+def padded_masks(targets: list[Target]) -> list[Tensor]:
+    """Each image's segment masks [S, H, W] padded (bottom/right, zeros) to the batch's largest
+    size, as the images are."""
+    h = max(int(t.masks.shape[-2]) for t in targets)
+    w = max(int(t.masks.shape[-1]) for t in targets)
+    return [F.pad(t.masks, (0, w - t.masks.shape[-1], 0, h - t.masks.shape[-2])) for t in targets]
+
+
 def masks_on_memory_grid(targets: list[Target], memory: Tensor) -> list[Tensor]:
     """Each image's segment masks [S, h, w] as the share of every memory cell's pixels they
     cover: padded to the batch's size (targets are bottom/right-padded like the images), then
@@ -202,10 +210,8 @@ class SetCriterion(nn.Module):
         if pred_masks is None:
             costs = dataclasses.replace(self.costs, mask_weight=0.0, dice_weight=0.0)
             return hungarian_match(pred_logits, pred_boxes, labels, boxes, costs)
-        h = max(int(t.masks.shape[-2]) for t in targets)
-        w = max(int(t.masks.shape[-1]) for t in targets)
-        padded = [F.pad(t.masks, (0, w - t.masks.shape[-1], 0, h - t.masks.shape[-2])) for t in targets]
-        return hungarian_match(pred_logits, pred_boxes, labels, boxes, self.costs, pred_masks, padded)
+        return hungarian_match(pred_logits, pred_boxes, labels, boxes, self.costs, pred_masks,
+                               padded_masks(targets))
 
     def class_box_losses(
         self,
@@ -251,15 +257,10 @@ class SetCriterion(nn.Module):
         src = torch.cat(masks)  # T x h x w
         if src.shape[0] == 0:
             raise ValueError("mask_losses needs at least one matched mask")
-        # targets padded (bottom/right, zeros) to the batch's size, as the images are
-        h = max(int(t.masks.shape[-2]) for t in targets)
-        w = max(int(t.masks.shape[-1]) for t in targets)
-        tgt = torch.cat(
-            [
-                F.pad(t.masks[s.to(t.masks.device)], (0, w - t.masks.shape[-1], 0, h - t.masks.shape[-2]))
-                for t, (_, s) in zip(targets, indices, strict=True)
-            ]
-        ).to(device=src.device, dtype=src.dtype)  # T x H x W
+        padded = padded_masks(targets)
+        h, w = padded[0].shape[-2:]
+        tgt = torch.cat([m[s.to(m.device)] for m, (_, s) in zip(padded, indices, strict=True)]
+                        ).to(device=src.device, dtype=src.dtype)  # T x H x W
         src = F.interpolate(src[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         src, tgt = src.flatten(1), tgt.flatten(1)
         return {"loss_mask": focal_loss(src, tgt, num_boxes), "loss_dice": dice_loss(src, tgt, num_boxes)}
