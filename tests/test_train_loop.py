@@ -12,7 +12,7 @@ import torch
 
 from panoptic_detr import checkpoint as ckpt_io
 from panoptic_detr.structures import Categories
-from panoptic_detr.train.config import config_from_dict
+from panoptic_detr.train.config import ConfigError, config_from_dict
 from panoptic_detr.train.loop import RunParts, TrainError, train
 from tiny_detr import TinyDETR, ToyScenes
 
@@ -58,6 +58,53 @@ def test_exact_resume(tmp_path):
     ref = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in lines] == [r["loss"] for r in ref]
     assert (tmp_path / "b" / "curves.png").stat().st_size > 1000
+
+
+def test_channels_last_trains_the_same_weights_and_resumes_exactly(tmp_path):
+    """channels_last changes the memory layout only: the weights match contiguous training to
+    float rounding, the checkpoint holds contiguous tensors, and resume is exact."""
+    common = {"data": {"augment": False, "val_size": 32, "max_size": 32}}
+    train(make_cfg(tmp_path / "plain", steps=4, **common), parts=make_parts(0.0), progress=False)
+    parts = make_parts(0.0)
+    train(make_cfg(tmp_path / "cl", steps=4, channels_last=True, **common), parts=parts, progress=False)
+    assert parts.model.backbone.weight.is_contiguous(memory_format=torch.channels_last)
+    train(make_cfg(tmp_path / "cl2", steps=2, channels_last=True, **common), parts=make_parts(0.0),
+          progress=False)
+    train(make_cfg(tmp_path / "cl2", steps=4, channels_last=True, **common), resume=True,
+          parts=make_parts(0.0), progress=False)
+    plain, cl = params(tmp_path / "plain" / ckpt_io.LAST), params(tmp_path / "cl" / ckpt_io.LAST)
+    resumed = params(tmp_path / "cl2" / ckpt_io.LAST)
+    assert cl["backbone.weight"].dim() == 4
+    for k in plain:
+        assert cl[k].is_contiguous(), k
+        torch.testing.assert_close(cl[k], plain[k], rtol=1e-4, atol=1e-5)
+        assert torch.equal(resumed[k], cl[k]), k
+
+
+def test_cached_samples_train_the_same_weights(tmp_path):
+    """data.cache (no augmentation): 3 epochs from memory give the same bytes as loading."""
+    common = {"data": {"augment": False, "val_size": 32, "max_size": 32}, "steps": 6}
+    train(make_cfg(tmp_path / "a", **common), parts=make_parts(), progress=False)
+    base = make_parts()
+    loads = []
+
+    class Counting(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(scenes)
+
+        def __getitem__(self, i):
+            loads.append(i)
+            return scenes[i]
+
+    scenes, base.train_set = base.train_set, Counting()
+    cached = {"data": {**common["data"], "cache": True}, "steps": 6}
+    train(make_cfg(tmp_path / "b", **cached), parts=base, progress=False)
+    a, b = params(tmp_path / "a" / ckpt_io.LAST), params(tmp_path / "b" / ckpt_io.LAST)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert len(loads) == len(set(loads)) <= 5  # 12 samples in 6 steps, each scene loaded once
+    with pytest.raises(ConfigError, match="cache"):
+        make_cfg(tmp_path / "c", data={"cache": True})
 
 
 def test_grad_accumulation_equals_bigger_batch(tmp_path):

@@ -152,7 +152,7 @@ def save_checkpoint(
     `max_size`, `threshold`): the ones the model was validated with."""
     path = Path(path)
     ckpt = {"format": FORMAT, "config": dict(config), "categories": list(categories),
-            "model": {k: v.detach().cpu() for k, v in model_state.items()}}
+            "model": {k: v.detach().cpu().contiguous() for k, v in model_state.items()}}
     if inference:
         ckpt["inference"] = dict(inference)
     if train_state is not None:

@@ -106,10 +106,18 @@ class DataSection:
     num_workers: int = 0
     """DataLoader worker processes (augmentation is seeded per sample: results do not depend
     on this)."""
+    cache: bool = False
+    """Keep the resized training samples in memory after their first epoch (without
+    augmentation they are the same every epoch; later epochs then skip decoding and resizing:
+    about 4 x 3 x H x W bytes an image plus its masks). Needs `augment: false` and
+    `num_workers: 0`; the training is the same, step for step."""
 
     def __post_init__(self) -> None:
         _at_least(self, "scales max_size crop_scales crop_min crop_max val_size", 1)
         _at_least(self, "num_workers", 0, "; 0: load in the training process")
+        if self.cache and (self.augment or self.num_workers):
+            raise ConfigError("cache: keeps samples that are the same every epoch, so it needs "
+                              "augment: false and num_workers: 0")
         if self.crop_max < self.crop_min:
             raise ConfigError(f"crop_max: {self.crop_max} is out of range "
                               f"(expected >= crop_min, {self.crop_min})")
@@ -244,6 +252,9 @@ class TrainConfig:
     """Forward passes per optimiser step."""
     bf16: bool = False
     """bfloat16 autocast for the forward pass."""
+    channels_last: bool = False
+    """Train with the convolutions' weights and the images in channels-last memory (faster
+    convolutions on CPUs; the same maths up to float rounding). Checkpoints are unchanged."""
     all_query_masks: bool = False
     """Run the mask head on all queries (the original's cost; for comparison only)."""
     eval_every: int = 0

@@ -78,18 +78,27 @@ class RunParts:
 
 
 class Augmented(Dataset):
-    """(image, Target) -> transformed (normalised image, Target), seeded by (seed, epoch, index)."""
+    """(image, Target) -> transformed (normalised image, Target), seeded by (seed, epoch, index).
 
-    def __init__(self, base: Dataset, transform: PanopticTransform, seed: int) -> None:
+    cache: keep each transformed sample after its first use (only for a transform that gives
+    the same sample every epoch: `data.cache`)."""
+
+    def __init__(self, base: Dataset, transform: PanopticTransform, seed: int, cache: bool = False) -> None:
         self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+        self.cache: dict[int, tuple[torch.Tensor, Target]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
         image, target = self.base[index]
         g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**63)
-        return self.transform(image, target, generator=g)
+        sample = self.transform(image, target, generator=g)
+        if self.cache is not None:
+            self.cache[index] = sample
+        return sample
 
 
 def _other_synth_dataset(root: Path, n: int, seed: int, size: int) -> str | None:
@@ -235,8 +244,10 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         evaluate_fn = make_evaluator(parts.categories, cfg.eval_threshold,
                                      overlap_threshold=cfg.eval_overlap_threshold)
     model = parts.model.to(device)
+    if cfg.channels_last:  # before the optimiser, so its state takes the parameters' layout
+        model.to(memory_format=torch.channels_last)
     criterion = SetCriterion(num_classes=parts.categories.num_classes, weights=cfg.loss, costs=cfg.match)
-    train_set = Augmented(parts.train_set, training_transform(cfg), cfg.seed)
+    train_set = Augmented(parts.train_set, training_transform(cfg), cfg.seed, cache=cfg.data.cache)
     val_set = Augmented(parts.val_set, eval_transforms(cfg.data.val_size, cfg.data.max_size), cfg.seed) \
         if parts.val_set is not None else None
     denoising = None

@@ -161,6 +161,8 @@ class Trainer:
         self.losses, self.images = [], 0
         for micro, (batch, targets) in enumerate(micro_batches):
             batch = batch.to(device=self.device, dtype=self.dtype)
+            if self.cfg.channels_last:
+                batch = PaddedBatch(batch.images.contiguous(memory_format=torch.channels_last), batch.mask)
             targets = [t.to(self.device) for t in targets]
             # DDP averages the gradients once, in the step's last backward
             last = micro == len(micro_batches) - 1
