@@ -96,7 +96,7 @@ def make_demo_assets(n_val: int = 30, n_scenes: int = 4) -> None:
     from .data.synth import make_dataset
 
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    make_dataset(DEMO_VAL, n_val, seed=VAL_SEED, size=(128, 128), overwrite=True, progress=False)
+    make_dataset(DEMO_VAL, n_val, seed=VAL_SEED, size=(256, 256), overwrite=True, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         make_dataset(tmp, n_scenes, seed=SCENE_SEED, size=(192, 256), progress=False)
         DEMO_SCENES.mkdir(exist_ok=True)
