@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -163,6 +164,47 @@ def test_the_export_is_built_once_and_reused(ort_predictor, monkeypatch):
     meta = json.loads((again.model.folder / "model.json").read_text())
     assert meta["weights_sha256"] and meta["exporter"]["kind"] in ("dynamo", "torchscript")
     assert [c["id"] for c in meta["categories"]] == [c["id"] for c in again.categories.items]
+
+
+def test_an_exported_runtime_frees_the_torch_weights(ort_predictor, monkeypatch):
+    """Once the export is found the Predictor holds no torch model (R50: 172 MB of its memory)."""
+    from panoptic_detr import predictor as predictor_module
+
+    read = []
+
+    def spy(*args, **kwargs):
+        pretrained = real(*args, **kwargs)
+        read.append(weakref.ref(pretrained.model))
+        return pretrained
+
+    real = predictor_module.load_pretrained
+    monkeypatch.setattr(predictor_module, "load_pretrained", spy)
+    fresh = Predictor("demo", runtime="onnxruntime")
+    assert fresh.pretrained.released and read[0]() is None  # freed, not only dropped
+    assert fresh.model.folder == ort_predictor.model.folder
+
+
+def test_predictors_made_from_a_released_pretrained(ort_predictor, torch_predictor, monkeypatch):
+    """Another exported one finds the export without reading the weights again; a torch one
+    reads them again from the file and gives the torch results."""
+    fresh = Predictor("demo", runtime="onnxruntime")
+    monkeypatch.setattr(fresh.pretrained, "_reload", None)  # reading them again would fail
+    other = Predictor(fresh.pretrained, fresh.settings.replace(threshold=0.5))
+    assert other.model.folder == fresh.model.folder and fresh.pretrained.released
+    monkeypatch.undo()
+    again = Predictor(fresh.pretrained, runtime="torch")
+    assert not fresh.pretrained.released
+    for path in SCENES[:2]:
+        same_segments(again.predict(path), torch_predictor.predict(path))
+
+
+def test_explain_on_an_exported_runtime_says_why_not(ort_predictor):
+    from panoptic_detr.explain import explain
+
+    for threshold in (None, 0.5):  # the predictor itself, one made from its Pretrained
+        with pytest.raises(SettingsError, match="torch model only"):
+            explain(ort_predictor, SCENES[0], threshold=threshold)
+    assert ort_predictor.pretrained.released
 
 
 def test_predict_command_with_onnxruntime_writes_torchs_segments(ort_predictor, tmp_path):

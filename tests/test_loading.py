@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import os
+import weakref
 from pathlib import Path
 
 import pytest
@@ -226,9 +227,29 @@ def test_named_checkpoint_with_another_preset(monkeypatch, hub):
         load_pretrained("detr_r50_panoptic", preset="tiny")
 
 
-def test_pretrained_is_a_dataclass(project_ckpt):
-    fields = [f.name for f in dataclasses.fields(load_pretrained(project_ckpt))]
-    assert fields == ["model", "config", "categories", "source", "inference"]
+def test_a_released_model_is_freed_and_read_again_from_its_file(project_ckpt, tiny_sd):
+    """What an exported runtime's Predictor does with the torch weights it no longer needs."""
+    p = load_pretrained(project_ckpt)
+    assert (p.config, p.source, p.categories.items[0]["name"]) == (PRESETS["tiny"], str(project_ckpt), "blob")
+    first = weakref.ref(p.model)
+    assert p.release() and p.released
+    assert first() is None  # nothing else held it
+    assert_weights_equal(p.model, tiny_sd)  # read again when asked for
+    assert not p.released and not p.model.training
+    kept = loading.Pretrained(p.model, p.config, p.categories, "in memory")
+    assert not kept.release() and not kept.released  # nothing to read it again from
+
+
+def test_a_released_model_is_not_read_from_a_changed_file(project_ckpt):
+    p = load_pretrained(project_ckpt)
+    p.release()
+    st = project_ckpt.stat()
+    os.utime(project_ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # e.g. training wrote it again
+    with pytest.raises(WeightsError, match=r"tiny\.pt changed or went away since its weights were read"):
+        p.model.eval()
+    project_ckpt.unlink()
+    with pytest.raises(WeightsError, match="changed or went away"):
+        p.model.eval()
 
 
 def test_dc5_is_read_from_the_file_name(tmp_path):

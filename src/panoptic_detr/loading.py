@@ -7,9 +7,10 @@ expected and what to do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,18 +33,49 @@ from .structures import Categories
 __all__ = ["CHECKPOINT_FORMAT", "Pretrained", "WeightsError", "cached_path", "demo_path", "load_pretrained"]
 
 
-@dataclass
 class Pretrained:
-    """A ready model (eval mode, on its device) and what it predicts."""
+    """A ready model (eval mode, on its device) and what it predicts.
 
-    model: DETRPanoptic
-    config: DETRConfig
-    categories: Categories
-    source: str
-    """Where the weights came from, for messages and logs."""
-    inference: dict[str, Any] = field(default_factory=dict)
-    """Inference settings the checkpoint recommends (`size`, `max_size`, `threshold`): a model
-    trained on small images should see small images. Empty for the original checkpoints."""
+    One read from a file (`load_pretrained`) can `release` its model: a Predictor of an exported
+    runtime (onnxruntime, openvino) runs graphs of its own and needs the torch weights only to
+    find its export, and they are a large part of its memory (R50: 172 MB). `model` reads them
+    again from the file when asked for (a torch Predictor or `explain` made from this one).
+    """
+
+    def __init__(self, model: DETRPanoptic, config: DETRConfig, categories: Categories, source: str,
+                 inference: dict[str, Any] | None = None, *,
+                 reload: Callable[[], DETRPanoptic] | None = None):
+        self._model: DETRPanoptic | None = model
+        self.config, self.categories = config, categories
+        self.source = source
+        """Where the weights came from, for messages and logs."""
+        self.inference: dict[str, Any] = dict(inference or {})
+        """Inference settings the checkpoint recommends (`size`, `max_size`, `threshold`): a model
+        trained on small images should see small images. Empty for the original checkpoints."""
+        self._reload = reload
+
+    def __repr__(self) -> str:
+        return f"Pretrained({self.source!r}{', released' if self.released else ''})"
+
+    @property
+    def model(self) -> DETRPanoptic:
+        if self._model is None:
+            assert self._reload is not None  # only a model that can be read again is released
+            self._model = self._reload()
+        return self._model
+
+    @property
+    def released(self) -> bool:
+        """Whether the model is dropped (and read again when next asked for)."""
+        return self._model is None
+
+    def release(self) -> bool:
+        """Drop the model if it can be read again from its file; whether it was dropped. Only
+        for a model not changed since it was read (the one read again would not have the changes)."""
+        if self._reload is None:
+            return False
+        self._model = None
+        return True
 
 
 def load_pretrained(
@@ -84,11 +116,31 @@ def load_pretrained(
     config, categories = _architecture(contents, path, preset)
     if record is not None:
         categories = Categories.coco_panoptic()
-    model = build_model(config)
-    load_state_dict_strict(model, contents.state_dict, what=f"the weights in {path}")
-    model.to(device).eval()
+    model = _model(config, contents.state_dict, path, device)
     source = f"{name} ({path})" if name != os.fspath(path) else str(path)
-    return Pretrained(model, config, categories, source, contents.inference)
+    reload = functools.partial(_read_again, path, _stamp(path), config, device)
+    return Pretrained(model, config, categories, source, contents.inference, reload=reload)
+
+
+def _model(config: DETRConfig, state_dict: dict[str, torch.Tensor], path: Path,
+           device: str | torch.device) -> DETRPanoptic:
+    model = build_model(config)
+    load_state_dict_strict(model, state_dict, what=f"the weights in {path}")
+    return model.to(device).eval()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _read_again(path: Path, stamp: tuple[int, int], config: DETRConfig,
+                device: str | torch.device) -> DETRPanoptic:
+    """The model of a released `Pretrained`, from its file as first read (a file replaced since,
+    e.g. a training run's checkpoint.pt, would give other weights than those the holder ran)."""
+    if not path.is_file() or _stamp(path) != stamp:
+        raise WeightsError(f"{path} changed or went away since its weights were read; load it again")
+    return _model(config, _read(path).state_dict, path, device)
 
 
 def demo_path() -> Path:

@@ -55,7 +55,8 @@ class Predictor:
     how: a choice of the caller, not an inference setting).
 
     Attributes: `settings`, `model`, `categories`, `pretrained`, and `device` / `dtype`, the
-    model's torch device and dtype.
+    model's torch device and dtype. With an exported runtime, weights loaded here are released
+    once the export is found (`Pretrained.release`): `pretrained.model` reads them again.
     """
 
     def __init__(
@@ -81,17 +82,21 @@ class Predictor:
         else:
             settings = settings.replace(**given)
         self.pretrained, self.settings, self.batch_size = pretrained, settings, batch_size
-        self.model: DETRPanoptic = pretrained.model.eval()
+        self.model: DETRPanoptic
         if settings.runtime != "torch":  # its ONNX export, with the same detect / predict_masks
             from .export.cache import exported_model
 
-            self.model = exported_model(pretrained, settings)
-        # BN folded into the convolutions, channels-last: faster convolutions (a model without
-        # the method, e.g. a test double with DETR's interface, runs as it is)
-        elif settings.prepare and hasattr(self.model, "prepare_for_inference"):
-            self.model.prepare_for_inference()
-        if settings.dtype != "float32" and settings.runtime == "torch":  # after folding BN (float32)
-            self.model.to(NETWORK_DTYPES[settings.dtype])
+            # weights read here have no use once their export is found: dropped (read again
+            # from the file if `pretrained.model` is asked for); a caller's Pretrained is kept
+            self.model = exported_model(pretrained, settings, release=not isinstance(weights, Pretrained))
+        else:
+            self.model = pretrained.model.eval()
+            # BN folded into the convolutions, channels-last: faster convolutions (a model without
+            # the method, e.g. a test double with DETR's interface, runs as it is)
+            if settings.prepare and hasattr(self.model, "prepare_for_inference"):
+                self.model.prepare_for_inference()
+            if settings.dtype != "float32":  # after folding BN (float32)
+                self.model.to(NETWORK_DTYPES[settings.dtype])
         self.categories: Categories = pretrained.categories
         param = next(self.model.parameters())
         self.device, self.dtype = param.device, param.dtype

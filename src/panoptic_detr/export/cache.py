@@ -11,10 +11,12 @@ into place when complete, so a reader never sees half an export.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,17 +38,34 @@ def cache_dir() -> Path:
 
 
 def export_key(pretrained: Pretrained, opset: int = DEFAULT_OPSET) -> str:
-    weights = weights_sha256(pretrained.model, pretrained.config)
+    return _key(weights_digest(pretrained), opset)
+
+
+def _key(weights: str, opset: int) -> str:
     text = f"{weights}|{opset}|{FORMAT}|torch {torch.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+_RELEASED: weakref.WeakKeyDictionary[Pretrained, str] = weakref.WeakKeyDictionary()
+"""The weights digest of each Pretrained `exported_model` released, taken before the release."""
+
+
+def weights_digest(pretrained: Pretrained) -> str:
+    """`exporter.weights_sha256` of `pretrained`'s weights; of a released one, as taken before the
+    release: a Predictor made from it later (explain's, one with other settings) finds the export
+    without reading the weights again."""
+    if pretrained.released and pretrained in _RELEASED:
+        return _RELEASED[pretrained]
+    return weights_sha256(pretrained.model, pretrained.config)
+
+
 def cached_export(pretrained: Pretrained, settings: InferenceSettings | None = None,
-                  opset: int = DEFAULT_OPSET) -> Path:
-    """The export folder of `pretrained`'s weights, built now if absent (minutes for R50)."""
+                  opset: int = DEFAULT_OPSET, *, digest: str | None = None) -> Path:
+    """The export folder of `pretrained`'s weights, built now if absent (minutes for R50).
+    digest: their `weights_digest` where already taken."""
     require("onnxruntime")  # the exporter verifies with it
     root = cache_dir()
-    key = export_key(pretrained, opset)
+    key = _key(digest or weights_digest(pretrained), opset)
     folder = root / key
     if (folder / "model.json").is_file():
         return folder
@@ -65,14 +84,37 @@ def cached_export(pretrained: Pretrained, settings: InferenceSettings | None = N
     return folder
 
 
-def exported_model(pretrained: Pretrained, settings: InferenceSettings) -> ExportedModel:
+def exported_model(pretrained: Pretrained, settings: InferenceSettings, *,
+                   release: bool = False) -> ExportedModel:
     """The model of `settings.runtime` ("onnxruntime" or "openvino") for `pretrained`, with
-    `detect` / `predict_masks` as the torch model's (see `sessions.ExportedModel`)."""
-    device = next(pretrained.model.parameters()).device
+    `detect` / `predict_masks` as the torch model's (see `sessions.ExportedModel`).
+
+    release: drop `pretrained`'s torch model once the export is found, before the runtime
+    loads the graphs (`Pretrained.release`: for weights the caller read and has not changed)."""
+    # a released one was checked when it was released
+    device = torch.device("cpu") if pretrained.released else next(pretrained.model.parameters()).device
     if device.type != "cpu":
         raise SettingsError(f"runtime {settings.runtime!r} runs on the CPU, not {device}; use --device cpu")
     require(settings.runtime)  # before minutes of exporting, the one line saying what is missing
-    return ExportedModel(cached_export(pretrained, settings), settings.runtime, settings.dtype)
+    digest = weights_digest(pretrained)
+    folder = cached_export(pretrained, settings, digest=digest)
+    if release and pretrained.release():
+        _RELEASED[pretrained] = digest
+    model = ExportedModel(folder, settings.runtime, settings.dtype)
+    _trim_heap()
+    return model
+
+
+def _trim_heap() -> None:
+    """Hand the free pages of glibc's heap back to the system. The runtime frees its parse of
+    the graphs once they are loaded, and the released torch weights are free too (R50: about
+    300 MB in all), but glibc keeps such pages resident until trimmed: without the trim they
+    would stay in the process's peak under the activations of every image (large activations
+    are mapped memory of their own, and do not reuse them). Elsewhere (no glibc): nothing."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
 
 
 @contextlib.contextmanager
