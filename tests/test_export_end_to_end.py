@@ -75,7 +75,8 @@ def assert_same_segments(got: dict[str, np.ndarray], ref) -> None:
         assert abs(int(got["areas"][k]) - s["area"]) <= 0.05 * s["area"]
         ys, xs = np.nonzero(a)  # the table's box is its own mask's (COCO x, y, w, h); a few
         # stray pixels can move it away from Python's box, which the IoU above bounds instead
-        assert got["boxes"][k].tolist() == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        x0, y0 = xs.min(), ys.min()
+        assert got["boxes"][k].tolist() == [x0, y0, xs.max() - x0 + 1, ys.max() - y0 + 1]
         # the graph's resize is one grey level off Pillow's on ~1 % of values: scores move by
         # up to ~2e-3 on the demo scenes
         np.testing.assert_allclose(got["scores"][k], s["score"], atol=5e-3)
