@@ -7,6 +7,7 @@ process after writing (sending) its first image."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -79,6 +80,12 @@ def spawn(commands: list[list[str]], log: Path, die_after_first: bool = False,
 
 @pytest.fixture
 def one_thread():
+    with process_threads():
+        yield
+
+
+@contextlib.contextmanager
+def process_threads():
     """The thread count of each of the 2 processes (2 cores here, or `threads_per_process`):
     float sums split over another number of threads round differently, enough to move a
     score's 5th decimal."""
@@ -86,8 +93,10 @@ def one_thread():
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads_per_process(DistInfo(0, 2, 0, 2)))
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
@@ -227,7 +236,8 @@ def gathered(dataset, tmp_path_factory):
     node0, node1 = run / "node0", run / "node1"
     node0.mkdir(), node1.mkdir()
     images = sorted((dataset / "images").iterdir())
-    assert main(["predict", *map(str, images[:2]), "--out", str(node0 / "out"), *SMALL]) == 0
+    with process_threads():  # as the 2 processes will: their records must match this run's
+        assert main(["predict", *map(str, images[:2]), "--out", str(node0 / "out"), *SMALL]) == 0
     codes = spawn([["predict", str(dataset / "images"), "--out", "out", "--gather-outputs", *SMALL],
                    ["evaluate", "--data", str(dataset), "--out", "evaluate", "--gather-outputs", *SMALL]],
                   run / "log", cwds=[node0, node1])

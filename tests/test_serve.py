@@ -129,8 +129,12 @@ def test_explain_a_segment(client, predictor):
     assert client.get(f"/v1/segment/{rid}/explain/{missing}").status_code == 404
     # after a re-threshold, the explanation is of the new segments
     low = client.post(f"/v1/segment/{rid}/threshold", json={"threshold": 0.05}).json()
-    last = max(s["id"] for s in low["segments_info"])
-    assert last >= missing and client.get(f"/v1/segment/{rid}/explain/{last}").status_code == 200
+    before = {s["id"]: s["category_id"] for s in body["segments_info"]}
+    after = {s["id"]: s["category_id"] for s in low["segments_info"]}
+    changed = [i for i in after if before.get(i) != after[i]]
+    assert changed  # the case this test is about: an id whose segment the re-threshold changed
+    r = client.get(f"/v1/segment/{rid}/explain/{changed[0]}")
+    assert r.status_code == 200 and r.json()["category_id"] == after[changed[0]]
 
 
 def test_uploads_decode_as_load_image(tmp_path):
