@@ -45,7 +45,7 @@ def median_step(cfg, parts, initial: dict, mode: str, steps: int) -> float:
     for batch, targets in batches:
         t0 = time.perf_counter()
         if channels_last:
-            batch = type(batch)(batch.images.contiguous(memory_format=torch.channels_last), batch.mask)
+            batch = batch.to(memory_format=torch.channels_last)
         with amp:
             loss = step(batch, targets)["loss"]
         loss.backward()

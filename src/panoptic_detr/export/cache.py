@@ -37,11 +37,8 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "panoptic_detr_onnx"
 
 
-def export_key(pretrained: Pretrained, opset: int = DEFAULT_OPSET) -> str:
-    return _key(weights_digest(pretrained), opset)
-
-
-def _key(weights: str, opset: int) -> str:
+def export_key(weights: str, opset: int = DEFAULT_OPSET) -> str:
+    """The cache folder's name for weights of digest `weights` (`weights_digest`)."""
     text = f"{weights}|{opset}|{FORMAT}|torch {torch.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -65,7 +62,7 @@ def cached_export(pretrained: Pretrained, settings: InferenceSettings | None = N
     digest: their `weights_digest` where already taken."""
     require("onnxruntime")  # the exporter verifies with it
     root = cache_dir()
-    key = _key(digest or weights_digest(pretrained), opset)
+    key = export_key(digest or weights_digest(pretrained), opset)
     folder = root / key
     if (folder / "model.json").is_file():
         return folder

@@ -117,6 +117,7 @@ class Trainer:
         self.stage = configure_stage(model, cfg, state.step, self.trainable)
         self.step_module = self._wrap()
         self.amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
         # images in the model's precision (float64 models train too: tests check exactness with them)
         self.dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         self.metrics: dict[str, Any] = {}
@@ -160,9 +161,7 @@ class Trainer:
         counts = [int((~t.iscrowd.bool()).sum()) for _, ts in micro_batches for t in ts]
         self.losses, self.images = [], 0
         for micro, (batch, targets) in enumerate(micro_batches):
-            batch = batch.to(device=self.device, dtype=self.dtype)
-            if self.cfg.channels_last:
-                batch = PaddedBatch(batch.images.contiguous(memory_format=torch.channels_last), batch.mask)
+            batch = batch.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
             targets = [t.to(self.device) for t in targets]
             # DDP averages the gradients once, in the step's last backward
             last = micro == len(micro_batches) - 1
