@@ -107,6 +107,54 @@ def test_cached_samples_train_the_same_weights(tmp_path):
         make_cfg(tmp_path / "c", data={"cache": True})
 
 
+class MinuteClock:
+    """A stand-in for the trainer's `time`: each reading is a minute after the last."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 60.0
+        return self.now
+
+
+def lrs(out):
+    return [json.loads(x)["lr"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_drop_fraction_of_the_steps_or_of_the_time(tmp_path, monkeypatch):
+    """optim.lr_drop_fraction: half of 6 steps is lr_drop 3; with a time limit the drop comes
+    the step after that share of the time passed, and the checkpoint keeps where it came."""
+    common = {"data": {"augment": False, "val_size": 32, "max_size": 32}, "steps": 6}
+    no_drop = {"lr": 1e-2, "lr_backbone": 1e-3, "warmup_steps": 2, "lr_drop": 0}
+    train(make_cfg(tmp_path / "step", optim={**no_drop, "lr_drop": 3}, **common), parts=make_parts(),
+          progress=False)
+    train(make_cfg(tmp_path / "share", optim={**no_drop, "lr_drop_fraction": 0.5}, **common),
+          parts=make_parts(), progress=False)
+    assert lrs(tmp_path / "share") == lrs(tmp_path / "step")
+    assert lrs(tmp_path / "step")[1:3] == [1e-2, 1e-3]  # the lr set after steps 2 and 3
+    a, b = params(tmp_path / "step" / ckpt_io.LAST), params(tmp_path / "share" / ckpt_io.LAST)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # minutes 1, 2, 3 after steps 1, 2, 3: 3 of 10 minutes (0.3) are done after step 3, so the
+    # lr drops from step 4 on; that is lr_drop 4
+    monkeypatch.setattr("panoptic_detr.train.trainer.time", MinuteClock())
+    train(make_cfg(tmp_path / "time", optim={**no_drop, "lr_drop_fraction": 0.3}, time_limit=10, **common),
+          parts=make_parts(), progress=False)
+    monkeypatch.undo()
+    train(make_cfg(tmp_path / "step4", optim={**no_drop, "lr_drop": 4}, **common), parts=make_parts(),
+          progress=False)
+    assert lrs(tmp_path / "time") == lrs(tmp_path / "step4") != lrs(tmp_path / "step")
+    ckpt = torch.load(tmp_path / "time" / ckpt_io.LAST, weights_only=True)
+    assert ckpt["train_state"]["lr_drop_step"] == 4 and ckpt["train_state"]["step"] == 6
+    a, b = params(tmp_path / "time" / ckpt_io.LAST), params(tmp_path / "step4" / ckpt_io.LAST)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="not both"):
+        make_cfg(tmp_path / "c", optim={"lr_drop": 3, "lr_drop_fraction": 0.5})
+    with pytest.raises(ConfigError, match="lr_drop_fraction"):
+        make_cfg(tmp_path / "c", optim={"lr_drop": 0, "lr_drop_fraction": 1.0})
+
+
 def test_grad_accumulation_equals_bigger_batch(tmp_path):
     """Same-size images, no augmentation: 2 x batch 2 accumulated == batch 4 (to float noise)."""
     common = {"data": {"augment": False, "val_size": 32, "max_size": 32}, "optim": {"clip_max_norm": 0.0}}

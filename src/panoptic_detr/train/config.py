@@ -136,6 +136,11 @@ class OptimSection:
     pretrained; for a backbone trained from scratch."""
     lr_drop: int = 0
     """Optimiser step after which every learning rate is multiplied by `lr_gamma` (0 = never)."""
+    lr_drop_fraction: float = 0.0
+    """The same drop once this share of the run is done (0 = never; not with `lr_drop`): of its
+    `time_limit` when it has one (for runs of a fixed time, whose number of steps depends on
+    the machine; the step where it happened is kept in checkpoints, so a resumed run drops
+    where the first one did), else of its steps."""
     lr_gamma: float = 0.1
     warmup_steps: int = 0
     """Linear warm-up from 0 over this many optimiser steps."""
@@ -147,6 +152,11 @@ class OptimSection:
         _check_range(self, "clip_max_norm", 0, range_text="a finite number >= 0; 0: off")
         _check_range(self, "lr_gamma", 0, above=True, range_text="a finite number > 0")
         _at_least(self, "lr_drop warmup_steps", 0, "; 0: none")
+        _check_range(self, "lr_drop_fraction", 0, high=1, below=True,
+                     range_text="a share of the run, >= 0 and < 1; 0: none")
+        if self.lr_drop_fraction > 0 and self.lr_drop > 0:
+            raise ConfigError("optim: give lr_drop (a step) or lr_drop_fraction (a share of the run), "
+                              "not both")
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float) -> list[dict[s
 
 
 def lr_factor(step: int, warmup: int, drop: int, gamma: float) -> float:
-    """Linear warm-up over `warmup` steps, times `gamma` from step `drop` on."""
+    """Linear warm-up over `warmup` steps, times `gamma` from step `drop` on (0: never)."""
     f = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     return f * (gamma if drop > 0 and step >= drop else 1.0)
 
@@ -256,12 +256,12 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
 
         dim = model.query_embed.embedding_dim
         denoising = DenoisingQueries(parts.categories.num_classes, dim, cfg.denoising).to(device)
-    optimizer, scheduler = _optimizer(model, cfg.optim, device, denoising)
+    state = TrainState(lr_drop_step=cfg.optim.lr_drop)
+    optimizer, scheduler = _optimizer(model, cfg.optim, device, state, denoising)
     per_epoch = len(train_set) // (cfg.batch_size * info.world_size)
     if per_epoch == 0:
         raise TrainError(f"{cfg.data.train or 'training set'}: {len(train_set)} images, fewer than "
                          f"one batch of {cfg.batch_size} x {info.world_size} processes")
-    state = TrainState()
     if resumed is not None:
         ckpt_io.check_architecture(resumed, parts.model_config, resume_path)
         ckpt_io.load_model_state(model, resumed["model"], resume_path)
@@ -274,15 +274,20 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
             denoising.load_state_dict(ts["denoising"])
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
-        state = TrainState(**{k: ts[k] for k in vars(state)})
+        for k in vars(state):  # in place: the scheduler reads state.lr_drop_step
+            if k in ts:  # (checkpoints before lr_drop_step keep the config's lr_drop)
+                setattr(state, k, ts[k])
         rngs = ts["rng"]
         set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0], device)
         del resumed
     if info.is_main:
         _prepare_out_dir(out, state.step, cfg, parts)
 
+    max_steps = total_steps(cfg, per_epoch)
+    if cfg.optim.lr_drop_fraction > 0 and cfg.time_limit <= 0:
+        state.lr_drop_step = max(1, round(cfg.optim.lr_drop_fraction * max_steps))
     trainer = Trainer(model, criterion, optimizer, scheduler, _batches(train_set, cfg, info, state), state,
-                      total_steps(cfg, per_epoch), cfg, info, device, denoising)
+                      max_steps, cfg, info, device, denoising)
     metrics_path = out / "metrics.jsonl"
     trainer.register(MetricsLogger(metrics_path, cfg.log_every, progress))
     if val_set is not None and evaluate_fn is not None:
@@ -311,9 +316,10 @@ def _resume_source(out: Path, resume: bool | str, overwrite: bool) -> tuple[dict
     return resumed, resume_path
 
 
-def _optimizer(model: nn.Module, o: OptimSection, device: torch.device, denoising: nn.Module | None = None):
+def _optimizer(model: nn.Module, o: OptimSection, device: torch.device, state: TrainState,
+               denoising: nn.Module | None = None):
     """AdamW over `param_groups` (and the denoising queries', at `lr`) and its learning-rate
-    schedule (`lr_factor`)."""
+    schedule (`lr_factor`, dropping from `state.lr_drop_step`, which the run may set later)."""
     groups = param_groups(model, o.lr, o.lr_backbone)
     if denoising is not None:
         groups.append({"params": list(denoising.parameters()), "lr": o.lr})
@@ -321,7 +327,7 @@ def _optimizer(model: nn.Module, o: OptimSection, device: torch.device, denoisin
     # loops on the learning recipe's 13 M parameters, 2 CPU threads), the same update rule
     optimizer = torch.optim.AdamW(groups, weight_decay=o.weight_decay, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, o.warmup_steps, o.lr_drop, o.lr_gamma)
+        optimizer, lambda s: lr_factor(s, o.warmup_steps, state.lr_drop_step, o.lr_gamma)
     )
     return optimizer, scheduler
 

@@ -42,6 +42,9 @@ class TrainState:
     """Batches of `epoch` this process has drawn."""
     best_pq: float = -math.inf
     """Best validation PQ so far (the weights in checkpoint_best.pt)."""
+    lr_drop_step: int = 0
+    """The step from which the learning rates are multiplied by `optim.lr_gamma` (0: none yet):
+    `optim.lr_drop`, or where `optim.lr_drop_fraction` of the run was done."""
 
 
 class HookBase:
@@ -141,7 +144,9 @@ class Trainer:
             while self.state.step < self.max_steps:
                 self.run_step()
                 self._next_stage()
-                self.done = self.state.step == self.max_steps or self._out_of_time()
+                elapsed = self._elapsed_minutes()
+                self._drop_on_time(elapsed)
+                self.done = self.state.step == self.max_steps or 0 < self.cfg.time_limit < elapsed
                 self.evaluated, self.saved = False, []
                 for h in self.hooks:
                     h.after_step()
@@ -193,9 +198,16 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
 
-    def _out_of_time(self) -> bool:
-        """Whether the time budget is spent (decided the same on every rank)."""
+    def _elapsed_minutes(self) -> float:
+        """Minutes of training so far, the same on every rank (0 without a time limit)."""
         if self.cfg.time_limit <= 0:
-            return False
-        elapsed = reduce_mean({"t": time.perf_counter() - self.started}, self.info, self.device)["t"]
-        return elapsed > self.cfg.time_limit * 60
+            return 0.0
+        return reduce_mean({"t": time.perf_counter() - self.started}, self.info, self.device)["t"] / 60
+
+    def _drop_on_time(self, elapsed: float) -> None:
+        """With a time limit, `optim.lr_drop_fraction` of it spent: the learning rates drop from
+        the next step on (the scheduler has already set this step's)."""
+        share = self.cfg.optim.lr_drop_fraction
+        if share > 0 and self.cfg.time_limit > 0 and not self.state.lr_drop_step \
+                and elapsed >= share * self.cfg.time_limit:
+            self.state.lr_drop_step = self.state.step + 1
