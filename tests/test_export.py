@@ -30,7 +30,12 @@ from panoptic_detr.data.panoptic_png import read_panoptic_png
 from panoptic_detr.demo import DEMO_SCENES
 from panoptic_detr.export import cache
 from panoptic_detr.export.graphs import DETECT_INPUTS, DETECT_OUTPUTS, MASK_INPUTS, DetectGraph, MaskGraph
-from panoptic_detr.export.sessions import ExportedModel, OnnxRuntimeSession
+from panoptic_detr.export.sessions import (
+    PROVIDERS_ENV,
+    ExportedModel,
+    OnnxRuntimeSession,
+    onnxruntime_providers,
+)
 from panoptic_detr.loading import load_pretrained
 from panoptic_detr.predictor import Predictor
 from panoptic_detr.settings import SettingsError
@@ -270,6 +275,37 @@ def test_runtime_settings_are_checked_before_anything_loads():
         Predictor("demo", runtime="onnxruntime", dtype="bfloat16")
     with pytest.raises(SettingsError, match="attention maps"):
         ExportedModel.detect(object(), scene_batch((64,)), return_attention=True)
+
+
+def test_onnxruntime_providers_for_each_device(monkeypatch, tmp_path):
+    """The CPU's on a CPU; CUDA's on device N (then the CPU's); the ones $PANOPTIC_DETR_ORT_PROVIDERS
+    names (TensorRT with its engine cache beside the graphs); one line when they are missing."""
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.delenv(PROVIDERS_ENV, raising=False)
+    assert onnxruntime_providers(torch.device("cpu"), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert onnxruntime_providers(torch.device("cuda:1"), gpu) == [
+        ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    monkeypatch.setenv(PROVIDERS_ENV, "TensorrtExecutionProvider, CUDAExecutionProvider")
+    trt, cuda, cpu = onnxruntime_providers(torch.device("cuda"), gpu, tmp_path)
+    assert trt == ("TensorrtExecutionProvider", {"device_id": 0, "trt_engine_cache_enable": True,
+                                                 "trt_engine_cache_path": str(tmp_path / "tensorrt")})
+    assert (cuda, cpu) == (("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider")
+    with pytest.raises(SettingsError, match=r"needs TensorrtExecutionProvider, CUDAExecutionProvider.*"
+                                            r"it has CPUExecutionProvider\): pip install onnxruntime-gpu"):
+        onnxruntime_providers(torch.device("cuda"), ["CPUExecutionProvider"])
+    with pytest.raises(SettingsError, match="CPU or a CUDA device, not mps"):
+        onnxruntime_providers(torch.device("mps"), gpu)
+
+
+def test_a_cuda_device_without_onnxruntime_gpu_is_one_line(ort_predictor, monkeypatch):
+    """This onnxruntime has the CPU provider only: a CUDA device is refused before any session
+    loads; OpenVINO refuses any device but the CPU."""
+    monkeypatch.delenv(PROVIDERS_ENV, raising=False)
+    folder = ort_predictor.model.folder
+    with pytest.raises(SettingsError, match="needs CUDAExecutionProvider.*pip install onnxruntime-gpu"):
+        ExportedModel(folder, "onnxruntime", device="cuda")
+    with pytest.raises(SettingsError, match="'openvino' runs on the CPU, not cuda:0"):
+        ExportedModel(folder, "openvino", device="cuda:0")
 
 
 def test_a_missing_runtime_package_is_one_line(monkeypatch):

@@ -25,7 +25,7 @@ import torch
 from ..loading import Pretrained
 from ..settings import InferenceSettings, SettingsError
 from .exporter import DEFAULT_OPSET, FORMAT, weights_sha256, write_graphs
-from .sessions import ExportedModel, require
+from .sessions import ExportedModel, onnxruntime_providers, require
 
 try:
     import fcntl
@@ -90,14 +90,16 @@ def exported_model(pretrained: Pretrained, settings: InferenceSettings, *,
     loads the graphs (`Pretrained.release`: for weights the caller read and has not changed)."""
     # a released one was checked when it was released
     device = torch.device("cpu") if pretrained.released else next(pretrained.model.parameters()).device
-    if device.type != "cpu":
+    if device.type != "cpu" and settings.runtime != "onnxruntime":
         raise SettingsError(f"runtime {settings.runtime!r} runs on the CPU, not {device}; use --device cpu")
     require(settings.runtime)  # before minutes of exporting, the one line saying what is missing
+    if device.type != "cpu":  # the providers for it, checked before exporting too
+        onnxruntime_providers(device, require("onnxruntime").get_available_providers())
     digest = weights_digest(pretrained)
     folder = cached_export(pretrained, settings, digest=digest)
     if release and pretrained.release():
         _RELEASED[pretrained] = digest
-    model = ExportedModel(folder, settings.runtime, settings.dtype)
+    model = ExportedModel(folder, settings.runtime, settings.dtype, device=device)
     _trim_heap()
     return model
 

@@ -3,17 +3,19 @@
 it `Predictor`, the runner, evaluate, build-gt) runs ONNX Runtime or OpenVINO unchanged.
 
 onnxruntime and openvino are optional (the `export` extra) and imported only here, when chosen.
-Both run on the CPU with torch's thread count (`torch.get_num_threads()`, what
+On the CPU both run with torch's thread count (`torch.get_num_threads()`, what
 `--threads`/OMP_NUM_THREADS set for torch). OpenVINO runs float32 unless asked for bfloat16
 (`INFERENCE_PRECISION_HINT`; its CPU plugin would otherwise pick bfloat16 by itself on CPUs with
-AMX or AVX512-BF16).
+AMX or AVX512-BF16). On a CUDA device (`--device cuda[:N]`) ONNX Runtime runs its CUDA execution
+provider (the onnxruntime-gpu package), or the providers `$PANOPTIC_DETR_ORT_PROVIDERS` names
+(`onnxruntime_providers`); OpenVINO runs on the CPU only.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,11 +44,50 @@ def require(runtime: str) -> ModuleType:
                             "pip install 'panoptic-detr[export]'") from None
 
 
-class OnnxRuntimeSession:
-    """One ONNX file run by ONNX Runtime on the CPU."""
+PROVIDERS_ENV = "PANOPTIC_DETR_ORT_PROVIDERS"
+"""Comma-separated ONNX Runtime execution providers to use on a CUDA device, best first, instead
+of the CUDA one alone, e.g. "TensorrtExecutionProvider,CUDAExecutionProvider"."""
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
+
+Provider = str | tuple[str, dict[str, Any]]
+"""An execution provider as `onnxruntime.InferenceSession` takes it: its name, or (name, options)."""
+
+
+def onnxruntime_providers(device: torch.device, available: Sequence[str],
+                          cache: str | os.PathLike[str] | None = None) -> list[Provider]:
+    """ONNX Runtime's execution providers for `device`, best first (what `InferenceSession`
+    takes): the CPU's on a CPU; on CUDA device N, CUDA's on device N, or those named by
+    `$PANOPTIC_DETR_ORT_PROVIDERS` (TensorRT builds an engine for each new input size, kept in
+    `cache`/tensorrt: worth it for images of one size), then the CPU's for any operator they lack.
+    available: `onnxruntime.get_available_providers()`. SettingsError, one line, for a device
+    these providers cannot serve."""
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type != "cuda":
+        raise SettingsError(f"runtime 'onnxruntime' runs on a CPU or a CUDA device, not {device}")
+    index = device.index or 0
+    named = os.environ.get(PROVIDERS_ENV, "CUDAExecutionProvider")
+    wanted = [p.strip() for p in named.split(",") if p.strip()]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise SettingsError(f"runtime 'onnxruntime' on {device} needs {', '.join(missing)}, which this "
+                            f"onnxruntime lacks (it has {', '.join(available)}): pip install onnxruntime-gpu")
+    options: dict[str, dict[str, Any]] = {
+        "CUDAExecutionProvider": {"device_id": index},
+        "TensorrtExecutionProvider": {"device_id": index, "trt_engine_cache_enable": True,
+                                      "trt_engine_cache_path": os.fspath(Path(cache or ".") / "tensorrt")}}
+    chosen: list[Provider] = [(p, options[p]) if p in options else p for p in wanted]
+    return chosen + ([] if "CPUExecutionProvider" in wanted else ["CPUExecutionProvider"])
+
+
+class OnnxRuntimeSession:
+    """One ONNX file run by ONNX Runtime (on the CPU unless given a CUDA `device`)."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None,
+                 device: torch.device | None = None):
         ort = require("onnxruntime")
+        providers = onnxruntime_providers(device or torch.device("cpu"), ort.get_available_providers(),
+                                          Path(path).parent)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -54,7 +95,7 @@ class OnnxRuntimeSession:
         # no arena: it keeps the largest activations of every size seen (R50 at 800x1066: peak RSS
         # 1.76 -> 1.44 GB, the same speed; benchmarks/RESULTS.md)
         options.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(os.fspath(path), options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run(self, feeds: dict[str, Any]) -> list[np.ndarray]:
@@ -106,14 +147,19 @@ class ExportedModel:
     ONNX Runtime ("onnxruntime") or OpenVINO ("openvino"); see the module docstring."""
 
     def __init__(self, folder: str | os.PathLike[str], runtime: str = "onnxruntime",
-                 dtype: str = "float32", threads: int | None = None):
-        folder = Path(folder)
+                 dtype: str = "float32", threads: int | None = None, device: str | torch.device = "cpu"):
+        """device: where ONNX Runtime runs the graphs (a CPU, or a CUDA device with onnxruntime-gpu,
+        see `onnxruntime_providers`); the inputs and outputs stay CPU tensors either way."""
+        folder, device = Path(folder), torch.device(device)
         if runtime == "onnxruntime":
             if dtype != "float32":
                 raise SettingsError(f"runtime 'onnxruntime' runs float32 only, not {dtype}; "
                                     "use --runtime openvino for bfloat16")
-            self.detect_session: Any = OnnxRuntimeSession(folder / "detect.onnx", threads)
-            self.mask_session: Any = OnnxRuntimeSession(folder / "mask.onnx", threads)
+            self.detect_session: Any = OnnxRuntimeSession(folder / "detect.onnx", threads, device)
+            self.mask_session: Any = OnnxRuntimeSession(folder / "mask.onnx", threads, device)
+        elif runtime == "openvino" and device.type != "cpu":
+            raise SettingsError(f"runtime 'openvino' runs on the CPU, not {device}; use --device cpu "
+                                "(or --runtime onnxruntime on a CUDA device)")
         elif runtime == "openvino":
             self.detect_session = OpenVINOSession(folder / "detect.onnx", threads, dtype)
             self.mask_session = OpenVINOSession(folder / "mask.onnx", threads, dtype)
