@@ -191,13 +191,7 @@ class ExportedModel:
         if len(queries) != f["queries"].shape[0]:
             raise ValueError(f"queries has {len(queries)} entries for {f['queries'].shape[0]} images")
         size = f["adapter3"].shape[-2:]
-        if chunk == "auto" and self.runtime == "openvino":
-            # all at once: OpenVINO plans its own memory (R50 at 800x1066, 20 queries: 0.20 s in
-            # bfloat16 against 0.245 in chunks of 3, 0.37 against 0.40 in float32, the same peak
-            # RSS; benchmarks/RESULTS.md)
-            chunk = None
-        elif chunk == "auto":  # as DETRPanoptic.mask_chunk on a CPU (ONNX Runtime: 0.48 s in
-            # chunks against 0.65 all at once, glibc's fresh mmaps as torch's)
+        if chunk == "auto":  # as DETRPanoptic.mask_chunk on a CPU
             chunk = max(1, MASK_CHUNK_BYTES // (f["adapter3"].shape[1] * size[0] * size[1] * 4))
         out = []
         for i, idx in enumerate(queries):
