@@ -138,10 +138,18 @@ def test_lr_drop_fraction_of_the_steps_or_of_the_time(tmp_path, monkeypatch):
 
     # minutes 1, 2, 3 after steps 1, 2, 3: 3 of 10 minutes (0.3) are done after step 3, so the
     # lr drops from step 4 on; that is lr_drop 4
+    timed = {"optim": {**no_drop, "lr_drop_fraction": 0.3}, "time_limit": 10, **common}
     monkeypatch.setattr("panoptic_detr.train.trainer.time", MinuteClock())
-    train(make_cfg(tmp_path / "time", optim={**no_drop, "lr_drop_fraction": 0.3}, time_limit=10, **common),
-          parts=make_parts(), progress=False)
+    train(make_cfg(tmp_path / "time", **timed), parts=make_parts(), progress=False)
+    # stopped after step 5 and resumed: the resumed run's clock starts again, the drop stays at 4
+    monkeypatch.setattr("panoptic_detr.train.trainer.time", MinuteClock())
+    train(make_cfg(tmp_path / "resumed", **{**timed, "steps": 5}), parts=make_parts(), progress=False)
+    monkeypatch.setattr("panoptic_detr.train.trainer.time", MinuteClock())
+    train(make_cfg(tmp_path / "resumed", **timed), resume=True, parts=make_parts(), progress=False)
     monkeypatch.undo()
+    assert lrs(tmp_path / "resumed") == lrs(tmp_path / "time")
+    a, b = params(tmp_path / "time" / ckpt_io.LAST), params(tmp_path / "resumed" / ckpt_io.LAST)
+    assert all(torch.equal(a[k], b[k]) for k in a)
     train(make_cfg(tmp_path / "step4", optim={**no_drop, "lr_drop": 4}, **common), parts=make_parts(),
           progress=False)
     assert lrs(tmp_path / "time") == lrs(tmp_path / "step4") != lrs(tmp_path / "step")

@@ -256,7 +256,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
 
         dim = model.query_embed.embedding_dim
         denoising = DenoisingQueries(parts.categories.num_classes, dim, cfg.denoising).to(device)
-    state = TrainState(lr_drop_step=cfg.optim.lr_drop)
+    state = TrainState()
     optimizer, scheduler = _optimizer(model, cfg.optim, device, state, denoising)
     per_epoch = len(train_set) // (cfg.batch_size * info.world_size)
     if per_epoch == 0:
@@ -275,7 +275,7 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         for k in vars(state):  # in place: the scheduler reads state.lr_drop_step
-            if k in ts:  # (checkpoints before lr_drop_step keep the config's lr_drop)
+            if k in ts:  # (checkpoints from before a field have its default)
                 setattr(state, k, ts[k])
         rngs = ts["rng"]
         set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0], device)
@@ -284,8 +284,12 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         _prepare_out_dir(out, state.step, cfg, parts)
 
     max_steps = total_steps(cfg, per_epoch)
-    if cfg.optim.lr_drop_fraction > 0 and cfg.time_limit <= 0:
+    if cfg.optim.lr_drop_fraction == 0:  # the config's step (a resumed run takes a changed one)
+        state.lr_drop_step = cfg.optim.lr_drop
+    elif cfg.time_limit <= 0:  # a share of the steps
         state.lr_drop_step = max(1, round(cfg.optim.lr_drop_fraction * max_steps))
+    # else a share of the time: the trainer sets it when that time has passed (a resumed run
+    # keeps the step where the run it resumes dropped)
     trainer = Trainer(model, criterion, optimizer, scheduler, _batches(train_set, cfg, info, state), state,
                       max_steps, cfg, info, device, denoising)
     metrics_path = out / "metrics.jsonl"
