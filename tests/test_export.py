@@ -308,6 +308,16 @@ def test_a_cuda_device_without_onnxruntime_gpu_is_one_line(ort_predictor, monkey
         ExportedModel(folder, "openvino", device="cuda:0")
 
 
+def test_an_exported_runtime_on_a_gpu_runs_batches_together(ort_predictor):
+    """The graphs take CPU tensors wherever they run: the batching default follows where they
+    run (`runs_on`), not the CPU tensors (one by one on a CPU, as one padded batch on a GPU)."""
+    assert ort_predictor.model.runs_on == torch.device("cpu") and not ort_predictor.batched_network
+    gpu = Predictor("demo", runtime="onnxruntime")
+    gpu.model.runs_on = torch.device("cuda", 0)  # as ExportedModel(..., device="cuda") sets it
+    assert gpu.device == torch.device("cpu") and gpu.batched_network
+    assert not Predictor("demo", runtime="onnxruntime", batched_network=False).batched_network
+
+
 def test_a_missing_runtime_package_is_one_line(monkeypatch):
     import importlib
 

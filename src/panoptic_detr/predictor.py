@@ -127,7 +127,9 @@ class Predictor:
     def batched_network(self) -> bool:
         """Whether a batch runs through the network as one padded tensor (see the module docstring)."""
         together = self.settings.batched_network
-        return self.device.type != "cpu" if together is None else together
+        # an exported runtime takes CPU tensors whatever device it runs on (`ExportedModel.runs_on`)
+        runs_on = getattr(self.model, "runs_on", self.device)
+        return runs_on.type != "cpu" if together is None else together
 
     def predict(self, image: ImageInput | Sequence[ImageInput], *, channel_order: str = "RGB"
                 ) -> PanopticResult | list[PanopticResult]:

@@ -166,6 +166,9 @@ class ExportedModel:
         else:
             raise SettingsError(f"runtime must be 'onnxruntime' or 'openvino' for an export, got {runtime!r}")
         self.folder, self.runtime, self.dtype = folder, runtime, dtype
+        self.runs_on = device
+        """Where the graphs run (a CUDA device only for ONNX Runtime); inputs and outputs are CPU
+        tensors whatever it is, so a `Predictor` batches images together by this, as on a GPU."""
 
     def eval(self) -> ExportedModel:
         return self
