@@ -196,6 +196,12 @@ def test_predictors_made_from_a_released_pretrained(ort_predictor, torch_predict
     monkeypatch.setattr(fresh.pretrained, "_reload", None)  # reading them again would fail
     other = Predictor(fresh.pretrained, fresh.settings.replace(threshold=0.5))
     assert other.model.folder == fresh.model.folder and fresh.pretrained.released
+    assert other.model.runs_on == fresh.model.runs_on == torch.device("cpu")
+    # where the weights were when released is kept (a CUDA one stays on CUDA), not assumed
+    monkeypatch.setitem(cache._RELEASED, fresh.pretrained, (cache._RELEASED[fresh.pretrained][0],
+                                                          torch.device("meta")))
+    with pytest.raises(SettingsError, match="CPU or a CUDA device, not meta"):
+        Predictor(fresh.pretrained, fresh.settings)
     monkeypatch.undo()
     again = Predictor(fresh.pretrained, runtime="torch")
     assert not fresh.pretrained.released

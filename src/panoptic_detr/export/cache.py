@@ -43,8 +43,9 @@ def export_key(weights: str, opset: int = DEFAULT_OPSET) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-_RELEASED: weakref.WeakKeyDictionary[Pretrained, str] = weakref.WeakKeyDictionary()
-"""The weights digest of each Pretrained `exported_model` released, taken before the release."""
+_RELEASED: weakref.WeakKeyDictionary[Pretrained, tuple[str, torch.device]] = weakref.WeakKeyDictionary()
+"""The weights digest and device of each Pretrained `exported_model` released, taken before the
+release."""
 
 
 def weights_digest(pretrained: Pretrained) -> str:
@@ -52,7 +53,7 @@ def weights_digest(pretrained: Pretrained) -> str:
     release: a Predictor made from it later (explain's, one with other settings) finds the export
     without reading the weights again."""
     if pretrained.released and pretrained in _RELEASED:
-        return _RELEASED[pretrained]
+        return _RELEASED[pretrained][0]
     return weights_sha256(pretrained.model, pretrained.config)
 
 
@@ -88,8 +89,9 @@ def exported_model(pretrained: Pretrained, settings: InferenceSettings, *,
 
     release: drop `pretrained`'s torch model once the export is found, before the runtime
     loads the graphs (`Pretrained.release`: for weights the caller read and has not changed)."""
-    # a released one was checked when it was released
-    device = torch.device("cpu") if pretrained.released else next(pretrained.model.parameters()).device
+    # a released one: where its weights were when it was released (no reading them again)
+    released = _RELEASED.get(pretrained) if pretrained.released else None
+    device = released[1] if released else next(pretrained.model.parameters()).device
     if device.type != "cpu" and settings.runtime != "onnxruntime":
         raise SettingsError(f"runtime {settings.runtime!r} runs on the CPU, not {device}; use --device cpu")
     require(settings.runtime)  # before minutes of exporting, the one line saying what is missing
@@ -98,7 +100,7 @@ def exported_model(pretrained: Pretrained, settings: InferenceSettings, *,
     digest = weights_digest(pretrained)
     folder = cached_export(pretrained, settings, digest=digest)
     if release and pretrained.release():
-        _RELEASED[pretrained] = digest
+        _RELEASED[pretrained] = digest, device
     model = ExportedModel(folder, settings.runtime, settings.dtype, device=device)
     _trim_heap()
     return model
