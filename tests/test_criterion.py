@@ -253,6 +253,38 @@ def test_mask_losses_on_given_logits_need_no_model():
     assert float(bad["loss_dice"]) > 0.9 and float(bad["loss_mask"]) > 1
 
 
+def test_mask_losses_at_the_mask_resolution_score_the_pooled_targets():
+    """mask_resolution "mask": the targets are area-averaged to the logits' grid (each 4 x 4
+    block of the padded image becomes its share of the segment) and scored there, so the
+    losses equal focal and dice against those shares computed by hand; the logits are not
+    resized (their gradient is the soft loss's, cell by cell)."""
+    from panoptic_detr.train.config import LossWeights
+    from panoptic_detr.train.criterion import dice_loss, focal_loss
+
+    g = torch.Generator().manual_seed(3)
+    targets = [random_target(g, 32, 28, 3, 4), random_target(g, 24, 32, 2, 4)]  # padded to 32 x 32
+    indices = [(torch.tensor([5, 0, 2]), torch.tensor([2, 0, 1])),
+               (torch.tensor([1, 7]), torch.tensor([1, 0]))]
+    logits = [torch.randn(3, 8, 8, generator=g, dtype=torch.double, requires_grad=True),
+              torch.randn(2, 8, 8, generator=g, dtype=torch.double, requires_grad=True)]
+    crit = SetCriterion(4, LossWeights(mask_resolution="mask"))
+    got = crit.mask_losses(logits, targets, indices, 5.0)
+
+    shares = []
+    for t, (_, s) in zip(targets, indices, strict=True):
+        m = torch.zeros(len(t), 32, 32, dtype=torch.double)
+        m[:, : t.masks.shape[1], : t.masks.shape[2]] = t.masks.double()
+        shares.append(m[s].reshape(len(s), 8, 4, 8, 4).mean((2, 4)))  # each 4 x 4 block's share
+    src, tgt = torch.cat(logits).flatten(1), torch.cat(shares).flatten(1)
+    assert bool(((tgt > 0) & (tgt < 1)).any())  # some cells are partly covered: soft targets
+    torch.testing.assert_close(got["loss_mask"], focal_loss(src, tgt, 5.0))
+    torch.testing.assert_close(got["loss_dice"], dice_loss(src, tgt, 5.0))
+    image = SetCriterion(4, LossWeights()).mask_losses(logits, targets, indices, 5.0)
+    assert float((image["loss_dice"] - got["loss_dice"]).abs().detach()) > 1e-3  # DETR's way scores otherwise
+    (got["loss_mask"] + got["loss_dice"]).backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in logits)
+
+
 def test_the_config_loss_section_is_the_criterions_weights():
     from panoptic_detr.train.config import ConfigError, config_from_dict
     from panoptic_detr.train.criterion import LossWeights
@@ -261,7 +293,9 @@ def test_the_config_loss_section_is_the_criterions_weights():
     assert isinstance(cfg.loss, LossWeights) and cfg.loss == LossWeights(ce=3.0, segment=2.0)
     assert SetCriterion(4, cfg.loss).weights is cfg.loss
     with pytest.raises(ConfigError, match=r"loss\.dense: unknown key \(known: ce, bbox, giou, mask, dice, "
-                                          r"eos_coef, semantic, segment\)"):
+                                          r"eos_coef, semantic, segment, mask_resolution\)"):
         config_from_dict({"loss": {"dense": 1.0}})
     with pytest.raises(ConfigError, match="loss.ce: expected a number"):
         config_from_dict({"loss": {"ce": "high"}})
+    with pytest.raises(ConfigError, match=r"mask_resolution: must be one of \('image', 'mask'\), got 'low'"):
+        config_from_dict({"loss": {"mask_resolution": "low"}})

@@ -19,7 +19,10 @@ panoptic RGB ids) and DIR/panoptic.json, which `CocoPanoptic(DIR)` reads.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +316,20 @@ def _jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def _write_scene(out: Path, seed: int, size: tuple[int, int], crowd_prob: float, max_things: int,
+                 thing_size: tuple[float, float], index: int) -> tuple[dict, dict]:
+    """Draw scene `index` and write its image and panoptic PNG under `out`; its JSON entries."""
+    img, id_map, segments = make_scene(seed, index, size, crowd_prob=crowd_prob, max_things=max_things,
+                                        thing_size=thing_size)
+    name = f"{index:06d}"
+    data = _jpeg_bytes(img)
+    # atomic but not fsynced: the fsyncs would cost as much as making the scenes
+    atomic_write(out / "images" / f"{name}.jpg", lambda f: f.write(data), fsync=False)
+    write_panoptic_png(out / "panoptic" / f"{name}.png", id_map, fsync=False)
+    return ({"id": index, "file_name": f"{name}.jpg", "height": size[0], "width": size[1]},
+            {"image_id": index, "file_name": f"{name}.png", "segments_info": segments})
+
+
 def make_dataset(
     out: str | Path,
     n: int,
@@ -324,14 +341,17 @@ def make_dataset(
     thing_size: tuple[float, float] = (0.12, 0.40),
     overwrite: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Write `n` scenes as a COCO-panoptic dataset under `out` (layout in the module doc).
 
     Refuses a non-empty `out` unless `overwrite`. Every file is written atomically and the
     JSON last (and fsynced), so a dataset with a JSON is complete, power cuts aside.
     `size` is (height, width); `crowd_prob`, `max_things` and `thing_size` go to `make_scene`.
-    Returns the JSON's path. A parameter out of range is a `SynthError`, before anything is
-    written.
+    `workers`: processes drawing the scenes (default: one per CPU this process may use, from
+    256 scenes on); a scene depends on (seed, index) only, so the files are the same whatever
+    the number. Returns the JSON's path. A parameter out of range is a `SynthError`, before
+    anything is written.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SynthError("n", n, "a whole number of images >= 1")
@@ -343,17 +363,23 @@ def make_dataset(
         raise FileExistsError(f"{out}: folder is not empty (pass --overwrite to write into it)")
     from tqdm import tqdm
 
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if n >= 256 and hasattr(os, "sched_getaffinity") else 1
+    draw = functools.partial(_write_scene, out, seed, tuple(size), crowd_prob, max_things, tuple(thing_size))
     images, annotations = [], []
-    for index in tqdm(range(n), desc="synth", unit="img", disable=not progress):
-        img, id_map, segments = make_scene(seed, index, size, crowd_prob=crowd_prob, max_things=max_things,
-                                            thing_size=thing_size)
-        name = f"{index:06d}"
-        data = _jpeg_bytes(img)
-        # atomic but not fsynced: the fsyncs would cost as much as making the scenes
-        atomic_write(out / "images" / f"{name}.jpg", lambda f, d=data: f.write(d), fsync=False)
-        write_panoptic_png(out / "panoptic" / f"{name}.png", id_map, fsync=False)
-        images.append({"id": index, "file_name": f"{name}.jpg", "height": size[0], "width": size[1]})
-        annotations.append({"image_id": index, "file_name": f"{name}.png", "segments_info": segments})
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            from ..parallel import pool_context
+
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=pool_context()))
+            scenes = pool.map(draw, range(n), chunksize=16)
+        else:
+            scenes = map(draw, range(n))
+        for image, annotation in tqdm(scenes, total=n, desc="synth", unit="img", disable=not progress):
+            images.append(image)
+            annotations.append(annotation)
     return write_json(out / "panoptic.json", {
         "info": {"description": f"panoptic-detr synthetic scenes, seed {seed}", "seed": seed},
         "images": images,

@@ -253,7 +253,9 @@ class SetCriterion(nn.Module):
         num_boxes: float,
     ) -> dict[str, Tensor]:
         """loss_mask, loss_dice of the matched queries' mask logits: masks[i] [Q_i, H/4, W/4] in
-        the order of `indices[i]`'s queries, at least one mask in all."""
+        the order of `indices[i]`'s queries, at least one mask in all. Compared at the padded
+        image's size (logits upsampled, DETR's) or, with `weights.mask_resolution` "mask", at
+        the logits' (targets area-averaged into soft targets)."""
         src = torch.cat(masks)  # T x h x w
         if src.shape[0] == 0:
             raise ValueError("mask_losses needs at least one matched mask")
@@ -261,7 +263,10 @@ class SetCriterion(nn.Module):
         h, w = padded[0].shape[-2:]
         tgt = torch.cat([m[s.to(m.device)] for m, (_, s) in zip(padded, indices, strict=True)]
                         ).to(device=src.device, dtype=src.dtype)  # T x H x W
-        src = F.interpolate(src[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        if self.weights.mask_resolution == "mask":
+            tgt = F.adaptive_avg_pool2d(tgt[:, None], src.shape[-2:])[:, 0]
+        else:
+            src = F.interpolate(src[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         src, tgt = src.flatten(1), tgt.flatten(1)
         return {"loss_mask": focal_loss(src, tgt, num_boxes), "loss_dice": dice_loss(src, tgt, num_boxes)}
 
