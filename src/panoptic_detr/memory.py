@@ -6,7 +6,9 @@ free memory at the top of the heap beyond a trim threshold. A loop that allocate
 the same few-MB buffers every iteration (a training step's activations, a PQ worker's decoded
 images) then spends its time in page faults: ~5,000 a step of the learning recipe, 9-13 ms of
 kernel time (benchmarks/RESULTS.md). Raising both thresholds (`mallopt`) keeps those blocks in
-the heap. No-op where the C library is not glibc.
+the heap (the step's wall time on a 2-core Xeon did not measurably change: the faults overlapped
+the other thread's work; on busier machines kernel time is not free). No-op where the C
+library is not glibc.
 """
 
 from __future__ import annotations
