@@ -183,13 +183,17 @@ def rank_device(name: str | torch.device, info: DistInfo) -> torch.device:
     return device
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def threads_per_process(info: DistInfo) -> int:
     """The CPU cores of this machine divided among its processes of the run (at least 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, info.local_world_size))
+    return max(1, usable_cores() // max(1, info.local_world_size))
 
 
 # -- objects sent to rank 0 as they are made ---------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -363,15 +362,15 @@ def make_dataset(
         raise FileExistsError(f"{out}: folder is not empty (pass --overwrite to write into it)")
     from tqdm import tqdm
 
+    from ..parallel import pool_context, usable_cores
+
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if n >= 256 and hasattr(os, "sched_getaffinity") else 1
+        workers = usable_cores() if n >= 256 else 1
     draw = functools.partial(_write_scene, out, seed, tuple(size), crowd_prob, max_things, tuple(thing_size))
     images, annotations = [], []
     with contextlib.ExitStack() as stack:
         if workers > 1:
             from concurrent.futures import ProcessPoolExecutor
-
-            from ..parallel import pool_context
 
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=pool_context()))
             scenes = pool.map(draw, range(n), chunksize=16)

@@ -188,12 +188,6 @@ def pair_annotations(gt: Mapping[str, Any], pred: Mapping[str, Any], gt_dir: Pat
     return tasks, problems, repaired
 
 
-def _init_worker() -> None:
-    """Every image allocates several ~1 MB buffers (inflated rows, pixels, id maps): kept in
-    the heap for reuse, they cost no page faults (~40 % of a worker's time otherwise)."""
-    keep_freed_memory()
-
-
 def _png_dir(json_path: str | os.PathLike[str]) -> Path:
     """The API's convention, NAME.json beside NAME/; else the JSON's own folder (predict's)."""
     beside = Path(str(json_path).removesuffix(".json"))
@@ -241,7 +235,9 @@ def evaluate_files(gt_json: str | os.PathLike[str], gt_dir: str | os.PathLike[st
         results: Iterator = map(_score_chunk, chunks)
         pool = None
     else:  # before the progress bar, whose monitor thread would rule out forking
-        pool = pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)), initializer=_init_worker)
+        # every image allocates several ~1 MB buffers (inflated rows, pixels, id maps): kept in
+        # the heap for reuse, they cost no page faults (~40 % of a worker's time otherwise)
+        pool = pool_context().Pool(min(workers, -(-len(tasks) // chunk_size)), initializer=keep_freed_memory)
         results = pool.imap(_score_chunk, chunks)  # ordered: the float sums are reproducible
     bar = None
     if progress:
