@@ -8,7 +8,10 @@ The run is configs/learning_cpu.yaml (the synthetic data is generated on first u
 `key=value` after the flags overrides it, e.g. `device=cuda batch_size=32`. Side by side:
 `--compare configs/learning_cpu_session5.yaml` first trains that recipe for the same minutes on
 the same scenes, then this one, and reports both (the figure then shows both runs' losses and
-final PQ). With torchrun it trains data-parallel (rank 0 reports), e.g. two single-thread
+final PQ). A change of post-processing only needs one training: `--rescore
+pixel_assignment=mask` also scores the run's final checkpoint with that inference setting
+(over its recommendation) on the same held-out scenes, and reports it as a second row. With
+torchrun it trains data-parallel (rank 0 reports), e.g. two single-thread
 processes of 4 images each:
 
     PYTHONPATH=src torchrun --standalone --nproc-per-node 2 benchmarks/bench_learning.py \
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +49,24 @@ def run(config: Path, minutes: float, out: str, overrides: list[str]) -> dict:
     metrics = train(cfg, overwrite=True)
     return {"name": config.stem, "metrics": metrics, "minutes": (time.perf_counter() - start) / 60,
             "records": read_metrics(Path(cfg.out_dir) / "metrics.jsonl"), "cfg": cfg}
+
+
+def rescore(last: dict, given: list[str]) -> dict:
+    """The final checkpoint of run `last` scored again on its held-out scenes with the inference
+    settings `given` (KEY=VALUE, e.g. pixel_assignment=mask) over its recommendation."""
+    from panoptic_detr.eval.evaluate_model import evaluate_model
+    from panoptic_detr.predictor import Predictor
+
+    settings = dict(pair.split("=", 1) for pair in given)
+    for key in ("threshold", "overlap_threshold"):
+        if key in settings:
+            settings[key] = float(settings[key])
+    pred = Predictor(Path(last["cfg"].out_dir) / "checkpoint_last.pt", **settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = evaluate_model(pred, last["cfg"].data.val, tmp, progress=False)
+    metrics = {**last["metrics"], "pq": 100 * res["All"]["pq"], "pq_th": 100 * res["Things"]["pq"],
+               "pq_st": 100 * res["Stuff"]["pq"]}
+    return {**last, "name": f"{last['name']} with {' '.join(given)}", "metrics": metrics}
 
 
 def side_by_side_figure(runs: list[dict], png: Path, title: str) -> None:
@@ -89,6 +111,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/learning", help="run folder (replaced)")
     p.add_argument("--compare", type=Path, metavar="CONFIG",
                    help="also train this recipe first, for the same minutes on the same scenes")
+    p.add_argument("--rescore", action="append", metavar="SETTING=VALUE",
+                   help="also score the final checkpoint with this inference setting (repeatable)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,6 +124,8 @@ def main() -> None:
     runs.append(run(RECIPE, args.minutes, args.out, args.overrides))
     if os.environ.get("RANK", "0") != "0":
         return
+    if args.rescore:  # the same training under other post-processing: listed first, as a --compare
+        runs.insert(-1, rescore(runs[-1], args.rescore))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     last = runs[-1]
     title = f"{last['cfg'].model.preset}, {args.minutes:g} min each, {world} x {args.threads} threads"

@@ -255,3 +255,13 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "ds"), "--n", "2", "--size", "32x32"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "wrote 2 images" in captured.out
+
+
+def test_train_refuses_an_unknown_pixel_assignment_in_one_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {preset: tiny}\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "eval_pixel_assignment=logit", f"out_dir={out}"]) == 2
+    assert _one_line(capsys) == (f"error: {cfg}: eval_pixel_assignment: must be one of ('mask', 'score'), "
+                                 "got 'logit'")
+    assert not out.exists()

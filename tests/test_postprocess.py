@@ -317,3 +317,61 @@ def test_overlap_threshold_keeps_whole_things_and_only_removes(seed):
     assert plain_stuff <= {s["category_id"] for s in filtered.segments_info}
     assert sum(s["isthing"] for s in filtered.segments_info) <= sum(s["isthing"] for s in plain.segments_info)
     assert sum(s["area"] for s in filtered.segments_info) == sum(s["area"] for s in plain.segments_info)
+
+
+def test_score_assignment_gives_shared_pixels_to_the_confident_query():
+    """Two things over the same pixels: query 0 confident (p ~ 0.99) with logit 2 there, query 1
+    doubtful (p ~ 0.6) with logit 3. DETR's assignment (highest logit) gives them to query 1;
+    Mask2Former's (score x sigmoid: 0.87 against 0.57) to query 0."""
+    h, w = 16, 20
+    masks = torch.full((3, h // 4, w // 4), -6.0)
+    masks[2] = 0.0  # stuff, everywhere but weak
+    masks[0, :, :3] = masks[1, :, :3] = 1.0
+    masks[0, 1:3, 1:3], masks[1, 1:3, 1:3] = 2.0, 3.0  # the contested core
+    logits = torch.full((3, 8), -4.0)
+    logits[1] = 0.0
+    logits[0, 0], logits[1, 1], logits[2, 4] = 6.0, 2.35, 6.0
+    scores = logits.softmax(-1).amax(-1)
+    assert scores[0] > 0.98 and 0.55 < scores[1] < 0.65  # the case this test is about
+    core = torch.zeros(h, w, dtype=torch.bool)
+    core[6:10, 6:10] = True  # well inside the contested 2 x 2 cells after upsampling
+    owner = {}
+    for mode in ("mask", "score"):
+        r = panoptic_postprocess(logits, masks, (h, w), (h, w), (h, w), SMALL_IS_THING, threshold=0.5,
+                                 pixel_assignment=mode)
+        ids = {s["category_id"]: s["id"] for s in r.segments_info}
+        owner[mode] = {c for c, i in ids.items() if bool((r.id_map[core] == i).all())}
+    assert owner == {"mask": {1}, "score": {0}}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_score_assignment_is_mask2formers_argmax(seed):
+    """On random outputs (distinct thing classes, all kept, no segment filtered), each pixel goes
+    to argmax over queries of score x sigmoid(upsampled mask logit), Mask2Former's
+    `panoptic_inference`; with one score for every query it is DETR's argmax of the logits."""
+    g = torch.Generator().manual_seed(seed)
+    n, h, w = 5, 24, 32
+    logits = torch.randn(n, 8, generator=g)
+    logits[torch.arange(n), torch.arange(n)] += 4.0 + 2 * torch.rand(n, generator=g)
+    masks = torch.randn(n, h // 4, w // 4, generator=g) * 3
+    is_thing = torch.ones(7, dtype=torch.bool)
+    scores = logits.softmax(-1).amax(-1)
+    prob = scores[:, None, None] * torch.sigmoid(F.interpolate(masks[None], size=(h, w), mode="bilinear",
+                                                               align_corners=False)[0])
+    r = panoptic_postprocess(logits, masks, (h, w), (h, w), (h, w), is_thing, threshold=0.3, min_area=0,
+                             pixel_assignment="score")
+    assert len(r.segments_info) == n
+    query_of_id = torch.tensor([0] + [s["category_id"] for s in r.segments_info])  # class k = query k
+    assert torch.equal(query_of_id[r.id_map], prob.argmax(0))
+    # one score for all: the assignment is the original's
+    same = logits[:1].repeat(n, 1)
+    by_score = panoptic_postprocess(same, masks, (h, w), (h, w), (30, 40), is_thing, threshold=0.3,
+                                    pixel_assignment="score")
+    by_mask = panoptic_postprocess(same, masks, (h, w), (h, w), (30, 40), is_thing, threshold=0.3)
+    assert torch.equal(by_score.id_map, by_mask.id_map) and by_score.segments_info == by_mask.segments_info
+
+
+def test_pixel_assignment_is_checked():
+    with pytest.raises(ValueError, match="pixel_assignment"):
+        panoptic_postprocess(*random_outputs(0), (24, 32), (24, 32), (24, 32), SMALL_IS_THING,
+                             pixel_assignment="logit")

@@ -83,15 +83,15 @@ def test_segments_equal_predict(client, predictor, scene):
 
 
 def test_accept_png_and_threshold_field(client, predictor):
-    scene = SCENES[1]  # its segments change with the threshold (scene 0's do not, with the overlap filter)
-    low = Predictor("demo", threshold=0.2).predict(scene)
-    assert len(low.segments_info) != len(predictor.predict(scene).segments_info)
-    r = client.post("/v1/segment?threshold=0.2", content=scene.read_bytes(), headers={"Accept": "image/png"})
+    scene = SCENES[1]  # its segments change with the threshold (9 at the demo's 0.5, 7 at 0.7)
+    other = Predictor("demo", threshold=0.7).predict(scene)
+    assert len(other.segments_info) != len(predictor.predict(scene).segments_info)
+    r = client.post("/v1/segment?threshold=0.7", content=scene.read_bytes(), headers={"Accept": "image/png"})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    assert np.array_equal(_png_ids(r.content), low.id_map.numpy())
+    assert np.array_equal(_png_ids(r.content), other.id_map.numpy())
     form = client.post("/v1/segment", files={"image": ("a.jpg", scene.read_bytes())},
-                       data={"threshold": "0.2"})
-    _check_result(form.json(), low, predictor)
+                       data={"threshold": "0.7"})
+    _check_result(form.json(), other, predictor)
 
 
 def test_rethreshold_equals_a_fresh_run(client, predictor):
@@ -113,7 +113,7 @@ def test_rethreshold_equals_a_fresh_run(client, predictor):
 
 
 def test_explain_a_segment(client, predictor):
-    scene = SCENES[1]  # a lower threshold gives it more segments
+    scene = SCENES[1]  # a higher threshold gives it fewer segments
     body = client.post("/v1/segment", content=scene.read_bytes()).json()
     rid, seg = body["request_id"], body["segments_info"][0]
     r = client.get(f"/v1/segment/{rid}/explain/{seg['id']}")
@@ -128,9 +128,9 @@ def test_explain_a_segment(client, predictor):
     missing = max(s["id"] for s in body["segments_info"]) + 1
     assert client.get(f"/v1/segment/{rid}/explain/{missing}").status_code == 404
     # after a re-threshold, the explanation is of the new segments
-    low = client.post(f"/v1/segment/{rid}/threshold", json={"threshold": 0.05}).json()
+    high = client.post(f"/v1/segment/{rid}/threshold", json={"threshold": 0.9}).json()
     before = {s["id"]: s["category_id"] for s in body["segments_info"]}
-    after = {s["id"]: s["category_id"] for s in low["segments_info"]}
+    after = {s["id"]: s["category_id"] for s in high["segments_info"]}
     changed = [i for i in after if before.get(i) != after[i]]
     assert changed  # the case this test is about: an id whose segment the re-threshold changed
     r = client.get(f"/v1/segment/{rid}/explain/{changed[0]}")

@@ -93,8 +93,8 @@ def _segment_point(result, segment_id: int) -> tuple[float, float]:
 
 def test_page_in_chromium(server, predictor, tmp_path):
     expected = predictor.predict(SCENE)
-    low = Predictor("demo", threshold=0.05).predict(SCENE)
-    assert len(low.segments_info) != len(expected.segments_info)
+    other = Predictor("demo", threshold=0.7).predict(SCENE)
+    assert len(other.segments_info) != len(expected.segments_info)
     errors: list[str] = []
     with chromium_page(server, errors) as page:
         page.set_input_files("#file", str(SCENE))
@@ -151,8 +151,8 @@ def test_page_in_chromium(server, predictor, tmp_path):
         # the slider re-thresholds: the legend becomes a fresh run's at that threshold
         page.mouse.move(0, 0)
         page.evaluate("""() => { const s = document.getElementById('threshold');
-            s.value = '0.05'; s.dispatchEvent(new Event('input')); }""")
-        n = len(low.segments_info)
+            s.value = '0.7'; s.dispatchEvent(new Event('input')); }""")
+        n = len(other.segments_info)
         page.wait_for_function(f"() => document.getElementById('count').textContent === '{n} segments'")
         assert legend.count() == n
 

@@ -63,6 +63,7 @@ def test_predictor_around_a_bare_model_and_its_categories():
     ({"size": 12.5}, "size must be"), ({"max_size": 0}, "max_size must be"),
     ({"size": 100, "max_size": 50}, r"max_size \(50\) must be at least size \(100\)"),
     ({"stuff_merge": "mean"}, "stuff_merge must be"), ({"mask_chunk": 0}, "mask_chunk must be"),
+    ({"pixel_assignment": "logit"}, "pixel_assignment must be one of mask, score"),
     ({"dtype": "float16"}, "dtype must be one of"), ({"prepare": "yes"}, "prepare must be"),
     ({"batched_network": 1.5}, "batched_network must be"), ({"colour": "red"}, "unknown"),
 ])
@@ -193,6 +194,6 @@ def test_every_command_runs_the_same_model_path_by_default(tmp_path, small_val, 
     open_source("model:demo")._load()
     assert len(built) == 6
     assert api.settings == InferenceSettings(threshold=0.5, size=128, max_size=160,  # the checkpoint's
-                                             overlap_threshold=0.5)
+                                             overlap_threshold=0.5, pixel_assignment="score")
     for p in built:
         assert p.settings == api.settings and id(p.model) in prepared

@@ -287,7 +287,8 @@ def test_export_is_half_precision_without_train_state(tmp_path):
     assert "train_state" not in small and small["config"] == full["config"]
     # the validation settings travel with the weights, so predict uses them by default
     expected = {"size": cfg.data.val_size, "max_size": cfg.data.max_size, "threshold": cfg.eval_threshold,
-                "overlap_threshold": cfg.eval_overlap_threshold}
+                "overlap_threshold": cfg.eval_overlap_threshold,
+                "pixel_assignment": cfg.eval_pixel_assignment}
     assert full["inference"] == small["inference"] == expected
     for k, v in full["model"].items():
         assert small["model"][k].dtype == torch.float16

@@ -184,6 +184,7 @@ class Predictor:
         return segment(self.model, batch, [a.shape[:2] for a in arrays], self.is_thing,
                        threshold=s.threshold if threshold is None else threshold,
                        stuff_merge=s.stuff_merge, overlap_threshold=s.overlap_threshold,
+                       pixel_assignment=s.pixel_assignment,
                        mask_chunk=s.mask_chunk, together=self.batched_network, keep_det=keep_det)
 
 

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 StuffMerge = Literal["original", "union"]
+PixelAssignment = Literal["mask", "score"]
+PIXEL_ASSIGNMENTS = ("mask", "score")
 MaskChunk = int | None | Literal["auto"]
 DTYPES = ("float32", "bfloat16")
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
-RECOMMENDED = ("threshold", "size", "max_size", "stuff_merge", "overlap_threshold")
+RECOMMENDED = ("threshold", "size", "max_size", "stuff_merge", "overlap_threshold", "pixel_assignment")
 """The settings a checkpoint may recommend: they belong to the model, not the machine."""
 
 
@@ -46,6 +48,12 @@ class InferenceSettings:
     where its mask logit is > 0) in the per-pixel argmax is dropped, and its pixels go to the
     next best query (Mask2Former's overlap threshold, on things); 0 (DETR) keeps every segment
     larger than 4 pixels. In [0, 1)."""
+    pixel_assignment: PixelAssignment = "mask"
+    """Which kept query each pixel goes to: "mask" (DETR) the one with the highest mask logit;
+    "score" (Mask2Former's panoptic inference) the one with the highest class score x mask
+    probability (the sigmoid of the logit), so a confident query wins the pixels it shares
+    with a doubtful duplicate. The fragment filter counts a query's own mask the same way in
+    both (logit > 0)."""
     mask_chunk: MaskChunk = "auto"
     """Queries per mask-head call (the same masks, bounded memory): an int >= 1, None for all
     at once, "auto" for `model.detr.DETRPanoptic.mask_chunk`."""
@@ -79,6 +87,9 @@ class InferenceSettings:
             raise SettingsError(f"max_size ({self.max_size}) must be at least size ({self.size})")
         if self.stuff_merge not in ("original", "union"):
             raise SettingsError(f"stuff_merge must be 'original' or 'union', got {self.stuff_merge!r}")
+        if self.pixel_assignment not in PIXEL_ASSIGNMENTS:
+            raise SettingsError(f"pixel_assignment must be one of {', '.join(PIXEL_ASSIGNMENTS)}, "
+                                f"got {self.pixel_assignment!r}")
         c = self.mask_chunk
         if not (c is None or c == "auto" or (isinstance(c, int) and not isinstance(c, bool) and c >= 1)):
             raise SettingsError(f"mask_chunk must be a whole number >= 1, None or 'auto', got {c!r}")

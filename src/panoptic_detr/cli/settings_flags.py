@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..settings import DETR_DEFAULTS, RUNTIMES, default_help
+from ..settings import DETR_DEFAULTS, PIXEL_ASSIGNMENTS, RUNTIMES, default_help
 
-NAMES = ("threshold", "size", "max_size", "stuff_merge", "overlap_threshold", "dtype", "prepare", "runtime")
+NAMES = ("threshold", "size", "max_size", "stuff_merge", "overlap_threshold", "pixel_assignment", "dtype",
+         "prepare", "runtime")
 
 
 def add_settings_flags(group: argparse._ActionsContainer) -> None:
@@ -30,6 +31,10 @@ def add_settings_flags(group: argparse._ActionsContainer) -> None:
                        help="drop a thing that keeps less than this share of its own mask after the "
                             "per-pixel argmax (a fragment); 0 keeps all, as DETR "
                             f"({default_help('overlap_threshold')})")
+    group.add_argument("--pixel-assignment", choices=PIXEL_ASSIGNMENTS, default=None,
+                       help="which kept query a pixel goes to: 'mask' the highest mask logit, as DETR; "
+                            "'score' the highest class score x mask probability, as Mask2Former "
+                            f"({default_help('pixel_assignment')})")
     group.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                        help="network precision: bfloat16 is ~2x faster on CPUs with AVX512-BF16/AMX, "
                             f"with bfloat16-rounded scores and masks (default {DETR_DEFAULTS.dtype})")

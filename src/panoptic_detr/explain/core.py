@@ -297,6 +297,7 @@ def explain(source: Any, image: np.ndarray | str, threshold: float | None = None
     # predict's path, with detect's outputs (attention maps included) kept for the pictures
     seg = segment(model, batch, [image.shape[:2]], pred.is_thing, threshold=pred.threshold,
                   stuff_merge=pred.stuff_merge, overlap_threshold=pred.settings.overlap_threshold,
+                  pixel_assignment=pred.settings.pixel_assignment,
                   mask_chunk=pred.mask_chunk, return_attention=True,
                   keep_det=True)[0]
     det, logits, selected, masks = seg.det, seg.logits, seg.kept, seg.masks

@@ -135,6 +135,7 @@ class PostprocessGraph(nn.Module):
         self.threshold = settings.threshold
         self.union, self.min_area = settings.stuff_merge == "union", min_area
         self.overlap = float(settings.overlap_threshold)
+        self.by_score = settings.pixel_assignment == "score"
 
     def forward(self, frame: Tensor, grid: Tensor, pred_logits: Tensor, pred_boxes: Tensor, queries: Tensor,
                 keys: Tensor, padding: Tensor, lay1: Tensor, adapter1: Tensor, adapter2: Tensor,
@@ -169,6 +170,8 @@ class PostprocessGraph(nn.Module):
         # in image pixels) a thing query must win; 0 for stuff, so it never applies to them
         own = ((vals > 0).to(torch.int64) * weight[None, :]).sum(1).to(torch.float64)
         least = torch.where(self.is_thing[labels], own * self.overlap, 0.0)
+        if self.by_score:  # pixel_assignment "score": log(score x sigmoid(logit)), as Python's
+            vals = F.logsigmoid(vals) + scores.log()[:, None]
         state = self._pass(alive, vals, weight, same, least)
         alive, idx, rep, area, small = torch.while_loop(
             lambda alive, idx, rep, area, small: (small & alive).any() & (alive & ~small).any(),
@@ -188,9 +191,14 @@ class PostprocessGraph(nn.Module):
         member = (rep[None, :] == segs[:, None]) & alive[None, :]  # S x Q
         seg_scores = torch.where(member, scores[None, :], float("-inf")).amax(1)
         cats = labels[segs]
-        present = grid_ids[None] == seg_ids[:, None, None]  # S x h x w
-        box = torch.stack([*_extent(present.any(1).index_select(1, ix)),
-                           *_extent(present.any(2).index_select(1, iy))], 1)
+        # which rows and which columns of the id map hold each id (tables of counts, scattered
+        # from the id map itself: reading them off the grid through the resize's indices gave
+        # ONNX Runtime boxes that disagreed with its own id map)
+        s = seg_ids.shape[0]
+        in_row = torch.zeros((H, s + 1), dtype=torch.int64).scatter_add(1, id_map, torch.ones_like(id_map))
+        in_col = torch.zeros((W, s + 1), dtype=torch.int64).scatter_add(
+            1, id_map.t().contiguous(), torch.ones_like(id_map.t().contiguous()))
+        box = torch.stack([*_extent(in_col[:, 1:].t() > 0), *_extent(in_row[:, 1:].t() > 0)], 1)
         box = box[:, [0, 2, 1, 3]]  # x, y, w, h
         xyxy = cxcywh_to_xyxy(boxes[rows[segs]]) * torch.tensor([W, H, W, H], dtype=torch.float32)
         qbox = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], 1)
@@ -228,9 +236,11 @@ class PostprocessGraph(nn.Module):
 def _extent(present: Tensor) -> tuple[Tensor, Tensor]:
     """present [S, n] bool, each row with a True -> (first [S], count [S] from first to last)."""
     n = present.shape[1]
-    p = present.to(torch.int8)
-    first = p.argmax(1)
-    last = n - 1 - p.flip(1).argmax(1)
+    ar = torch.arange(n)
+    # min / max of the present positions: ONNX Runtime's ArgMax over int8 (the first way this
+    # was written) returned wrong positions on some rows of a 150-pixel image
+    first = torch.where(present, ar, n).amin(1)
+    last = torch.where(present, ar, -1).amax(1)
     return first, last - first + 1
 
 
@@ -291,7 +301,7 @@ def write_end_to_end(net: DETRPanoptic, folder: Path, is_thing: Tensor, settings
         (folder / f).unlink()
     baked = {"threshold": settings.threshold, "size": settings.size, "max_size": settings.max_size,
              "stuff_merge": settings.stuff_merge, "overlap_threshold": settings.overlap_threshold,
-             "min_area": MIN_AREA}
+             "pixel_assignment": settings.pixel_assignment, "min_area": MIN_AREA}
     return {"file": FILE, "inputs": list(INPUTS), "outputs": list(OUTPUTS), "shapes": SHAPES,
             "settings": baked, "exporter": "dynamo", "usage": USAGE}
 
@@ -308,7 +318,8 @@ def verify_end_to_end(net: DETRPanoptic, path: Path, is_thing: Tensor, settings:
     with torch.no_grad():
         ref = segment(net, batch, [image.shape[:2]], is_thing, threshold=settings.threshold,
                       stuff_merge=settings.stuff_merge,
-                      overlap_threshold=settings.overlap_threshold)[0].result
+                      overlap_threshold=settings.overlap_threshold,
+                      pixel_assignment=settings.pixel_assignment)[0].result
     cats = [s["category_id"] for s in ref.segments_info]
     return {"image": f"{image.shape[0]}x{image.shape[1]} synthetic", "segments": int(got[1].shape[0]),
             "python_segments": len(cats), "categories_equal": got[2].tolist() == cats,

@@ -12,7 +12,7 @@
 
 A model source's own options follow its name (`parse_model_spec`, the one parser of `model:`
 specs, the instance models' too): `threshold`, `size`, `max_size`, `device`, and for this
-project's DETR `stuff_merge`, `overlap_threshold`, `dtype`, `runtime`; e.g.
+project's DETR `stuff_merge`, `overlap_threshold`, `pixel_assignment`, `dtype`, `runtime`; e.g.
 `model:detr_r50_panoptic@0.8,device=cuda:1`.
 
 Each source has `categories` (COCO dicts) and `labels(image_path, height, width) ->
@@ -238,7 +238,7 @@ def _one_line(e: BaseException) -> str:
 MODEL_OPTIONS = ("threshold", "size", "max_size", "device")
 """What every model source takes after its name: the score a segment or instance needs, the
 shortest side and longest-side cap of the resize, the torch device."""
-DETR_OPTIONS = (*MODEL_OPTIONS, "stuff_merge", "overlap_threshold", "dtype", "runtime")
+DETR_OPTIONS = (*MODEL_OPTIONS, "stuff_merge", "overlap_threshold", "pixel_assignment", "dtype", "runtime")
 """A DETR source's: the model options and the `InferenceSettings` of the machine."""
 MODEL_SPEC = "model:WEIGHTS[@THRESHOLD][,KEY=VALUE...]"
 

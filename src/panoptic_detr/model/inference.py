@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..settings import MaskChunk
+from ..settings import MaskChunk, PixelAssignment
 from ..structures import PaddedBatch, PanopticResult
 from .detr import Detection
 from .postprocess import StuffMerge, panoptic_postprocess, select_queries
@@ -51,6 +51,7 @@ def segment(
     threshold: float = 0.85,
     stuff_merge: StuffMerge = "original",
     overlap_threshold: float = 0.0,
+    pixel_assignment: PixelAssignment = "mask",
     mask_chunk: MaskChunk = "auto",
     together: bool = True,
     return_attention: bool = False,
@@ -72,14 +73,14 @@ def segment(
         raise ValueError(f"out_sizes has {len(out_sizes)} entries for {len(batch)} images")
     if together:
         return _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, overlap_threshold,
-                        mask_chunk, return_attention, keep_det)
+                        pixel_assignment, mask_chunk, return_attention, keep_det)
     return [s for i in range(len(batch))
             for s in _segment(model, batch.alone(i), out_sizes[i : i + 1], is_thing, threshold, stuff_merge,
-                              overlap_threshold, mask_chunk, return_attention, keep_det)]
+                              overlap_threshold, pixel_assignment, mask_chunk, return_attention, keep_det)]
 
 
-def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, overlap_threshold, mask_chunk,
-             return_attention, keep_det) -> list[Segmentation]:
+def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, overlap_threshold, pixel_assignment,
+             mask_chunk, return_attention, keep_det) -> list[Segmentation]:
     det = model.detect(batch, return_attention=return_attention)
     # post-processing in float32 whatever the network's dtype (bfloat16 weights, autocast)
     logits, boxes = det.pred_logits.float(), det.pred_boxes.float()
@@ -91,7 +92,7 @@ def _segment(model, batch, out_sizes, is_thing, threshold, stuff_merge, overlap_
         m = masks[i].float()
         result = panoptic_postprocess(logits[i], m, size, padded, out_size, is_thing, threshold=threshold,
                                       stuff_merge=stuff_merge, query_idx=kept[i], pred_boxes=boxes[i],
-                                      overlap_threshold=overlap_threshold)
+                                      overlap_threshold=overlap_threshold, pixel_assignment=pixel_assignment)
         out.append(Segmentation(result, logits[i], boxes[i], kept[i], m, size, padded,
                                 det if keep_det else None, i))
     return out

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.boxes import cxcywh_to_xyxy
-from ..settings import StuffMerge
+from ..settings import PIXEL_ASSIGNMENTS, PixelAssignment, StuffMerge
 from ..structures import PanopticResult
 
 MASK_STRIDE = 4  # mask logits are at the stride of the backbone's C2 features
@@ -175,6 +175,7 @@ def panoptic_postprocess(
     query_idx: Tensor | None = None,
     pred_boxes: Tensor | None = None,
     overlap_threshold: float = 0.0,
+    pixel_assignment: PixelAssignment = "mask",
 ) -> PanopticResult:
     """Panoptic segmentation of one image from its DETR outputs.
 
@@ -195,11 +196,16 @@ def panoptic_postprocess(
     overlap_threshold: > 0 also drops, with the small segments, every thing query that wins
         less than this share of its own mask (its pixels with a mask logit > 0), counted at the
         target size (`settings.InferenceSettings.overlap_threshold`); 0 is the original.
+    pixel_assignment: "mask" (the original) gives each pixel to the kept query with the highest
+        mask logit; "score" to the highest class score x sigmoid(mask logit), as Mask2Former's
+        panoptic inference (`settings.InferenceSettings.pixel_assignment`).
     Returns a PanopticResult at target_size: ids 1..S in query order, 0 = void; segments_info
     with id, category_id, isthing, area, score and the mask's bbox [x, y, w, h].
     """
     if stuff_merge not in ("original", "union"):
         raise ValueError(f"stuff_merge must be 'original' or 'union', got {stuff_merge!r}")
+    if pixel_assignment not in PIXEL_ASSIGNMENTS:
+        raise ValueError(f"pixel_assignment must be one of {PIXEL_ASSIGNMENTS}, got {pixel_assignment!r}")
     H, W = int(target_size[0]), int(target_size[1])
     h, w = int(input_size[0]), int(input_size[1])
     device = pred_logits.device
@@ -247,6 +253,8 @@ def panoptic_postprocess(
     if overlap_threshold > 0:
         inside = (vals > 0).to(torch.float64)
         own = inside.sum(1) if weight is None else inside @ weight
+    if pixel_assignment == "score":  # log(score x sigmoid(logit)): the same argmax, no underflow
+        vals = F.logsigmoid(vals) + scores.log()[:, None]
     idx, tied = _first_argmax_of_softmax(vals, alive)  # P
     while True:
         # Merge duplicated stuff into its first query. The original merges on its first pass

@@ -115,7 +115,8 @@ class Engine:
         result = panoptic_postprocess(logits, entry.masks.index_select(0, rows), entry.input_size,
                                       entry.padded_size, entry.image.shape[:2], p.is_thing,
                                       threshold=threshold, stuff_merge=s.stuff_merge, query_idx=kept,
-                                      pred_boxes=boxes, overlap_threshold=s.overlap_threshold)
+                                      pred_boxes=boxes, overlap_threshold=s.overlap_threshold,
+                                      pixel_assignment=s.pixel_assignment)
         entry.threshold, entry.explanation = threshold, None
         entry.result = PanopticResult(result.id_map.cpu(), result.segments_info)
         return entry.result

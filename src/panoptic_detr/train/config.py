@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from ..settings import PIXEL_ASSIGNMENTS
+
 SCHEDULES = ("joint", "two_stage", "finetune")
 
 
@@ -296,6 +298,9 @@ class TrainConfig:
     eval_overlap_threshold: float = 0.0
     """The post-processing's fragment filter in validation (`InferenceSettings.overlap_threshold`;
     0: off, as DETR). Like `eval_threshold`, it becomes the checkpoint's recommendation."""
+    eval_pixel_assignment: str = "mask"
+    """Which query a pixel goes to in validation (`InferenceSettings.pixel_assignment`: "mask"
+    as DETR, "score" as Mask2Former); it becomes the checkpoint's recommendation too."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -310,6 +315,9 @@ class TrainConfig:
                      range_text="a number from 0 up to (not including) 1")
         _check_range(self, "eval_overlap_threshold", 0, high=1, below=True,
                      range_text="a number from 0 up to (not including) 1; 0: off")
+        if self.eval_pixel_assignment not in PIXEL_ASSIGNMENTS:
+            raise ConfigError(f"eval_pixel_assignment: must be one of {PIXEL_ASSIGNMENTS}, "
+                              f"got {self.eval_pixel_assignment!r}")
         if self.denoising.groups > 0 and self.all_query_masks:
             raise ConfigError("denoising.groups: denoising runs the mask head on chosen queries only; "
                               "turn all_query_masks off")

@@ -36,17 +36,19 @@ def target_panoptic(target: Target) -> tuple[torch.Tensor, list[dict[str, Any]]]
 
 @torch.no_grad()
 def predict_panoptic(model: nn.Module, batch: PaddedBatch, sizes: list[tuple[int, int]],
-                     categories: Categories, threshold: float, overlap_threshold: float = 0.0) -> list:
+                     categories: Categories, threshold: float, overlap_threshold: float = 0.0,
+                     pixel_assignment: str = "mask") -> list:
     """PanopticResults of a batch at `sizes` (per image), masks computed for kept queries only."""
     done = segment(model, batch, sizes, categories.thing_mask(batch.images.device), threshold=threshold,
-                   overlap_threshold=overlap_threshold)
+                   overlap_threshold=overlap_threshold, pixel_assignment=pixel_assignment)
     return [s.result for s in done]
 
 
 def make_evaluator(categories: Categories, threshold: float = 0.85, batch_size: int = 4,
-                   overlap_threshold: float = 0.0):
+                   overlap_threshold: float = 0.0, pixel_assignment: str = "mask"):
     """An `evaluate_fn(model, val_set, device, info) -> {"pq", "pq_th", "pq_st"}` (in %), with the
-    post-processing's `threshold` and `overlap_threshold` (see `settings.InferenceSettings`)."""
+    post-processing's `threshold`, `overlap_threshold` and `pixel_assignment` (see
+    `settings.InferenceSettings`)."""
 
     def evaluate(
         model: nn.Module, val_set: Dataset, device: torch.device, info: DistInfo
@@ -57,7 +59,8 @@ def make_evaluator(categories: Categories, threshold: float = 0.85, batch_size: 
         for batch, targets in DataLoader(mine, batch_size=batch_size, collate_fn=collate_padded):
             sizes = [t.size for t in targets]
             batch = batch.to(device=device, dtype=dtype)
-            results = predict_panoptic(model, batch, sizes, categories, threshold, overlap_threshold)
+            results = predict_panoptic(model, batch, sizes, categories, threshold, overlap_threshold,
+                                       pixel_assignment)
             for result, target in zip(results, targets, strict=True):
                 gt_ids, gt_segments = target_panoptic(target)
                 pred_ids = result.id_map.cpu().numpy()

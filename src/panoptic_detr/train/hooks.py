@@ -104,7 +104,7 @@ class PeriodicEvaluation(HookBase):
 def inference_settings(cfg: TrainConfig) -> dict[str, Any]:
     """What predict should use with this run's weights by default: its validation settings."""
     return {"size": cfg.data.val_size, "max_size": cfg.data.max_size, "threshold": cfg.eval_threshold,
-            "overlap_threshold": cfg.eval_overlap_threshold}
+            "overlap_threshold": cfg.eval_overlap_threshold, "pixel_assignment": cfg.eval_pixel_assignment}
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -248,7 +248,8 @@ def _train(cfg, info, resume, parts, evaluate_fn, overwrite, progress) -> dict[s
         from .evaluation import make_evaluator
 
         evaluate_fn = make_evaluator(parts.categories, cfg.eval_threshold,
-                                     overlap_threshold=cfg.eval_overlap_threshold)
+                                     overlap_threshold=cfg.eval_overlap_threshold,
+                                     pixel_assignment=cfg.eval_pixel_assignment)
     model = parts.model.to(device)
     if cfg.channels_last:  # before the optimiser, so its state takes the parameters' layout
         model.to(memory_format=torch.channels_last)
