@@ -97,7 +97,8 @@ def side_by_side_figure(runs: list[dict], png: Path, title: str) -> None:
     ax_pq.set_xticks(range(len(keys)), [label for _, label in keys])
     ax_pq.set_ylim(0, 100)
     ax_pq.set_title("held-out PQ at the end")
-    ax_loss.legend(fontsize=9, loc="upper right", frameon=False)  # the curves fall away from it
+    # below the axes: the names can be long (a --rescore row names its settings)
+    ax_loss.legend(fontsize=9, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)
     ax_pq.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     fig.suptitle(title)
     fig.savefig(png, dpi=100, bbox_inches="tight")

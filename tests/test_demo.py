@@ -36,7 +36,7 @@ def test_demo_train_path_produces_a_loadable_checkpoint(tmp_path):
                  f"export={tmp_path / 'demo.pt'}"]
     path = train_demo_checkpoint(tmp_path, overrides=overrides, progress=False)
     pre = load_pretrained(path)
-    assert pre.inference == {"size": 128, "max_size": 160, "threshold": 0.5, "overlap_threshold": 0.5,
+    assert pre.inference == {"size": 128, "max_size": 160, "threshold": 0.3, "overlap_threshold": 0.5,
                              "pixel_assignment": "score"}
 
 

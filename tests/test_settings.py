@@ -139,7 +139,7 @@ def test_build_gt_model_source_settings_are_checked_as_predictors_are(tmp_path):
     with pytest.raises(SettingsError, match="size must be"):
         open_source("model:demo", size=0, max_size=0)
     source = open_source("model:demo", size=64, max_size=96)
-    assert (source._load().size, source._load().max_size, source._load().threshold) == (64, 96, 0.5)
+    assert (source._load().size, source._load().max_size, source._load().threshold) == (64, 96, 0.3)
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate", "explain", "demo"])
@@ -193,7 +193,7 @@ def test_every_command_runs_the_same_model_path_by_default(tmp_path, small_val, 
         assert main([*argv, "--quiet"] if name in ("predict", "evaluate") else argv) == 0, name
     open_source("model:demo")._load()
     assert len(built) == 6
-    assert api.settings == InferenceSettings(threshold=0.5, size=128, max_size=160,  # the checkpoint's
+    assert api.settings == InferenceSettings(threshold=0.3, size=128, max_size=160,  # the checkpoint's
                                              overlap_threshold=0.5, pixel_assignment="score")
     for p in built:
         assert p.settings == api.settings and id(p.model) in prepared
