@@ -237,8 +237,7 @@ def _extent(present: Tensor) -> tuple[Tensor, Tensor]:
     """present [S, n] bool, each row with a True -> (first [S], count [S] from first to last)."""
     n = present.shape[1]
     ar = torch.arange(n)
-    # min / max of the present positions: ONNX Runtime's ArgMax over int8 (the first way this
-    # was written) returned wrong positions on some rows of a 150-pixel image
+    # the least and the greatest present position (plain reductions over int64)
     first = torch.where(present, ar, n).amin(1)
     last = torch.where(present, ar, -1).amax(1)
     return first, last - first + 1
