@@ -55,13 +55,13 @@ def rescore(last: dict, given: list[str]) -> dict:
     """The final checkpoint of run `last` scored again on its held-out scenes with the inference
     settings `given` (KEY=VALUE, e.g. pixel_assignment=mask) over its recommendation."""
     from panoptic_detr.eval.evaluate_model import evaluate_model
+    from panoptic_detr.gt.sources import DETR_OPTIONS, parse_model_spec
     from panoptic_detr.predictor import Predictor
 
-    settings = dict(pair.split("=", 1) for pair in given)
-    for key in ("threshold", "overlap_threshold"):
-        if key in settings:
-            settings[key] = float(settings[key])
-    pred = Predictor(Path(last["cfg"].out_dir) / "checkpoint_last.pt", **settings)
+    # typed and checked as build-gt's `model:` specs are (threshold=0.5 a number, size=96 pixels)
+    checkpoint = Path(last["cfg"].out_dir) / "checkpoint_last.pt"
+    settings = parse_model_spec(",".join([f"model:{checkpoint}", *given]), DETR_OPTIONS).options
+    pred = Predictor(checkpoint, **settings)
     with tempfile.TemporaryDirectory() as tmp:
         res = evaluate_model(pred, last["cfg"].data.val, tmp, progress=False)
     metrics = {**last["metrics"], "pq": 100 * res["All"]["pq"], "pq_th": 100 * res["Things"]["pq"],

@@ -196,8 +196,8 @@ class PostprocessGraph(nn.Module):
         # ONNX Runtime boxes that disagreed with its own id map)
         s = seg_ids.shape[0]
         in_row = torch.zeros((H, s + 1), dtype=torch.int64).scatter_add(1, id_map, torch.ones_like(id_map))
-        in_col = torch.zeros((W, s + 1), dtype=torch.int64).scatter_add(
-            1, id_map.t().contiguous(), torch.ones_like(id_map.t().contiguous()))
+        by_col = id_map.t().contiguous()  # W x H
+        in_col = torch.zeros((W, s + 1), dtype=torch.int64).scatter_add(1, by_col, torch.ones_like(by_col))
         box = torch.stack([*_extent(in_col[:, 1:].t() > 0), *_extent(in_row[:, 1:].t() > 0)], 1)
         box = box[:, [0, 2, 1, 3]]  # x, y, w, h
         xyxy = cxcywh_to_xyxy(boxes[rows[segs]]) * torch.tensor([W, H, W, H], dtype=torch.float32)
