@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from panoptic_detr.ops.boxes import masks_to_boxes_xyxy, xyxy_to_cxcywh
 from panoptic_detr.structures import PaddedBatch, Target
-from panoptic_detr.train.criterion import SetCriterion
+from panoptic_detr.train.criterion import SetCriterion, upsample_bilinear
 from panoptic_detr.train.matcher import MatchCosts, hungarian_match
 from panoptic_detr.train.model_with_loss import ModelWithLoss
 from tiny_detr import TinyDETR
@@ -299,3 +300,18 @@ def test_the_config_loss_section_is_the_criterions_weights():
         config_from_dict({"loss": {"ce": "high"}})
     with pytest.raises(ConfigError, match=r"mask_resolution: must be one of \('image', 'mask'\), got 'low'"):
         config_from_dict({"loss": {"mask_resolution": "low"}})
+
+
+@pytest.mark.parametrize("shape, size", [((5, 8, 8), (32, 32)), ((3, 7, 9), (28, 37)), ((2, 25, 38), (100, 150)),
+                                         ((4, 10, 10), (7, 13))])
+def test_upsample_bilinear_equals_interpolate_with_its_gradient(shape, size):
+    """The matrix-product upsampling of the mask loss is F.interpolate's, forward and backward
+    (upsampling by 4 as in training, odd factors, and a downsampling axis)."""
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    grad = torch.randn(shape[0], *size, dtype=torch.float64)
+    want = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    (want_grad,) = torch.autograd.grad(want, x, grad)
+    got = upsample_bilinear(x, size)
+    (got_grad,) = torch.autograd.grad(got, x, grad)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-12)

@@ -224,7 +224,8 @@ def reference_detect(model, batch):
 
 
 def reference_step(model, crit, batch, targets):
-    """ModelWithLoss.forward as it was before denoising existed (frozen copy: do not edit)."""
+    """ModelWithLoss.forward as it was before denoising existed (frozen copy: do not edit; its
+    one change since, the mask head's one batch over all images, is not denoising's)."""
     det = reference_detect(model, batch)
     matched = drop_crowd(targets)
     counts = [len(t) for t in matched]
@@ -232,7 +233,7 @@ def reference_step(model, crit, batch, targets):
     indices = crit.match(det.pred_logits, det.pred_boxes, matched)
     losses = crit.class_box_losses(det.pred_logits, det.pred_boxes, matched, indices, num_boxes, ce_weight)
     queries = [q for q, _ in indices]
-    losses.update(crit.mask_losses(model.predict_masks(det, queries), matched, indices, num_boxes))
+    losses.update(crit.mask_losses(model.predict_masks(det, queries, one_batch=True), matched, indices, num_boxes))
     if crit.weights.semantic > 0:
         cells = model.class_embed(det.memory.flatten(2).transpose(1, 2))
         losses["loss_semantic"] = semantic_loss(cells, det.memory, det.padding, targets, len(counts))

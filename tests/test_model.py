@@ -190,6 +190,30 @@ def test_fast_masks_equal_the_direct_formulation(pos_keys):
     assert full.std() > 0.1  # not a degenerate comparison
 
 
+def test_masks_in_one_batch_equal_each_images_own():
+    """Training's one batch over all images' queries (features gathered per query) gives the
+    masks each image gets alone, and its gradients reach the head as the per-image path's."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.mask_head.lay1.weight[:, model.config.hidden_dim :] *= 100
+    batch = PaddedBatch.from_images(images((64, 96), (40, 70), (56, 56), seed=5))
+    queries = [torch.tensor([5, 0, 3]), torch.tensor([], dtype=torch.long), torch.tensor([1, 2, 4, 0])]
+    det = model.detect(batch)
+    want = model.predict_masks(det, queries)
+    got = model.predict_masks(det, queries, one_batch=True)
+    assert [g.shape[0] for g in got] == [3, 0, 4]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    assert torch.cat(want).std() > 0.1
+    weights = torch.randn(7, *want[0].shape[-2:], dtype=want[0].dtype)
+    params = [model.mask_head.lay1.weight, model.mask_head.adapter3.weight, model.bbox_attention.q_linear.weight]
+    want_grads = torch.autograd.grad((torch.cat(want) * weights).sum(), params, retain_graph=True)
+    got_grads = torch.autograd.grad((torch.cat(got) * weights).sum(), params)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    assert model.predict_masks(det, [q[:0] for q in queries], one_batch=True)[0].shape == (0, 16, 24)
+
+
 def test_batched_equals_one_by_one_for_same_size_images():
     model = tiny_model()
     ims = images((64, 96), (64, 96), seed=3)

@@ -39,7 +39,8 @@ class TinyDETR(nn.Module):
                          layer4=feats, pos=torch.zeros_like(feats), memory=feats, hs=torch.stack(states),
                          padding=padding, src_proj=feats, fpns=[feats])
 
-    def predict_masks(self, det: Detection, queries: list[Tensor], chunk: int | None = None) -> list[Tensor]:
+    def predict_masks(self, det: Detection, queries: list[Tensor], chunk: int | None = None,
+                      one_batch: bool = False) -> list[Tensor]:
         out = []
         for i, q in enumerate(queries):
             emb = self.bbox_attention(det.hs[-1, i, q])  # Q x C

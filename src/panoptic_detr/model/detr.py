@@ -199,7 +199,7 @@ class DETRPanoptic(nn.Module):
         return max(1, MASK_CHUNK_BYTES // per_query)
 
     def predict_masks(
-        self, det: Detection, queries: list[Tensor], chunk: MaskChunk = None
+        self, det: Detection, queries: list[Tensor], chunk: MaskChunk = None, one_batch: bool = False
     ) -> list[Tensor]:
         """Mask logits of the chosen queries only.
 
@@ -208,10 +208,18 @@ class DETRPanoptic(nn.Module):
         the head is per query and its GroupNorm normalises each query on its own), which bounds
         its stride-4 activations (chunk x d/8 x H/4 x W/4 floats); None: all at once; "auto":
         `self.mask_chunk(det)`.
+        one_batch: every image's queries through the head as one batch (training: a few large
+        convolutions instead of a few per image, ~1.25x the learning recipe's steps); the same
+        masks up to float rounding. Off (inference), each image's masks are computed from that
+        image alone, bit for bit what it gets in any batch (the server caches them).
         Returns per image [Q_i, H/4, W/4] mask logits, in the order of `queries[i]`.
         """
         if len(queries) != det.hs.shape[1]:
             raise ValueError(f"queries has {len(queries)} entries for {det.hs.shape[1]} images")
+        if one_batch:
+            if chunk is not None:
+                raise ValueError("one_batch runs all queries at once: chunk must be None")
+            return self._masks_in_one_batch(det, queries)
         if chunk == "auto":
             chunk = self.mask_chunk(det)
         last = det.hs[-1]  # B x N x d
@@ -231,6 +239,23 @@ class DETRPanoptic(nn.Module):
                 parts.append(self.mask_head.query_masks(shared, att))
             out.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         return out
+
+    def _masks_in_one_batch(self, det: Detection, queries: list[Tensor]) -> list[Tensor]:
+        """`predict_masks(det, queries, one_batch=True)`: the shared part for all images at
+        once, then all queries' masks as one batch, each with its image's shared features."""
+        last = det.hs[-1]  # B x N x d
+        counts = [len(idx) for idx in queries]
+        if sum(counts) == 0:
+            return [last.new_zeros((0, *det.fpns[-1].shape[-2:])) for _ in queries]
+        keys = self._keys(det)
+        att = torch.cat([  # Q x M x h x w, the queries of all images in order
+            self.bbox_attention(last[i : i + 1, idx.to(last.device)], keys[i : i + 1], det.padding[i : i + 1])[0]
+            for i, idx in enumerate(queries) if len(idx)
+        ])
+        images = torch.repeat_interleave(torch.arange(len(queries), device=last.device),
+                                         torch.tensor(counts, device=last.device))
+        shared = self.mask_head.image_features(det.src_proj, det.fpns).of_images(images)
+        return list(self.mask_head.query_masks(shared, att).split(counts))
 
     def forward(self, batch: PaddedBatch, return_attention: bool = False) -> Detection:
         """The full model as the original: `detect` plus `pred_masks` for every query (through

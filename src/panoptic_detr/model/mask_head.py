@@ -59,6 +59,17 @@ class ImageFeatures:
     adapters: list[Tensor]
     """[B, d/2, H/16, W/16], [B, d/4, H/8, W/8], [B, d/8, H/4, W/4]: adapted C4, C3, C2."""
 
+    def of_images(self, images: Tensor) -> ImageFeatures:
+        """The features of the image each query belongs to. images: [Q] image indices, sorted.
+        All of one image: a batch-1 view, broadcast over the queries (no copy); several: one
+        row per query (a copy, the price of running several images' queries as one batch)."""
+        first, last = int(images[0]), int(images[-1])
+        if first == last:
+            return ImageFeatures(self.lay1_features[first : first + 1],
+                                 [a[first : first + 1] for a in self.adapters])
+        return ImageFeatures(self.lay1_features.index_select(0, images),
+                             [a.index_select(0, images) for a in self.adapters])
+
 
 class MaskHead(nn.Module):
     """FPN-style conv head: cat(projected C5, attention maps) -> 5 x (3x3 conv, GroupNorm,
@@ -116,8 +127,9 @@ class MaskHead(nn.Module):
         return ImageFeatures(lay1, adapters)
 
     def query_masks(self, shared: ImageFeatures, attention: Tensor) -> Tensor:
-        """Masks of Q queries of one image. shared: `image_features` of that image alone
-        (batch 1, broadcast over the queries); attention: [Q, M, h, w] -> [Q, H/4, W/4]."""
+        """Masks of Q queries. shared: `image_features` of their image (batch 1, broadcast
+        over the queries) or one row per query (`ImageFeatures.of_images`); attention:
+        [Q, M, h, w] -> [Q, H/4, W/4]."""
         size = shared.adapters[-1].shape[-2:]
         if attention.shape[0] == 0:
             return attention.new_zeros((0, *size))

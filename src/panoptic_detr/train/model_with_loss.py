@@ -62,7 +62,7 @@ class ModelWithLoss(nn.Module):
         all_masks = det.pred_masks  # every query's masks: the original's forward, or to match on
         if crit.costs.uses_masks and all_masks is None:
             b, n = det.pred_logits.shape[:2]
-            all_masks = model.predict_masks(det, [torch.arange(n)] * b)
+            all_masks = model.predict_masks(det, [torch.arange(n)] * b, one_batch=True)
         indices = crit.match(det.pred_logits, det.pred_boxes, matched,
                              all_masks if crit.costs.uses_masks else None)
         losses = crit.class_box_losses(det.pred_logits, det.pred_boxes, matched, indices, num_boxes,
@@ -94,7 +94,7 @@ class ModelWithLoss(nn.Module):
         if all_masks is not None:  # every query's mask was computed (the original's way, or to match)
             masks = [m[q] for m, q in zip(all_masks, queries, strict=True)]
         else:
-            masks = self.model.predict_masks(det, queries)  # per image Q_i x H/4 x W/4
+            masks = self.model.predict_masks(det, queries, one_batch=True)  # per image Q_i x H/4 x W/4
         return self.criterion.mask_losses(masks, targets, indices, num_boxes)
 
     def _denoising_losses(
@@ -111,7 +111,7 @@ class ModelWithLoss(nn.Module):
         num_queries = self.model.query_embed.num_embeddings
         losses = denoising_losses(det.extra_outputs, targets, dn, num_queries, num_boxes)
         if masks_on:
-            masks = self.model.predict_masks(det, dn.queries)  # per image G*S_i x H/4 x W/4
+            masks = self.model.predict_masks(det, dn.queries, one_batch=True)  # per image G*S_i x H/4 x W/4
             pairs = list(zip(dn.queries, dn.targets, strict=True))
             terms = self.criterion.mask_losses(masks, targets, pairs, num_boxes * dn.groups)
             losses.update({k.replace("loss_", "loss_dn_"): v for k, v in terms.items()})
