@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from panoptic_detr.data.collate import collate_padded
-from panoptic_detr.train.config import load_config
 from panoptic_detr.train import criterion
+from panoptic_detr.train.config import load_config
 from panoptic_detr.train.criterion import SetCriterion
 from panoptic_detr.train.loop import Augmented, build_parts, training_transform
 from panoptic_detr.train.model_with_loss import ModelWithLoss
@@ -113,7 +113,8 @@ def main() -> None:
             mode.run(batch, targets)
     for mode in modes:
         t, faults = mode.median()
-        print(f"{mode.name:40s} {t:.3f} s/step  {cfg.batch_size / t:.1f} images/s  {faults:.0f} page faults/step")
+        print(f"{mode.name:40s} {t:.3f} s/step  {cfg.batch_size / t:.1f} images/s  "
+              f"{faults:.0f} page faults/step")
 
 if __name__ == "__main__":
     main()

@@ -302,12 +302,13 @@ def test_the_config_loss_section_is_the_criterions_weights():
         config_from_dict({"loss": {"mask_resolution": "low"}})
 
 
-@pytest.mark.parametrize("shape, size", [((5, 8, 8), (32, 32)), ((3, 7, 9), (28, 37)), ((2, 25, 38), (100, 150)),
-                                         ((4, 10, 10), (7, 13))])
+@pytest.mark.parametrize("shape, size", [((5, 8, 8), (32, 32)), ((3, 7, 9), (28, 37)),
+                                         ((2, 25, 38), (100, 150)), ((4, 10, 10), (7, 13))])
 def test_upsample_bilinear_equals_interpolate_with_its_gradient(shape, size):
     """The matrix-product upsampling of the mask loss is F.interpolate's, forward and backward
     (upsampling by 4 as in training, odd factors, and a downsampling axis)."""
-    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
     grad = torch.randn(shape[0], *size, dtype=torch.float64)
     want = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     (want_grad,) = torch.autograd.grad(want, x, grad)

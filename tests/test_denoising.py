@@ -233,7 +233,8 @@ def reference_step(model, crit, batch, targets):
     indices = crit.match(det.pred_logits, det.pred_boxes, matched)
     losses = crit.class_box_losses(det.pred_logits, det.pred_boxes, matched, indices, num_boxes, ce_weight)
     queries = [q for q, _ in indices]
-    losses.update(crit.mask_losses(model.predict_masks(det, queries, one_batch=True), matched, indices, num_boxes))
+    masks = model.predict_masks(det, queries, one_batch=True)
+    losses.update(crit.mask_losses(masks, matched, indices, num_boxes))
     if crit.weights.semantic > 0:
         cells = model.class_embed(det.memory.flatten(2).transpose(1, 2))
         losses["loss_semantic"] = semantic_loss(cells, det.memory, det.padding, targets, len(counts))

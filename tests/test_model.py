@@ -206,7 +206,8 @@ def test_masks_in_one_batch_equal_each_images_own():
         torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
     assert torch.cat(want).std() > 0.1
     weights = torch.randn(7, *want[0].shape[-2:], dtype=want[0].dtype)
-    params = [model.mask_head.lay1.weight, model.mask_head.adapter3.weight, model.bbox_attention.q_linear.weight]
+    params = [model.mask_head.lay1.weight, model.mask_head.adapter3.weight,
+              model.bbox_attention.q_linear.weight]
     want_grads = torch.autograd.grad((torch.cat(want) * weights).sum(), params, retain_graph=True)
     got_grads = torch.autograd.grad((torch.cat(got) * weights).sum(), params)
     for g, w in zip(got_grads, want_grads, strict=True):

@@ -249,7 +249,8 @@ class DETRPanoptic(nn.Module):
             return [last.new_zeros((0, *det.fpns[-1].shape[-2:])) for _ in queries]
         keys = self._keys(det)
         att = torch.cat([  # Q x M x h x w, the queries of all images in order
-            self.bbox_attention(last[i : i + 1, idx.to(last.device)], keys[i : i + 1], det.padding[i : i + 1])[0]
+            self.bbox_attention(last[i : i + 1, idx.to(last.device)], keys[i : i + 1],
+                                det.padding[i : i + 1])[0]
             for i, idx in enumerate(queries) if len(idx)
         ])
         images = torch.repeat_interleave(torch.arange(len(queries), device=last.device),
