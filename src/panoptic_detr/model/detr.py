@@ -209,9 +209,9 @@ class DETRPanoptic(nn.Module):
         its stride-4 activations (chunk x d/8 x H/4 x W/4 floats); None: all at once; "auto":
         `self.mask_chunk(det)`.
         one_batch: every image's queries through the head as one batch (training: a few large
-        convolutions instead of a few per image, ~1.25x the learning recipe's steps); the same
-        masks up to float rounding. Off (inference), each image's masks are computed from that
-        image alone, bit for bit what it gets in any batch (the server caches them).
+        convolutions instead of a few per image); the same masks up to float rounding. Off
+        (inference), each image's masks are computed from that image alone, bit for bit what it
+        gets in any batch (the server caches them).
         Returns per image [Q_i, H/4, W/4] mask logits, in the order of `queries[i]`.
         """
         if len(queries) != det.hs.shape[1]:
