@@ -195,10 +195,8 @@ class PostprocessGraph(nn.Module):
         # from the id map itself: reading them off the grid through the resize's indices gave
         # ONNX Runtime boxes that disagreed with its own id map)
         s = seg_ids.shape[0]
-        in_row = torch.zeros((H, s + 1), dtype=torch.int64).scatter_add(1, id_map, torch.ones_like(id_map))
-        by_col = id_map.t().contiguous()  # W x H
-        in_col = torch.zeros((W, s + 1), dtype=torch.int64).scatter_add(1, by_col, torch.ones_like(by_col))
-        box = torch.stack([*_extent(in_col[:, 1:].t() > 0), *_extent(in_row[:, 1:].t() > 0)], 1)
+        in_cols, in_rows = _lines_holding(id_map.t().contiguous(), s), _lines_holding(id_map, s)
+        box = torch.stack([*_extent(in_cols), *_extent(in_rows)], 1)
         box = box[:, [0, 2, 1, 3]]  # x, y, w, h
         xyxy = cxcywh_to_xyxy(boxes[rows[segs]]) * torch.tensor([W, H, W, H], dtype=torch.float32)
         qbox = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], 1)
@@ -231,6 +229,14 @@ class PostprocessGraph(nn.Module):
         small = alive & ((area[rep] if self.union else area) <= self.min_area)
         small = small | (alive & (per_query.to(torch.float64) < least))
         return idx, rep, area, small
+
+
+def _lines_holding(lines: Tensor, s: int) -> Tensor:
+    """lines [n, L] int64 ids 0..s (one row or column of the id map each) -> [s, n] bool: does
+    line j hold id i + 1 (a table of counts scattered from the ids; 0 = void left out)."""
+    counts = torch.zeros((lines.shape[0], s + 1), dtype=torch.int64)
+    counts = counts.scatter_add(1, lines, torch.ones_like(lines))
+    return counts[:, 1:].t() > 0
 
 
 def _extent(present: Tensor) -> tuple[Tensor, Tensor]:

@@ -253,9 +253,7 @@ class DETRPanoptic(nn.Module):
                                 det.padding[i : i + 1])[0]
             for i, idx in enumerate(queries) if len(idx)
         ])
-        images = torch.repeat_interleave(torch.arange(len(queries), device=last.device),
-                                         torch.tensor(counts, device=last.device))
-        shared = self.mask_head.image_features(det.src_proj, det.fpns).of_images(images)
+        shared = self.mask_head.image_features(det.src_proj, det.fpns).repeated(counts)
         return list(self.mask_head.query_masks(shared, att).split(counts))
 
     def forward(self, batch: PaddedBatch, return_attention: bool = False) -> Detection:

@@ -59,16 +59,20 @@ class ImageFeatures:
     adapters: list[Tensor]
     """[B, d/2, H/16, W/16], [B, d/4, H/8, W/8], [B, d/8, H/4, W/4]: adapted C4, C3, C2."""
 
-    def of_images(self, images: Tensor) -> ImageFeatures:
-        """The features of the image each query belongs to. images: [Q] image indices, sorted.
-        All of one image: a batch-1 view, broadcast over the queries (no copy); several: one
-        row per query (a copy, the price of running several images' queries as one batch)."""
-        first, last = int(images[0]), int(images[-1])
-        if first == last:
-            return ImageFeatures(self.lay1_features[first : first + 1],
-                                 [a[first : first + 1] for a in self.adapters])
-        return ImageFeatures(self.lay1_features.index_select(0, images),
-                             [a.index_select(0, images) for a in self.adapters])
+    def repeated(self, counts: list[int]) -> ImageFeatures:
+        """Image i's features counts[i] times, one row per query in image order. The queries of
+        one image only: a batch-1 view, broadcast over them (no copy); of several: the rows
+        gathered (a copy, the price of running several images' queries as one batch). Decided
+        from the Python counts, so nothing waits on the device."""
+        used = [i for i, c in enumerate(counts) if c]
+        if len(used) == 1:
+            one = slice(used[0], used[0] + 1)
+            return ImageFeatures(self.lay1_features[one], [a[one] for a in self.adapters])
+        device = self.lay1_features.device
+        rows = torch.repeat_interleave(torch.arange(len(counts), device=device),
+                                       torch.tensor(counts, device=device), output_size=sum(counts))
+        return ImageFeatures(self.lay1_features.index_select(0, rows),
+                             [a.index_select(0, rows) for a in self.adapters])
 
 
 class MaskHead(nn.Module):
@@ -128,7 +132,7 @@ class MaskHead(nn.Module):
 
     def query_masks(self, shared: ImageFeatures, attention: Tensor) -> Tensor:
         """Masks of Q queries. shared: `image_features` of their image (batch 1, broadcast
-        over the queries) or one row per query (`ImageFeatures.of_images`); attention:
+        over the queries) or one row per query (`ImageFeatures.repeated`); attention:
         [Q, M, h, w] -> [Q, H/4, W/4]."""
         size = shared.adapters[-1].shape[-2:]
         if attention.shape[0] == 0:
