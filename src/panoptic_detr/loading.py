@@ -42,9 +42,12 @@ class Pretrained:
     again from the file when asked for (a torch Predictor or `explain` made from this one).
     """
 
-    def __init__(self, model: DETRPanoptic, config: DETRConfig, categories: Categories, source: str,
+    def __init__(self, model: DETRPanoptic | None, config: DETRConfig, categories: Categories, source: str,
                  inference: dict[str, Any] | None = None, *,
-                 reload: Callable[[], DETRPanoptic] | None = None):
+                 reload: Callable[[], DETRPanoptic] | None = None, file: Path | None = None,
+                 device: str | torch.device | None = None):
+        if model is None and reload is None:
+            raise ValueError("a Pretrained without a model needs `reload` to build it")
         self._model: DETRPanoptic | None = model
         self.config, self.categories = config, categories
         self.source = source
@@ -53,6 +56,13 @@ class Pretrained:
         """Inference settings the checkpoint recommends (`size`, `max_size`, `threshold`): a model
         trained on small images should see small images. Empty for the original checkpoints."""
         self._reload = reload
+        self.file = file
+        """The checkpoint file the weights were read from (None for a model made in memory)."""
+        if device is None:  # where the model's parameters are (a test double may have none)
+            param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+            device = param.device if param is not None else "cpu"
+        self.device = torch.device(device)
+        """Where the model was loaded (a model not built yet: where it will be)."""
 
     def __repr__(self) -> str:
         return f"Pretrained({self.source!r}{', released' if self.released else ''})"
@@ -82,12 +92,17 @@ def load_pretrained(
     weights: str | os.PathLike[str],
     preset: str | None = None,
     device: str | torch.device = "cpu",
+    *,
+    build: bool = True,
 ) -> Pretrained:
     """weights: "demo", a name of `model.weights.WEIGHTS` (e.g. "detr_r50_panoptic") or a path
     to a project checkpoint or an original DETR / Hugging Face state dict.
 
     preset: the architecture, for files that do not carry one (original checkpoints); by
     default it is inferred from the tensors (and "dc5" in the file name for dilation).
+    build: False reads the file and checks what it holds (architecture, categories) but builds
+    no torch model: it is built from the file when `model` is first asked for. For a caller
+    that may not need it (an exported runtime whose export is cached: export/cache.py).
     """
     if preset is not None and preset not in PRESETS:
         raise WeightsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -116,10 +131,11 @@ def load_pretrained(
     config, categories = _architecture(contents, path, preset)
     if record is not None:
         categories = Categories.coco_panoptic()
-    model = _model(config, contents.state_dict, path, device)
+    model = _model(config, contents.state_dict, path, device) if build else None
     source = f"{name} ({path})" if name != os.fspath(path) else str(path)
     reload = functools.partial(_read_again, path, _stamp(path), config, device)
-    return Pretrained(model, config, categories, source, contents.inference, reload=reload)
+    return Pretrained(model, config, categories, source, contents.inference, reload=reload, file=path,
+                      device=device)
 
 
 def _model(config: DETRConfig, state_dict: dict[str, torch.Tensor], path: Path,

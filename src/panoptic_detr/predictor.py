@@ -76,7 +76,11 @@ class Predictor:
             raise TypeError(f"settings must be an InferenceSettings, got {type(settings).__name__} "
                             "(preset, device and the single settings are keyword arguments)")
         check_settings(given)  # before anything loads
-        pretrained = _as_pretrained(weights, categories, preset, device)
+        # an exported runtime asked for: the torch model is built only if its export is not
+        # cached yet (export/cache.py); weights read from a file only, a caller's model is kept
+        runtime = given.get("runtime") or (settings.runtime if settings is not None else None)
+        pretrained = _as_pretrained(weights, categories, preset, device,
+                                    build=runtime in (None, "torch"))
         if settings is None:
             settings = InferenceSettings.resolve(given, pretrained.inference)
         else:
@@ -189,11 +193,11 @@ class Predictor:
 
 
 def _as_pretrained(weights: Any, categories: Categories | None, preset: str | None,
-                   device: str | torch.device) -> Pretrained:
+                   device: str | torch.device, build: bool = True) -> Pretrained:
     if isinstance(weights, Pretrained):
         return weights
     if isinstance(weights, str | os.PathLike):
-        return load_pretrained(weights, preset=preset, device=device)
+        return load_pretrained(weights, preset=preset, device=device, build=build)
     if not hasattr(weights, "detect") or not hasattr(weights, "predict_masks"):
         raise TypeError(f"a Predictor needs weights or a DETR panoptic model, got {type(weights).__name__}")
     if categories is None:

@@ -6,6 +6,12 @@ the opset, the graph format and the torch version. No inference setting enters t
 `exporter`), so none enters the key. The folder is built under a file lock (several processes
 starting at once, e.g. torchrun ranks, build it once) in a temporary folder that is renamed
 into place when complete, so a reader never sees half an export.
+
+The key needs the weights' hash, which needs the weights as tensors; to find an export without
+building the torch model (which would import torchvision and hold the weights in memory, ~340
+MB of an R50 process that then runs ONNX Runtime or OpenVINO), `files/` beside the exports maps
+a checkpoint file (the SHA-256 of its bytes) and the architecture read from it to that hash,
+written the first time the hash is taken from the tensors.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -51,10 +58,33 @@ release."""
 def weights_digest(pretrained: Pretrained) -> str:
     """`exporter.weights_sha256` of `pretrained`'s weights; of a released one, as taken before the
     release: a Predictor made from it later (explain's, one with other settings) finds the export
-    without reading the weights again."""
+    without reading the weights again. Of one read from a file whose model is not built yet
+    (`load_pretrained(build=False)`): from the `files/` index when an earlier process took it,
+    else from the tensors (building the model) and recorded there."""
     if pretrained.released and pretrained in _RELEASED:
         return _RELEASED[pretrained][0]
-    return weights_sha256(pretrained.model, pretrained.config)
+    entry = _file_entry(pretrained) if pretrained.released and pretrained.file is not None else None
+    if entry is not None and entry.is_file():
+        return entry.read_text().strip()
+    digest = weights_sha256(pretrained.model, pretrained.config)
+    if entry is not None:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=entry.parent, suffix=".tmp", delete=False) as f:
+            f.write(digest + "\n")
+        os.replace(f.name, entry)  # whole or absent, whoever reads it
+    return digest
+
+
+def _file_entry(pretrained: Pretrained) -> Path:
+    """The `files/` index entry of `pretrained`'s checkpoint file and architecture."""
+    assert pretrained.file is not None
+    h = hashlib.sha256()
+    with open(pretrained.file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    config = json.dumps(pretrained.config.to_dict(), sort_keys=True)
+    key = hashlib.sha256(f"{h.hexdigest()}|{config}".encode()).hexdigest()[:32]
+    return cache_dir() / "files" / key
 
 
 def cached_export(pretrained: Pretrained, settings: InferenceSettings | None = None,
@@ -89,9 +119,13 @@ def exported_model(pretrained: Pretrained, settings: InferenceSettings, *,
 
     release: drop `pretrained`'s torch model once the export is found, before the runtime
     loads the graphs (`Pretrained.release`: for weights the caller read and has not changed)."""
-    # a released one: where its weights were when it was released (no reading them again)
+    # a released one: where its weights were when it was released (no reading them again); one
+    # not built yet: where it would be built
     released = _RELEASED.get(pretrained) if pretrained.released else None
-    device = released[1] if released else next(pretrained.model.parameters()).device
+    if released:
+        device = released[1]
+    else:
+        device = pretrained.device if pretrained.released else next(pretrained.model.parameters()).device
     if device.type != "cpu" and settings.runtime != "onnxruntime":
         raise SettingsError(f"runtime {settings.runtime!r} runs on the CPU, not {device}; use --device cpu")
     require(settings.runtime)  # before minutes of exporting, the one line saying what is missing

@@ -101,6 +101,9 @@ class OnnxRuntimeSession:
     def run(self, feeds: dict[str, Any]) -> list[np.ndarray]:
         return self.session.run(None, {k: _numpy(feeds[k]) for k in self.input_names})
 
+    def release(self) -> None:
+        """Nothing to hand back: the session keeps no arena (`enable_cpu_mem_arena` off)."""
+
 
 class OpenVINOSession:
     """One ONNX file compiled by OpenVINO for the CPU, in float32 or bfloat16."""
@@ -119,6 +122,13 @@ class OpenVINOSession:
         result = self.request.infer({k: _numpy(feeds[k]) for k in self.input_names})
         # copies: the request reuses its output buffers on the next call
         return [np.array(result[o]) for o in self.compiled.outputs]
+
+    def release(self) -> None:
+        """Hand back the memory of the intermediate tensors (`CompiledModel.release_memory`).
+        The CPU plugin otherwise keeps them between calls, so the detect graph's activations
+        would sit under the mask graph's and post-processing's; allocating them afresh for each
+        image measured no slower (benchmarks/RESULTS.md, "session 7")."""
+        self.compiled.release_memory()
 
 
 @dataclass
@@ -183,6 +193,7 @@ class ExportedModel:
             raise SettingsError("the attention maps come from the torch model only (runtime 'torch')")
         images, mask = batch.images.float(), batch.mask
         out = self.detect_session.run(dict(zip(DETECT_INPUTS, (images, mask), strict=True)))
+        self.detect_session.release()  # its activations are not needed until the next image
         named = dict(zip(DETECT_OUTPUTS, out, strict=True))
         return ExportedDetection(torch.from_numpy(named.pop("pred_logits")),
                                  torch.from_numpy(named.pop("pred_boxes")), named)
@@ -206,6 +217,7 @@ class ExportedModel:
             parts = [self.mask_session.run({**image, "queries": f["queries"][i, part]})[0]
                      for part in (np.array_split(idx, -(-idx.size // chunk)) if chunk else (idx,))]
             out.append(torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts)))
+        self.mask_session.release()
         return out
 
 

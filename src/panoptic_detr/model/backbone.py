@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
-from torchvision.ops import FrozenBatchNorm2d
 
 from .config import BACKBONE_CHANNELS
 
@@ -34,6 +32,11 @@ class Backbone(nn.Module):
         if name == "vgg_small":
             self.body = PlainTrunk(self.channels, dilation)
             return
+        # imported here, not with the module: a process running an exported model imports
+        # the model package (settings, post-processing) but builds no backbone
+        import torchvision
+        from torchvision.ops import FrozenBatchNorm2d
+
         # V1: the ImageNet weights the original DETR started from
         weights = "IMAGENET1K_V1" if pretrained else None
         basic = name in ("resnet18", "resnet34")  # torchvision dilates bottleneck blocks only
@@ -79,6 +82,7 @@ class Backbone(nn.Module):
         b = self.body
         if isinstance(b, PlainTrunk):
             return  # GroupNorm only: nothing frozen to fold
+        from torchvision.ops import FrozenBatchNorm2d  # imported already: it built this backbone
         pairs = [(b, "conv1", "bn1")]
         for block in (*b.layer1, *b.layer2, *b.layer3, *b.layer4):
             pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"conv{i}")]

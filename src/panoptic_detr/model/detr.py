@@ -232,10 +232,13 @@ class DETRPanoptic(nn.Module):
                 continue
             one = slice(i, i + 1)
             shared = self.mask_head.image_features(det.src_proj[one], [f[one] for f in det.fpns])
+            # the image's keys in one layout whatever the batch's (`Detection.one` copies keep
+            # other strides than a row of the batch): a kernel may round differently by layout
+            keys_i = keys[one].contiguous()
             idx = idx.to(last.device)
             parts = []
             for part in idx.split(chunk) if chunk else (idx,):
-                att = self.bbox_attention(last[one, part], keys[one], det.padding[one])[0]  # q x M x h x w
+                att = self.bbox_attention(last[one, part], keys_i, det.padding[one])[0]  # q x M x h x w
                 parts.append(self.mask_head.query_masks(shared, att))
             out.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         return out

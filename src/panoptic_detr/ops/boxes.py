@@ -1,22 +1,37 @@
-"""Box conversions and overlaps. Boxes are [..., 4] tensors; DETR predicts normalised cxcywh."""
+"""Box conversions and overlaps. Boxes are [..., 4] tensors; DETR predicts normalised cxcywh.
+
+The two conversions are written out here (torchvision's `box_convert` arithmetic, the same
+numbers) rather than imported: post-processing needs one, and a process that runs an exported
+model (ONNX Runtime, OpenVINO) should not import torchvision for it (its extension is ~170 MB of
+resident memory with torch's CUDA build). `generalized_box_iou` (training) is torchvision's,
+imported when first called.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert, generalized_box_iou
 
 __all__ = ["cxcywh_to_xyxy", "xyxy_to_cxcywh", "generalized_box_iou", "masks_to_boxes_xyxy"]
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """[..., 4] (cx, cy, w, h) -> [..., 4] (x0, y0, x1, y1)."""
-    return box_convert(boxes, "cxcywh", "xyxy")
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
 
 def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     """[..., 4] (x0, y0, x1, y1) -> [..., 4] (cx, cy, w, h)."""
-    return box_convert(boxes, "xyxy", "cxcywh")
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), dim=-1)
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """[N, M] generalised IoU of [N, 4] and [M, 4] (x0, y0, x1, y1) boxes (torchvision's)."""
+    from torchvision.ops import generalized_box_iou as giou
+
+    return giou(boxes1, boxes2)
 
 
 def masks_to_boxes_xyxy(masks: Tensor) -> Tensor:
