@@ -247,7 +247,7 @@ def test_chunked_upsampling_gives_the_same_segments(monkeypatch):
 
     logits, masks = random_outputs(11)
     whole = panoptic_postprocess(logits, masks, (24, 32), (24, 32), (17, 29), SMALL_IS_THING)
-    monkeypatch.setattr(postprocess, "UPSAMPLE_CHUNK", 3)
+    monkeypatch.setattr(postprocess, "UPSAMPLE_BYTES", 3 * 24 * 32 * 4)  # 3 queries a chunk
     chunked = panoptic_postprocess(logits, masks, (24, 32), (24, 32), (17, 29), SMALL_IS_THING)
     assert len(select_queries(logits[None])[0]) > 3  # several chunks
     assert torch.equal(whole.id_map, chunked.id_map) and whole.segments_info == chunked.segments_info
