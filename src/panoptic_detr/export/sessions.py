@@ -127,8 +127,11 @@ class OpenVINOSession:
         """Hand back the memory of the intermediate tensors (`CompiledModel.release_memory`).
         The CPU plugin otherwise keeps them between calls, so the detect graph's activations
         would sit under the mask graph's and post-processing's; allocating them afresh for each
-        image measured no slower (benchmarks/RESULTS.md, "session 7")."""
-        self.compiled.release_memory()
+        image measured no slower (benchmarks/RESULTS.md, "session 7"). An OpenVINO without the
+        method (older releases) keeps them, as before."""
+        release = getattr(self.compiled, "release_memory", None)
+        if release is not None:
+            release()
 
 
 @dataclass
