@@ -236,6 +236,18 @@ def cpu_flags() -> str:
     return " ".join(sorted(f for f in set(flags) if f.startswith(("avx512", "amx")))) or "none"
 
 
+def cpu_name() -> str:
+    """The CPU's model name, family and model (/proc/cpuinfo): the runtimes' speeds, and which
+    of them is fastest, differ between CPU kinds (AMX or not)."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+                    .splitlines() if ":" in line)
+    except OSError:
+        return platform.processor() or platform.machine()
+    get = {k.strip(): v.strip() for k, v in info.items()}.get
+    return f"{get('model name', '?')} (family {get('cpu family', '?')}, model {get('model', '?')})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -301,7 +313,7 @@ def main() -> None:
             original["agreement"] = float((np.load(work / "out_original" / "categories.npy") == ref).mean())
             original["demo_agreement"] = float("nan")  # the demo model is not an original-layout one
             rows.append(original)
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.1f}; CPU flags: {cpu_flags()}")
     print("| runtime | dtype | s/image (wall) | CPU s/image | CPU vs torch float32 | wall vs original | "

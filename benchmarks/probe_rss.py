@@ -8,17 +8,22 @@ bench_runtimes.py runs it, in a fresh process.
 Prints, after each phase, the resident set (VmRSS) and the peak so far (VmHWM) from
 /proc/self/status (Linux). The export is built on first use (minutes for R50), into
 `--torch-home` (default: a temporary folder); pass the folder of an earlier run to reuse it.
+The weights file and the photos are made in a child process (building them from the reference
+tensors would otherwise stay in this process's figures), so the phases are those of a process
+that only predicts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runtimes import PHOTOS  # noqa: E402
 
 
 def mem(tag: str) -> None:
@@ -41,19 +46,27 @@ def main() -> None:
     mem("start")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TORCH_HOME"] = str(args.torch_home or Path(tmp) / "torch_home")
+        here = Path(__file__).resolve().parent
+        made = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                               f"sys.path.insert(0, {str(here)!r}); from bench_runtimes import prepare; "
+                               f"prepare(Path({str(args.reference)!r}), Path({tmp!r}))"],
+                              capture_output=True, text=True)
+        if made.returncode:
+            sys.exit(f"preparing the weights failed:\n{made.stderr[-2000:]}")
+        ckpt = Path(tmp) / "detr-r50-reference.pth"
+        photos = [Path(tmp) / name for name in PHOTOS]
         import torch
-        import torchvision  # noqa: F401
 
-        mem("import torch, torchvision")
+        mem("import torch")
         torch.set_num_threads(args.threads)
-        from bench_runtimes import ForcedK, prepare
+        from bench_runtimes import ForcedK
 
         from panoptic_detr.data.images import load_image
         from panoptic_detr.predictor import Predictor
 
-        ckpt, photos = prepare(args.reference, Path(tmp))
-        mem("import panoptic_detr; weights file")
+        mem("import panoptic_detr")
         predictor = Predictor(str(ckpt), preset="detr_r50_panoptic", runtime=args.runtime, dtype=args.dtype)
+        mem("torchvision imported" if "torchvision" in sys.modules else "torchvision not imported")
         mem("Predictor")
         predictor.model = ForcedK(predictor.model, 20)
         for photo in photos:
