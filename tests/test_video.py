@@ -146,3 +146,4 @@ def test_videos_in_folders_and_globs_are_predicted_as_videos(clip, tmp_path, cap
     err = capsys.readouterr().err.splitlines()
     assert err == [f"error: {tmp_path / 'none'}: no image or video files in it (.jpg, .png, .tif, .webp, "
                    ".mp4, .mov, ...)"]
+    assert not (tmp_path / "o3").exists()  # said before any model loaded or any output was made

@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     # videos named, in folders or matched by globs are predicted as videos, the rest as images
     found, problems = expand_inputs(args.images, exclude=args.out, recursive=args.recursive,
                                     videos=VIDEO_EXTENSIONS)
+    if not found and args.dataset is None:  # every input named nothing: say so before a model loads
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
     videos = [str(f) for f in found if is_video(f)]
     images = [f for f in found if not is_video(f)]
     announce(args)
