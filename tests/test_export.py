@@ -240,6 +240,15 @@ def test_the_file_index_is_keyed_by_the_bytes_and_the_architecture(ort_predictor
     assert cache._file_entry(demo) != entry
 
 
+def test_an_index_that_cannot_be_written_only_costs_time(ort_predictor, tmp_path, monkeypatch):
+    """A cache folder this user cannot write (filled by another): the hash is taken from the
+    tensors, and the export found as before."""
+    (tmp_path / "not a folder").write_text("")
+    monkeypatch.setattr(cache, "_file_entry", lambda p: tmp_path / "not a folder" / "files" / "key")
+    fresh = Predictor("demo", runtime="onnxruntime")
+    assert fresh.model.folder == ort_predictor.model.folder
+
+
 def test_predictors_made_from_a_released_pretrained(ort_predictor, torch_predictor, monkeypatch):
     """Another exported one finds the export without reading the weights again; a torch one
     reads them again from the file and gives the torch results."""

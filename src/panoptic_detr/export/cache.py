@@ -68,10 +68,13 @@ def weights_digest(pretrained: Pretrained) -> str:
         return entry.read_text().strip()
     digest = weights_sha256(pretrained.model, pretrained.config)
     if entry is not None:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=entry.parent, suffix=".tmp", delete=False) as f:
-            f.write(digest + "\n")
-        os.replace(f.name, entry)  # whole or absent, whoever reads it
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=entry.parent, suffix=".tmp", delete=False) as f:
+                f.write(digest + "\n")
+            os.replace(f.name, entry)  # whole or absent, whoever reads it
+        except OSError:  # a cache others filled and this user cannot write: found the slow way
+            pass
     return digest
 
 
