@@ -333,6 +333,17 @@ def test_openvino_float32_segments_equal_torch_segments(ort_predictor):
     found = openvino_against_torch("float32")
     assert found["folder"] == str(ort_predictor.model.folder)  # one export for both runtimes
     assert found["same"] and found["repeat"]
+    # OpenVINO kept its compiled graphs beside the export; loaded from there, the same segments
+    assert any((ort_predictor.model.folder / cache.OPENVINO_CACHE).iterdir())
+    assert openvino_against_torch("float32")["same"]
+
+
+def test_openvino_compile_cache_only_where_it_can_be_written(tmp_path):
+    from panoptic_detr.export.sessions import _writable
+
+    assert _writable(tmp_path / "new") and (tmp_path / "new").is_dir()
+    (tmp_path / "file").write_text("")
+    assert not _writable(tmp_path / "file") and not _writable(tmp_path / "file" / "below")
 
 
 def test_openvino_bfloat16_nearly_the_float32_segmentation(ort_predictor):

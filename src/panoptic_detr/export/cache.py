@@ -40,6 +40,10 @@ except ImportError:  # Windows: no lock; the rename below still keeps each expor
     fcntl = None  # type: ignore[assignment]
 
 
+OPENVINO_CACHE = "openvino_cache"
+"""Each export folder's subfolder for OpenVINO's compiled graphs (`sessions.OpenVINOSession`)."""
+
+
 def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "panoptic_detr_onnx"
 
@@ -138,7 +142,8 @@ def exported_model(pretrained: Pretrained, settings: InferenceSettings, *,
     folder = cached_export(pretrained, settings, digest=digest)
     if release and pretrained.release():
         _RELEASED[pretrained] = digest, device
-    model = ExportedModel(folder, settings.runtime, settings.dtype, device=device)
+    model = ExportedModel(folder, settings.runtime, settings.dtype, device=device,
+                          compile_cache=folder / OPENVINO_CACHE)
     _trim_heap()
     return model
 

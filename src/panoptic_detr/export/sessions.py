@@ -106,11 +106,19 @@ class OnnxRuntimeSession:
 
 
 class OpenVINOSession:
-    """One ONNX file compiled by OpenVINO for the CPU, in float32 or bfloat16."""
+    """One ONNX file compiled by OpenVINO for the CPU, in float32 or bfloat16.
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, dtype: str = "float32"):
+    cache: a folder for OpenVINO's compiled-model cache (`CACHE_DIR`): the first compile writes
+    a blob there (R50's detect graph: ~170 MB, one for both precisions, which OpenVINO applies
+    when it loads it), later ones load it in a fifth of the time (benchmarks/RESULTS.md,
+    "session 7"). Not used where the folder cannot be written (a shared, read-only cache)."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, dtype: str = "float32",
+                 cache: str | os.PathLike[str] | None = None):
         ov = require("openvino")
         core = ov.Core()
+        if cache is not None and _writable(Path(cache)):
+            core.set_property({"CACHE_DIR": os.fspath(cache)})
         config = {"INFERENCE_PRECISION_HINT": {"float32": "f32", "bfloat16": "bf16"}[dtype],
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
                   "PERFORMANCE_HINT": "LATENCY"}
@@ -160,9 +168,11 @@ class ExportedModel:
     ONNX Runtime ("onnxruntime") or OpenVINO ("openvino"); see the module docstring."""
 
     def __init__(self, folder: str | os.PathLike[str], runtime: str = "onnxruntime",
-                 dtype: str = "float32", threads: int | None = None, device: str | torch.device = "cpu"):
+                 dtype: str = "float32", threads: int | None = None, device: str | torch.device = "cpu",
+                 compile_cache: str | os.PathLike[str] | None = None):
         """device: where ONNX Runtime runs the graphs (a CPU, or a CUDA device with onnxruntime-gpu,
-        see `onnxruntime_providers`); the inputs and outputs stay CPU tensors either way."""
+        see `onnxruntime_providers`); the inputs and outputs stay CPU tensors either way.
+        compile_cache: a folder for OpenVINO's compiled graphs (see `OpenVINOSession`); None: none."""
         folder, device = Path(folder), torch.device(device)
         if runtime == "onnxruntime":
             if dtype != "float32":
@@ -174,8 +184,8 @@ class ExportedModel:
             raise SettingsError(f"runtime 'openvino' runs on the CPU, not {device}; use --device cpu "
                                 "(or --runtime onnxruntime on a CUDA device)")
         elif runtime == "openvino":
-            self.detect_session = OpenVINOSession(folder / "detect.onnx", threads, dtype)
-            self.mask_session = OpenVINOSession(folder / "mask.onnx", threads, dtype)
+            self.detect_session = OpenVINOSession(folder / "detect.onnx", threads, dtype, compile_cache)
+            self.mask_session = OpenVINOSession(folder / "mask.onnx", threads, dtype, compile_cache)
         else:
             raise SettingsError(f"runtime must be 'onnxruntime' or 'openvino' for an export, got {runtime!r}")
         self.folder, self.runtime, self.dtype = folder, runtime, dtype
@@ -222,6 +232,15 @@ class ExportedModel:
             out.append(torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts)))
         self.mask_session.release()
         return out
+
+
+def _writable(folder: Path) -> bool:
+    """Whether `folder` exists and can be written, or can be made."""
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _numpy(value: Any) -> np.ndarray:
