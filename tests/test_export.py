@@ -240,6 +240,22 @@ def test_the_file_index_is_keyed_by_the_bytes_and_the_architecture(ort_predictor
     assert cache._file_entry(demo) != entry
 
 
+def test_a_checkpoint_changed_since_it_was_read_is_not_looked_up(ort_predictor, tmp_path):
+    """The index would answer for the new bytes while the categories came from the old ones:
+    the change is refused, as reading the weights again refuses it."""
+    from panoptic_detr.loading import WeightsError, demo_path
+
+    copy = tmp_path / "demo.pt"
+    copy.write_bytes(demo_path().read_bytes())
+    read = load_pretrained(copy, build=False)
+    assert read.file_unchanged() and cache._file_entry(read).is_file()  # indexed by the bytes
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert not read.file_unchanged()
+    with pytest.raises(WeightsError, match="changed"):
+        cache.weights_digest(read)
+
+
 def test_an_index_that_cannot_be_written_only_costs_time(ort_predictor, tmp_path, monkeypatch):
     """A cache folder this user cannot write (filled by another): the hash is taken from the
     tensors, and the export found as before."""

@@ -58,6 +58,7 @@ class Pretrained:
         self._reload = reload
         self.file = file
         """The checkpoint file the weights were read from (None for a model made in memory)."""
+        self._file_stamp = _stamp(file) if file is not None else None
         if device is None:  # where the model's parameters are (a test double may have none)
             param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
             device = param.device if param is not None else "cpu"
@@ -78,6 +79,10 @@ class Pretrained:
     def released(self) -> bool:
         """Whether the model is dropped (and read again when next asked for)."""
         return self._model is None
+
+    def file_unchanged(self) -> bool:
+        """Whether `file` is still the file the weights were read from (size and mtime)."""
+        return self.file is not None and self.file.is_file() and _stamp(self.file) == self._file_stamp
 
     def release(self) -> bool:
         """Drop the model if it can be read again from its file; whether it was dropped. Only

@@ -67,7 +67,9 @@ def weights_digest(pretrained: Pretrained) -> str:
     else from the tensors (building the model) and recorded there."""
     if pretrained.released and pretrained in _RELEASED:
         return _RELEASED[pretrained][0]
-    entry = _file_entry(pretrained) if pretrained.released and pretrained.file is not None else None
+    # the index knows files by their bytes: only for the file as it was read (a changed one
+    # raises below, where the model is read again)
+    entry = _file_entry(pretrained) if pretrained.released and pretrained.file_unchanged() else None
     if entry is not None and entry.is_file():
         return entry.read_text().strip()
     digest = weights_sha256(pretrained.model, pretrained.config)
