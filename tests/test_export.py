@@ -274,8 +274,7 @@ def test_predictors_made_from_a_released_pretrained(ort_predictor, torch_predict
     assert other.model.folder == fresh.model.folder and fresh.pretrained.released
     assert other.model.runs_on == fresh.model.runs_on == torch.device("cpu")
     # where the weights were when released is kept (a CUDA one stays on CUDA), not assumed
-    monkeypatch.setitem(cache._RELEASED, fresh.pretrained, (cache._RELEASED[fresh.pretrained][0],
-                                                          torch.device("meta")))
+    monkeypatch.setattr(fresh.pretrained, "device", torch.device("meta"))
     with pytest.raises(SettingsError, match="CPU or a CUDA device, not meta"):
         Predictor(fresh.pretrained, fresh.settings)
     monkeypatch.undo()

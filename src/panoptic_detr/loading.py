@@ -63,7 +63,8 @@ class Pretrained:
             param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
             device = param.device if param is not None else "cpu"
         self.device = torch.device(device)
-        """Where the model was loaded (a model not built yet: where it will be)."""
+        """Where the model was loaded (a model not built yet: where it will be; a released one:
+        where it was when released)."""
 
     def __repr__(self) -> str:
         return f"Pretrained({self.source!r}{', released' if self.released else ''})"
@@ -72,6 +73,11 @@ class Pretrained:
     def model(self) -> DETRPanoptic:
         if self._model is None:
             assert self._reload is not None  # only a model that can be read again is released
+            # from its file as first read (a file replaced since, e.g. a training run's
+            # checkpoint.pt, would give other weights than those the holder ran)
+            if self.file is not None and not self.file_unchanged():
+                raise WeightsError(f"{self.file} changed or went away since its weights were read; "
+                                   "load it again")
             self._model = self._reload()
         return self._model
 
@@ -86,9 +92,13 @@ class Pretrained:
 
     def release(self) -> bool:
         """Drop the model if it can be read again from its file; whether it was dropped. Only
-        for a model not changed since it was read (the one read again would not have the changes)."""
+        for a model not changed since it was read (the one read again would not have the changes).
+        `device` keeps where it was."""
         if self._reload is None:
             return False
+        if self._model is not None:
+            param = next(iter(self._model.parameters()), None)
+            self.device = param.device if param is not None else self.device
         self._model = None
         return True
 
@@ -138,7 +148,7 @@ def load_pretrained(
         categories = Categories.coco_panoptic()
     model = _model(config, contents.state_dict, path, device) if build else None
     source = f"{name} ({path})" if name != os.fspath(path) else str(path)
-    reload = functools.partial(_read_again, path, _stamp(path), config, device)
+    reload = functools.partial(_read_again, path, config, device)
     return Pretrained(model, config, categories, source, contents.inference, reload=reload, file=path,
                       device=device)
 
@@ -155,12 +165,8 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _read_again(path: Path, stamp: tuple[int, int], config: DETRConfig,
-                device: str | torch.device) -> DETRPanoptic:
-    """The model of a released `Pretrained`, from its file as first read (a file replaced since,
-    e.g. a training run's checkpoint.pt, would give other weights than those the holder ran)."""
-    if not path.is_file() or _stamp(path) != stamp:
-        raise WeightsError(f"{path} changed or went away since its weights were read; load it again")
+def _read_again(path: Path, config: DETRConfig, device: str | torch.device) -> DETRPanoptic:
+    """The model of a released `Pretrained` (which checks its file is unchanged first)."""
     return _model(config, _read(path).state_dict, path, device)
 
 

@@ -31,7 +31,7 @@ import torch
 
 from ..loading import Pretrained
 from ..settings import InferenceSettings, SettingsError
-from .exporter import DEFAULT_OPSET, FORMAT, weights_sha256, write_graphs
+from .exporter import DEFAULT_OPSET, FORMAT, file_sha256, weights_sha256, write_graphs
 from .sessions import ExportedModel, onnxruntime_providers, require
 
 try:
@@ -54,9 +54,8 @@ def export_key(weights: str, opset: int = DEFAULT_OPSET) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-_RELEASED: weakref.WeakKeyDictionary[Pretrained, tuple[str, torch.device]] = weakref.WeakKeyDictionary()
-"""The weights digest and device of each Pretrained `exported_model` released, taken before the
-release."""
+_RELEASED: weakref.WeakKeyDictionary[Pretrained, str] = weakref.WeakKeyDictionary()
+"""The weights digest of each Pretrained `exported_model` released, taken before the release."""
 
 
 def weights_digest(pretrained: Pretrained) -> str:
@@ -66,7 +65,7 @@ def weights_digest(pretrained: Pretrained) -> str:
     (`load_pretrained(build=False)`): from the `files/` index when an earlier process took it,
     else from the tensors (building the model) and recorded there."""
     if pretrained.released and pretrained in _RELEASED:
-        return _RELEASED[pretrained][0]
+        return _RELEASED[pretrained]
     # the index knows files by their bytes: only for the file as it was read (a changed one
     # raises below, where the model is read again)
     entry = _file_entry(pretrained) if pretrained.released and pretrained.file_unchanged() else None
@@ -87,12 +86,8 @@ def weights_digest(pretrained: Pretrained) -> str:
 def _file_entry(pretrained: Pretrained) -> Path:
     """The `files/` index entry of `pretrained`'s checkpoint file and architecture."""
     assert pretrained.file is not None
-    h = hashlib.sha256()
-    with open(pretrained.file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     config = json.dumps(pretrained.config.to_dict(), sort_keys=True)
-    key = hashlib.sha256(f"{h.hexdigest()}|{config}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{file_sha256(pretrained.file)}|{config}".encode()).hexdigest()[:32]
     return cache_dir() / "files" / key
 
 
@@ -128,13 +123,8 @@ def exported_model(pretrained: Pretrained, settings: InferenceSettings, *,
 
     release: drop `pretrained`'s torch model once the export is found, before the runtime
     loads the graphs (`Pretrained.release`: for weights the caller read and has not changed)."""
-    # a released one: where its weights were when it was released (no reading them again); one
-    # not built yet: where it would be built
-    released = _RELEASED.get(pretrained) if pretrained.released else None
-    if released:
-        device = released[1]
-    else:
-        device = pretrained.device if pretrained.released else next(pretrained.model.parameters()).device
+    # released or not built yet: where it was, or would be built (no reading the weights for it)
+    device = pretrained.device if pretrained.released else next(pretrained.model.parameters()).device
     if device.type != "cpu" and settings.runtime != "onnxruntime":
         raise SettingsError(f"runtime {settings.runtime!r} runs on the CPU, not {device}; use --device cpu")
     require(settings.runtime)  # before minutes of exporting, the one line saying what is missing
@@ -143,7 +133,7 @@ def exported_model(pretrained: Pretrained, settings: InferenceSettings, *,
     digest = weights_digest(pretrained)
     folder = cached_export(pretrained, settings, digest=digest)
     if release and pretrained.release():
-        _RELEASED[pretrained] = digest, device
+        _RELEASED[pretrained] = digest
     model = ExportedModel(folder, settings.runtime, settings.dtype, device=device,
                           compile_cache=folder / OPENVINO_CACHE)
     _trim_heap()
